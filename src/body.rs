@@ -1,0 +1,163 @@
+//! [`Body`]: the one body type the gateway passes between its layers.
+//!
+//! An enum rather than a boxed trait object, so a proxied request or response streams through
+//! without an allocation per request: the common cases (empty, a gateway-made JSON body, a body
+//! read from a hyper connection) are variants, and anything else can still be boxed.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use pin_project_lite::pin_project;
+
+use crate::error::BoxError;
+
+pin_project! {
+    /// A streaming HTTP body: empty, a full buffer, a hyper connection's body, or any boxed body.
+    #[derive(Debug)]
+    pub struct Body {
+        #[pin]
+        kind: Kind,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    #[derive(Debug)]
+    enum Kind {
+        Full { data: Option<Bytes> },
+        #[cfg(feature = "proxy")]
+        Incoming {
+            #[pin]
+            inner: hyper::body::Incoming,
+            // The body is cut off with `BodyTooLarge` once `read` passes `limit`.
+            limit: u64,
+            read: u64,
+        },
+        Boxed { #[pin] inner: UnsyncBoxBody<Bytes, BoxError> },
+    }
+}
+
+/// The error a size-limited [`Body`] yields once it passes its limit; the gateway answers 413.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("request body exceeds the limit of {limit} bytes")]
+pub struct BodyTooLarge {
+    /// The limit in bytes.
+    pub limit: u64,
+}
+
+impl Body {
+    /// An empty body.
+    pub fn empty() -> Self {
+        Self { kind: Kind::Full { data: None } }
+    }
+
+    /// A body of exactly these bytes.
+    pub fn full(data: impl Into<Bytes>) -> Self {
+        let data = data.into();
+        Self { kind: Kind::Full { data: (!data.is_empty()).then_some(data) } }
+    }
+
+    /// Boxes any body whose errors convert into [`BoxError`].
+    pub fn new<B>(body: B) -> Self
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        use http_body_util::BodyExt;
+        Self { kind: Kind::Boxed { inner: body.map_err(Into::into).boxed_unsync() } }
+    }
+
+    /// Wraps a body read from a hyper connection, failing with [`BodyTooLarge`] after `limit` bytes.
+    #[cfg(feature = "proxy")]
+    pub fn incoming(inner: hyper::body::Incoming, limit: Option<u64>) -> Self {
+        Self { kind: Kind::Incoming { inner, limit: limit.unwrap_or(u64::MAX), read: 0 } }
+    }
+}
+
+impl Default for Body {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
+impl From<Bytes> for Body {
+    fn from(data: Bytes) -> Self {
+        Self::full(data)
+    }
+}
+
+impl From<String> for Body {
+    fn from(data: String) -> Self {
+        Self::full(data)
+    }
+}
+
+impl From<&'static str> for Body {
+    fn from(data: &'static str) -> Self {
+        Self::full(Bytes::from_static(data.as_bytes()))
+    }
+}
+
+impl From<Vec<u8>> for Body {
+    fn from(data: Vec<u8>) -> Self {
+        Self::full(data)
+    }
+}
+
+#[cfg(feature = "proxy")]
+impl From<hyper::body::Incoming> for Body {
+    fn from(inner: hyper::body::Incoming) -> Self {
+        Self::incoming(inner, None)
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project().kind.project() {
+            KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            #[cfg(feature = "proxy")]
+            KindProj::Incoming { inner, limit, read } => {
+                let frame = match std::task::ready!(inner.poll_frame(cx)) {
+                    Some(Ok(frame)) => frame,
+                    Some(Err(error)) => return Poll::Ready(Some(Err(error.into()))),
+                    None => return Poll::Ready(None),
+                };
+                if let Some(data) = frame.data_ref() {
+                    *read = read.saturating_add(data.len() as u64);
+                    if *read > *limit {
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit: *limit }))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            KindProj::Boxed { inner } => inner.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full { data } => data.is_none(),
+            #[cfg(feature = "proxy")]
+            Kind::Incoming { inner, .. } => inner.is_end_stream(),
+            Kind::Boxed { inner } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            #[cfg(feature = "proxy")]
+            Kind::Incoming { inner, .. } => inner.size_hint(),
+            Kind::Boxed { inner } => inner.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! The declarative YAML config. TODO(config helper).

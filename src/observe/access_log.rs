@@ -1,0 +1,3 @@
+//! The JSON access log.
+//!
+//! TODO(access log helper).
