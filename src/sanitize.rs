@@ -1,6 +1,604 @@
-//! The sanitizing front layer. TODO(lead).
+//! The sanitizing front layer: everything the gateway must settle about a request before any
+//! route, auth or limit looks at it.
+//!
+//! In order, [`SanitizeLayer`]:
+//! 1. answers 431 when the request headers are larger than the limit, and 413 when a declared
+//!    `Content-Length` is over the body limit;
+//! 2. normalizes the path ([`normalize_path`]) or answers 400 — so routing, auth, rate limiting
+//!    and the upstream all see one path, and `/public/..%2Fadmin` cannot be routed by its raw form;
+//! 3. drops hop-by-hop headers (those named in `Connection`, then the fixed list), and every
+//!    gateway-owned header a client sent (`X-Consumer-ID`, `X_Consumer_ID`, `X-Real-IP`,
+//!    `X-Portcullis-*`, ...), *before* the gateway adds its own;
+//! 4. resolves the client IP through the trusted proxies into [`ClientIp`], and sets the
+//!    forwarding headers the upstream receives: exactly one `X-Forwarded-For` (the incoming chain
+//!    only when the peer is trusted, then the peer), `X-Forwarded-Proto`, `X-Forwarded-Host`,
+//!    `X-Forwarded-Port` and `X-Real-IP`.
+//!
+//! ```
+//! use portcullis::sanitize::SanitizeLayer;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let svc = ServiceBuilder::new()
+//!     .layer(SanitizeLayer::new())
+//!     .service_fn(|req: http::Request<()>| async move {
+//!         assert!(req.headers().get("x-consumer-id").is_none());
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(req.uri().path().to_owned()))
+//!     });
+//! let req = http::Request::builder()
+//!     .uri("/public/%2e%2e/%61dmin?x=1")
+//!     .header("x-consumer-id", "spoofed")
+//!     .body(())
+//!     .unwrap();
+//! let res = svc.oneshot(req).await.unwrap();
+//! assert_eq!(res.body(), "/admin");
+//! # }
+//! ```
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use crate::client_ip::{ClientIp, PeerAddr, TrustedProxies};
+use crate::error::Rejection;
 
 /// The request path after normalization (dot segments resolved, unreserved escapes decoded),
 /// echoed in response extensions so the access log reports what was routed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NormalizedPath(pub String);
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
+pub(crate) const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+];
+
+/// Removes the headers named in `Connection`, then the fixed hop-by-hop list.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Whether the gateway owns `name` (compared case-insensitively with `_` read as `-`): clients
+/// may never set it, only verified state may.
+pub fn is_owned_header(name: &str) -> bool {
+    const OWNED: [&str; 7] = [
+        "x-consumer-id",
+        "x-consumer-custom-id",
+        "x-consumer-username",
+        "x-consumer-groups",
+        "x-credential-identifier",
+        "x-anonymous-consumer",
+        "x-real-ip",
+    ];
+    let bytes = name.as_bytes();
+    if bytes.len() < 9 || !(bytes[0] | 0x20 == b'x' && (bytes[1] == b'-' || bytes[1] == b'_')) {
+        return false;
+    }
+    let folded: String = name.chars().map(|c| if c == '_' { '-' } else { c.to_ascii_lowercase() }).collect();
+    // `x-credential-*` also covers the introspection headers (sub, scope, client id).
+    OWNED.contains(&folded.as_str()) || folded.starts_with("x-portcullis-") || folded.starts_with("x-credential-")
+}
+
+/// Why a path was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// A `%` not followed by two hex digits.
+    #[error("malformed percent-encoding in path")]
+    MalformedEscape,
+    /// `%2F`, `%5C` or `%00`: an encoded separator or NUL.
+    #[error("encoded '/', '\\' or NUL in path")]
+    EncodedSeparator,
+    /// `%25` followed by hex digits: an escape that decodes to another escape.
+    #[error("double percent-encoding in path")]
+    DoubleEncoding,
+    /// A raw backslash, or a path that does not start with `/`.
+    #[error("invalid path")]
+    Invalid,
+}
+
+/// Normalizes a request path: decodes percent-encoded unreserved characters, upper-cases the
+/// remaining escapes, merges repeated `/`, and resolves `.` and `..` segments (never above the
+/// root). Returns the input untouched (borrowed) when it is already normal.
+pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Err(PathError::Invalid);
+    }
+    if !needs_work(bytes) {
+        return Ok(Cow::Borrowed(path));
+    }
+    let decoded = decode_unreserved(bytes)?;
+    Ok(Cow::Owned(remove_dot_segments(&decoded)))
+}
+
+fn needs_work(bytes: &[u8]) -> bool {
+    let mut prev = 0u8;
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'%' | b'\\' => return true,
+            b'/' if prev == b'/' => return true,
+            b'.' if prev == b'/' => {
+                // "/." followed by end, "/" or "." is a dot segment.
+                if matches!(bytes.get(i + 1), None | Some(b'/') | Some(b'.')) {
+                    return true;
+                }
+            }
+            _ => {}
+        }
+        prev = b;
+    }
+    false
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn decode_unreserved(bytes: &[u8]) -> Result<String, PathError> {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'\\' => return Err(PathError::Invalid),
+            b'%' => {
+                let (Some(hi), Some(lo)) =
+                    (bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex))
+                else {
+                    return Err(PathError::MalformedEscape);
+                };
+                let decoded = hi << 4 | lo;
+                match decoded {
+                    b'/' | b'\\' | 0 => return Err(PathError::EncodedSeparator),
+                    b'%' if bytes.get(i + 3).copied().and_then(hex).is_some()
+                        && bytes.get(i + 4).copied().and_then(hex).is_some() =>
+                    {
+                        return Err(PathError::DoubleEncoding);
+                    }
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                        out.push(decoded as char)
+                    }
+                    _ => {
+                        out.push('%');
+                        out.push(HEX[usize::from(hi)] as char);
+                        out.push(HEX[usize::from(lo)] as char);
+                    }
+                }
+                i += 3;
+            }
+            // The URI parser only lets visible ASCII through.
+            _ => {
+                out.push(b as char);
+                i += 1;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// RFC 3986 §5.2.4 over `/`-separated segments, with empty segments merged.
+fn remove_dot_segments(path: &str) -> String {
+    let mut segments: Vec<&str> = Vec::new();
+    let mut trailing_slash = false;
+    for segment in path.split('/').skip(1) {
+        trailing_slash = false;
+        match segment {
+            "" | "." => trailing_slash = true,
+            ".." => {
+                segments.pop();
+                trailing_slash = true;
+            }
+            s => segments.push(s),
+        }
+    }
+    let mut out = String::with_capacity(path.len());
+    for s in &segments {
+        out.push('/');
+        out.push_str(s);
+    }
+    if trailing_slash || out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+/// Sanitizes every request; see the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct SanitizeLayer {
+    trusted: TrustedProxies,
+    max_header_bytes: usize,
+    max_body_bytes: Option<u64>,
+}
+
+impl Default for SanitizeLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SanitizeLayer {
+    /// Trusts no proxy; 32 KiB of headers; no body limit.
+    pub fn new() -> Self {
+        Self { trusted: TrustedProxies::none(), max_header_bytes: 32 * 1024, max_body_bytes: None }
+    }
+
+    /// Believes `X-Forwarded-*` from these peers.
+    pub fn trusted_proxies(mut self, trusted: TrustedProxies) -> Self {
+        self.trusted = trusted;
+        self
+    }
+
+    /// Answers 431 above this many bytes of header names and values.
+    pub fn max_header_bytes(mut self, limit: usize) -> Self {
+        self.max_header_bytes = limit;
+        self
+    }
+
+    /// Answers 413 to a request whose `Content-Length` is above `limit`. (A streamed body is cut
+    /// off at the same limit by [`Body::incoming`](crate::Body::incoming).)
+    pub fn max_body_bytes(mut self, limit: u64) -> Self {
+        self.max_body_bytes = Some(limit);
+        self
+    }
+}
+
+impl<S> Layer<S> for SanitizeLayer {
+    type Service = SanitizeService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SanitizeService { inner, config: self.clone() }
+    }
+}
+
+/// The service made by [`SanitizeLayer`].
+#[derive(Debug, Clone)]
+pub struct SanitizeService<S> {
+    inner: S,
+    config: SanitizeLayer,
+}
+
+impl<S> SanitizeService<S> {
+    fn check<B>(&self, req: &mut Request<B>) -> Result<Option<ClientIp>, Rejection> {
+        let header_bytes: usize = req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+        if header_bytes > self.config.max_header_bytes {
+            return Err(Rejection::header_fields_too_large());
+        }
+        if let Some(limit) = self.config.max_body_bytes {
+            let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            if declared.is_some_and(|len| len > limit) {
+                return Err(Rejection::payload_too_large());
+            }
+        }
+        let normalized = match normalize_path(req.uri().path()) {
+            Ok(Cow::Borrowed(_)) => None,
+            Ok(Cow::Owned(path)) => Some(path),
+            Err(error) => return Err(Rejection::bad_request(error.to_string())),
+        };
+        if let Some(path) = normalized {
+            set_path(req.uri_mut(), &path)?;
+        }
+
+        let headers = req.headers_mut();
+        strip_hop_by_hop(headers);
+        let owned: Vec<HeaderName> = headers.keys().filter(|n| is_owned_header(n.as_str())).cloned().collect();
+        for name in owned {
+            headers.remove(name);
+        }
+
+        let Some(peer) = req.extensions().get::<PeerAddr>().copied() else {
+            return Ok(None);
+        };
+        let peer_trusted = self.config.trusted.contains(peer.0.ip());
+        let client = ClientIp(self.config.trusted.client_ip(peer.0.ip(), req.headers()));
+        let scheme = req.uri().scheme_str().unwrap_or("http").to_owned();
+        let host = req.headers().get(HOST).cloned().or_else(|| {
+            req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        set_forwarding_headers(req.headers_mut(), peer, peer_trusted, client, &scheme, host);
+        req.extensions_mut().insert(client);
+        Ok(Some(client))
+    }
+}
+
+fn set_path(uri: &mut Uri, path: &str) -> Result<(), Rejection> {
+    let mut parts = std::mem::take(uri).into_parts();
+    let pq = match parts.path_and_query.as_ref().and_then(|pq| pq.query()) {
+        Some(query) => PathAndQuery::try_from(format!("{path}?{query}")),
+        None => PathAndQuery::try_from(path),
+    };
+    parts.path_and_query = Some(pq.map_err(|_| Rejection::bad_request("invalid path"))?);
+    *uri = Uri::from_parts(parts).map_err(|_| Rejection::bad_request("invalid path"))?;
+    Ok(())
+}
+
+fn set_forwarding_headers(
+    headers: &mut HeaderMap,
+    peer: PeerAddr,
+    peer_trusted: bool,
+    client: ClientIp,
+    scheme: &str,
+    host: Option<HeaderValue>,
+) {
+    let peer_ip = peer.0.ip().to_string();
+    let chain = if peer_trusted {
+        let incoming: Vec<&str> =
+            headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
+        if incoming.is_empty() { peer_ip } else { format!("{}, {peer_ip}", incoming.join(", ")) }
+    } else {
+        peer_ip
+    };
+    let mut set = |name: &'static str, value: HeaderValue| {
+        headers.insert(HeaderName::from_static(name), value);
+    };
+    if let Ok(v) = HeaderValue::from_str(&chain) {
+        set("x-forwarded-for", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&client.0.to_string()) {
+        set("x-real-ip", v);
+    }
+    let keep = |headers: &HeaderMap, name: &str| peer_trusted && headers.contains_key(name);
+    if !keep(headers, "x-forwarded-proto") {
+        if let Ok(v) = HeaderValue::from_str(scheme) {
+            headers.insert(HeaderName::from_static("x-forwarded-proto"), v);
+        }
+    }
+    if !keep(headers, "x-forwarded-host") {
+        match host.clone() {
+            Some(host) => headers.insert(HeaderName::from_static("x-forwarded-host"), host),
+            None => headers.remove("x-forwarded-host"),
+        };
+    }
+    if !keep(headers, "x-forwarded-port") {
+        let port = host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.parse::<http::uri::Authority>().ok())
+            .and_then(|a| a.port_u16())
+            .unwrap_or(if scheme == "https" { 443 } else { 80 });
+        headers.insert(HeaderName::from_static("x-forwarded-port"), HeaderValue::from(port));
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SanitizeService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: From<Bytes>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        match self.check(&mut req) {
+            Ok(client) => {
+                let path = NormalizedPath(req.uri().path().to_owned());
+                ResponseFuture::Inner { inner: self.inner.call(req), echo: Some((path, client)) }
+            }
+            Err(rejection) => {
+                let mut response = rejection.into_response_for(&req);
+                if let Some(peer) = req.extensions().get::<PeerAddr>() {
+                    let client = self.config.trusted.client_ip(peer.0.ip(), req.headers());
+                    response.extensions_mut().insert(ClientIp(client));
+                }
+                ResponseFuture::Rejected { response: Some(response) }
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`SanitizeService`].
+    #[project = ResponseFutureProj]
+    pub enum ResponseFuture<F, B> {
+        /// The request was refused before reaching the inner service.
+        Rejected {
+            /// The rejection, taken when first polled.
+            response: Option<Response<B>>,
+        },
+        /// The inner service is answering.
+        Inner {
+            /// The inner service's future.
+            #[pin]
+            inner: F,
+            /// What to echo into the response extensions.
+            echo: Option<(NormalizedPath, Option<ClientIp>)>,
+        },
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            ResponseFutureProj::Rejected { response } => match response.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                None => Poll::Pending,
+            },
+            ResponseFutureProj::Inner { inner, echo } => {
+                let mut response = std::task::ready!(inner.poll(cx))?;
+                if let Some((path, client)) = echo.take() {
+                    let ext = response.extensions_mut();
+                    ext.insert(path);
+                    if let Some(client) = client {
+                        ext.insert(client);
+                    }
+                }
+                Poll::Ready(Ok(response))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+    use tower::{ServiceBuilder, ServiceExt};
+
+    #[test]
+    fn normalizes_or_refuses() {
+        let ok = |p: &str| normalize_path(p).map(|c| c.into_owned());
+        assert_eq!(ok("/a/b?"), Ok("/a/b?".into()));
+        assert_eq!(ok("/public/../admin"), Ok("/admin".into()));
+        assert_eq!(ok("/public/%2e%2e/admin"), Ok("/admin".into()));
+        assert_eq!(ok("/public/%2E%2E/admin"), Ok("/admin".into()));
+        assert_eq!(ok("//admin"), Ok("/admin".into()));
+        assert_eq!(ok("/%61dmin"), Ok("/admin".into()));
+        assert_eq!(ok("/a/./b/"), Ok("/a/b/".into()));
+        assert_eq!(ok("/a/.."), Ok("/".into()));
+        assert_eq!(ok("/../../etc"), Ok("/etc".into()));
+        assert_eq!(ok("/caf%c3%a9"), Ok("/caf%C3%A9".into()));
+        assert_eq!(ok("/100%25"), Ok("/100%25".into()));
+        assert_eq!(ok("/.well-known/x"), Ok("/.well-known/x".into()));
+        assert_eq!(ok("/public/..%2Fadmin"), Err(PathError::EncodedSeparator));
+        assert_eq!(ok("/a%5cb"), Err(PathError::EncodedSeparator));
+        assert_eq!(ok("/a%00"), Err(PathError::EncodedSeparator));
+        assert_eq!(ok("/admin%"), Err(PathError::MalformedEscape));
+        assert_eq!(ok("/admin%2"), Err(PathError::MalformedEscape));
+        assert_eq!(ok("/admin%zz"), Err(PathError::MalformedEscape));
+        assert_eq!(ok("/%252e%252e/admin"), Err(PathError::DoubleEncoding));
+        assert_eq!(ok("*"), Err(PathError::Invalid));
+        assert!(matches!(normalize_path("/plain/path"), Ok(Cow::Borrowed(_))));
+    }
+
+    #[test]
+    fn owned_headers_fold_case_and_underscores() {
+        for name in ["x-consumer-id", "X_Consumer_ID", "x-real-ip", "x-portcullis-anything", "x-credential-sub"] {
+            assert!(is_owned_header(name), "{name}");
+        }
+        for name in ["x-request-id", "x-forwarded-for", "authorization", "x-consumer"] {
+            assert!(!is_owned_header(name), "{name}");
+        }
+    }
+
+    async fn headers_seen(req: Request<()>) -> Result<Response<Bytes>, Infallible> {
+        let mut seen: Vec<String> = req
+            .headers()
+            .iter()
+            .map(|(n, v)| format!("{}={}", n, v.to_str().unwrap_or("?")))
+            .collect();
+        seen.sort();
+        seen.push(format!("path={}", req.uri()));
+        Ok(Response::new(Bytes::from(seen.join("\n"))))
+    }
+
+    fn seen(res: &Response<Bytes>) -> String {
+        String::from_utf8(res.body().to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn strips_spoofed_and_hop_by_hop_and_sets_forwarding() {
+        let svc = ServiceBuilder::new()
+            .layer(SanitizeLayer::new().trusted_proxies(TrustedProxies::parse(["10.0.0.0/8"]).unwrap()))
+            .service_fn(headers_seen);
+        let mut req = Request::builder()
+            .uri("/x?a=1&b=2")
+            .header("host", "api.example.com:8443")
+            .header("connection", "keep-alive, X-Secret, X-Forwarded-For")
+            .header("x-secret", "s")
+            .header("x-forwarded-for", "6.6.6.6")
+            .header("x_consumer_id", "spoof")
+            .header("X-Real-IP", "6.6.6.6")
+            .header("x-portcullis-overloaded", "true")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        req.extensions_mut().insert(PeerAddr("192.0.2.7:5555".parse().unwrap()));
+        let res = svc.oneshot(req).await.unwrap();
+        let seen = seen(&res);
+        assert_eq!(
+            seen,
+            [
+                "host=api.example.com:8443",
+                "x-forwarded-for=192.0.2.7",
+                "x-forwarded-host=api.example.com:8443",
+                "x-forwarded-port=8443",
+                "x-forwarded-proto=http",
+                "x-real-ip=192.0.2.7",
+                "path=/x?a=1&b=2",
+            ]
+            .join("\n")
+        );
+        assert_eq!(res.extensions().get::<ClientIp>(), Some(&ClientIp("192.0.2.7".parse().unwrap())));
+    }
+
+    #[tokio::test]
+    async fn trusted_peer_extends_the_chain() {
+        let svc = ServiceBuilder::new()
+            .layer(SanitizeLayer::new().trusted_proxies(TrustedProxies::parse(["10.0.0.0/8"]).unwrap()))
+            .service_fn(headers_seen);
+        let mut req = Request::builder()
+            .uri("/x")
+            .header("x-forwarded-for", "198.51.100.1, 10.0.0.9")
+            .header("x-forwarded-proto", "https")
+            .body(())
+            .unwrap();
+        req.extensions_mut().insert(PeerAddr("10.1.1.1:5555".parse().unwrap()));
+        let res = svc.oneshot(req).await.unwrap();
+        let seen = seen(&res);
+        assert!(seen.contains("x-forwarded-for=198.51.100.1, 10.0.0.9, 10.1.1.1\n"), "{seen}");
+        assert!(seen.contains("x-real-ip=198.51.100.1\n"), "{seen}");
+        assert!(seen.contains("x-forwarded-proto=https\n"), "{seen}");
+    }
+
+    #[tokio::test]
+    async fn rejections_are_json() {
+        let svc = ServiceBuilder::new()
+            .layer(SanitizeLayer::new().max_header_bytes(64).max_body_bytes(10))
+            .service_fn(headers_seen);
+        let res = svc.clone().oneshot(Request::builder().uri("/a%2fb").body(()).unwrap()).await.unwrap();
+        assert_eq!(res.status(), 400);
+        let body: serde_json::Value = serde_json::from_slice(res.body()).unwrap();
+        assert_eq!(body["error"], "bad_request");
+        let res = svc
+            .clone()
+            .oneshot(Request::builder().uri("/").header("x-big", "v".repeat(100)).body(()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 431);
+        let res = svc.oneshot(Request::builder().uri("/").header("content-length", "11").body(()).unwrap()).await.unwrap();
+        assert_eq!(res.status(), 413);
+    }
+}
