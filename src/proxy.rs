@@ -1,9 +1,48 @@
-//! The upstream proxy service. TODO(lead).
+//! The upstream proxy service: forwards a request to one upstream over a pooled keep-alive
+//! hyper-util client, HTTP/1.1 or HTTP/2 (prior knowledge).
+//!
+//! [`Proxy`] forwards the method, the path (joined with the upstream's base path after Kong's
+//! `strip_path`, from the router's [`RouteMatch`]), the query string byte for byte, the headers and
+//! the streamed body. It drops hop-by-hop headers on the way up and on the way back, sets `Host`
+//! to the upstream's unless the route has `preserve_host`, and turns failures into JSON: a connect
+//! failure, reset or invalid response is 502, a body over the gateway's limit is 413. The
+//! forwarding headers (`X-Forwarded-*`, `X-Real-IP`) are set earlier by
+//! [`SanitizeLayer`](crate::sanitize::SanitizeLayer), from the trusted-proxy settings.
+//!
+//! ```no_run
+//! use portcullis::proxy::Proxy;
+//! use tower::ServiceExt;
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let proxy = Proxy::builder("http://127.0.0.1:9000/base")?.build();
+//! let req = http::Request::get("/users?id=1").body(portcullis::Body::empty())?;
+//! let res = proxy.oneshot(req).await?; // GET http://127.0.0.1:9000/base/users?id=1
+//! println!("{}", res.status());
+//! # Ok(()) }
+//! ```
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use http::StatusCode;
+use bytes::Bytes;
+use http::header::HOST;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{self, Client};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use pin_project_lite::pin_project;
+use tower::Service;
+
+use crate::body::{Body, BodyTooLarge};
+use crate::error::{BoxError, Rejection};
+use crate::observe::request_id::RequestId;
+use crate::router::{RouteMatch, upstream_path};
+use crate::sanitize::strip_hop_by_hop;
 
 /// What happened upstream, in response extensions for the access log and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,4 +53,293 @@ pub struct UpstreamInfo {
     pub status: Option<StatusCode>,
     /// From sending the request to receiving the upstream response head.
     pub latency: Duration,
+}
+
+/// An upstream URL the proxy cannot use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    /// Not an absolute `http://host[:port][/path]` URL.
+    #[error("invalid upstream URL `{0}`: expected http://host[:port][/path]")]
+    InvalidUrl(String),
+    /// `https://` upstreams need TLS support, which is not built yet.
+    #[error("upstream URL `{0}`: https upstreams are not supported yet")]
+    HttpsUnsupported(String),
+}
+
+#[derive(Debug)]
+struct Upstream {
+    scheme: Scheme,
+    authority: Authority,
+    host: Arc<str>,
+    host_header: HeaderValue,
+    base_path: String,
+    http2: bool,
+}
+
+/// Builds a [`Proxy`].
+#[derive(Debug)]
+pub struct ProxyBuilder {
+    upstream: Upstream,
+    connect_timeout: Option<Duration>,
+    pool_idle_timeout: Duration,
+    pool_max_idle_per_host: usize,
+}
+
+impl ProxyBuilder {
+    /// Fails a connection attempt after `timeout` (502).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// Speaks HTTP/2 with prior knowledge (h2c) to the upstream instead of HTTP/1.1.
+    pub fn http2_only(mut self, enabled: bool) -> Self {
+        self.upstream.http2 = enabled;
+        self
+    }
+
+    /// Closes pooled keep-alive connections idle for longer than this (default 90 s).
+    pub fn pool_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.pool_idle_timeout = timeout;
+        self
+    }
+
+    /// Keeps at most this many idle connections to the upstream (default 1024).
+    pub fn pool_max_idle(mut self, max: usize) -> Self {
+        self.pool_max_idle_per_host = max;
+        self
+    }
+
+    /// Builds the proxy for request bodies of type `B` (the gateway uses [`Body`]).
+    pub fn build<B>(self) -> Proxy<B>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static + Unpin,
+        B::Error: Into<BoxError>,
+    {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(self.connect_timeout);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(self.pool_idle_timeout)
+            .pool_max_idle_per_host(self.pool_max_idle_per_host)
+            .http2_only(self.upstream.http2)
+            .build(connector);
+        Proxy { client, upstream: Arc::new(self.upstream) }
+    }
+}
+
+/// Forwards requests to one upstream; see the [module docs](self).
+#[derive(Debug)]
+pub struct Proxy<B = Body> {
+    client: Client<HttpConnector, B>,
+    upstream: Arc<Upstream>,
+}
+
+impl<B> Clone for Proxy<B> {
+    fn clone(&self) -> Self {
+        Self { client: self.client.clone(), upstream: self.upstream.clone() }
+    }
+}
+
+impl Proxy {
+    /// Starts a proxy to `url` (`http://host[:port][/base/path]`).
+    pub fn builder(url: &str) -> Result<ProxyBuilder, ProxyError> {
+        let invalid = || ProxyError::InvalidUrl(url.to_owned());
+        let uri: Uri = url.parse().map_err(|_| invalid())?;
+        let scheme = uri.scheme().cloned().ok_or_else(invalid)?;
+        if scheme == Scheme::HTTPS {
+            return Err(ProxyError::HttpsUnsupported(url.to_owned()));
+        }
+        if scheme != Scheme::HTTP || uri.query().is_some() {
+            return Err(invalid());
+        }
+        let authority = uri.authority().cloned().ok_or_else(invalid)?;
+        if authority.host().is_empty() || authority.as_str().contains('@') {
+            return Err(invalid());
+        }
+        let host_header = HeaderValue::from_str(authority.as_str()).map_err(|_| invalid())?;
+        let base_path = uri.path().trim_end_matches('/').to_owned();
+        Ok(ProxyBuilder {
+            upstream: Upstream {
+                scheme,
+                host: authority.as_str().into(),
+                authority,
+                host_header,
+                base_path,
+                http2: false,
+            },
+            connect_timeout: None,
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 1024,
+        })
+    }
+}
+
+impl<B> Proxy<B> {
+    fn upstream_uri<T>(&self, req: &Request<T>) -> Result<Uri, Rejection> {
+        let path = req.uri().path();
+        let strip_len = req.extensions().get::<RouteMatch>().map_or(0, |m| m.strip_len);
+        let mut path = upstream_path(&self.upstream.base_path, path, strip_len);
+        if let Some(query) = req.uri().query() {
+            path.push('?');
+            path.push_str(query);
+        }
+        let pq = PathAndQuery::try_from(path).map_err(|_| Rejection::bad_request("invalid path"))?;
+        Uri::builder()
+            .scheme(self.upstream.scheme.clone())
+            .authority(self.upstream.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(|_| Rejection::bad_request("invalid path"))
+    }
+}
+
+impl<B> Service<Request<B>> for Proxy<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // The pool queues requests itself; back-pressure belongs to the circuit breaker.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let request_id = req.extensions().get::<RequestId>().cloned();
+        let uri = match self.upstream_uri(&req) {
+            Ok(uri) => uri,
+            Err(rejection) => return ResponseFuture::rejected(rejection, request_id),
+        };
+        let preserve_host = req.extensions().get::<RouteMatch>().is_some_and(|m| m.route.preserve_host);
+        let original_host = req
+            .headers()
+            .get(HOST)
+            .cloned()
+            .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        *req.uri_mut() = uri;
+        strip_hop_by_hop(req.headers_mut());
+        let host = match (preserve_host, original_host) {
+            (true, Some(host)) => host,
+            _ => self.upstream.host_header.clone(),
+        };
+        if self.upstream.http2 {
+            *req.version_mut() = Version::HTTP_2;
+            req.headers_mut().remove(HOST);
+        } else {
+            *req.version_mut() = Version::HTTP_11;
+            req.headers_mut().insert(HOST, host);
+        }
+        ResponseFuture {
+            state: State::Upstream {
+                inner: self.client.request(req),
+                started: Instant::now(),
+                host: self.upstream.host.clone(),
+                request_id,
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`Proxy`].
+    pub struct ResponseFuture {
+        #[pin]
+        state: State,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State {
+        Rejected { response: Option<Response<Body>> },
+        Upstream {
+            #[pin]
+            inner: legacy::ResponseFuture,
+            started: Instant,
+            host: Arc<str>,
+            request_id: Option<RequestId>,
+        },
+    }
+}
+
+impl std::fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl ResponseFuture {
+    fn rejected(rejection: Rejection, request_id: Option<RequestId>) -> Self {
+        Self { state: State::Rejected { response: Some(rejection.into_response(request_id.as_ref())) } }
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Rejected { response } => match response.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                None => Poll::Pending,
+            },
+            StateProj::Upstream { inner, started, host, request_id } => {
+                let result = std::task::ready!(inner.poll(cx));
+                let latency = started.elapsed();
+                let (mut response, status) = match result {
+                    Ok(response) => {
+                        let status = response.status();
+                        let mut response = response.map(Body::from);
+                        strip_hop_by_hop(response.headers_mut());
+                        (response, Some(status))
+                    }
+                    Err(error) => (failure_response(&error).into_response(request_id.as_ref()), None),
+                };
+                response.extensions_mut().insert(UpstreamInfo { host: host.clone(), status, latency });
+                Poll::Ready(Ok(response))
+            }
+        }
+    }
+}
+
+/// Maps a client error to the gateway's answer: the request body's own limit is the client's
+/// fault (413); anything else on the way to or from the upstream is a bad gateway (502).
+fn failure_response(error: &legacy::Error) -> Rejection {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<BodyTooLarge>() {
+            return Rejection::payload_too_large();
+        }
+        source = e.source();
+    }
+    tracing::debug!(target: "portcullis::proxy", error = %error, source = ?std::error::Error::source(error), "upstream request failed");
+    if error.is_connect() {
+        Rejection::bad_gateway("upstream connect failure")
+    } else {
+        Rejection::bad_gateway("upstream reset or invalid response")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_urls() {
+        assert!(Proxy::builder("http://127.0.0.1:9000/base").is_ok());
+        assert!(Proxy::builder("http://svc").is_ok());
+        assert_eq!(
+            Proxy::builder("https://svc").unwrap_err(),
+            ProxyError::HttpsUnsupported("https://svc".into())
+        );
+        for bad in ["127.0.0.1:9000", "ftp://x", "http://u:p@x/", "http://x/?q=1", "/path"] {
+            assert!(Proxy::builder(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -47,3 +47,16 @@ pub struct RouteMatch {
 /// The matched route, echoed in response extensions so outer layers (the access log) see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MatchedRoute(pub Arc<RouteInfo>);
+
+/// Kong's join of the service path and what is left of the request path after `strip_path`.
+pub fn upstream_path(service_path: &str, request_path: &str, strip_len: usize) -> String {
+    let rest = request_path.get(strip_len..).unwrap_or("");
+    let base = service_path.trim_end_matches('/');
+    let rest = rest.trim_start_matches('/');
+    match (base.is_empty(), rest.is_empty()) {
+        (true, true) => "/".to_owned(),
+        (false, true) => base.to_owned(),
+        (true, false) => format!("/{rest}"),
+        (false, false) => format!("{base}/{rest}"),
+    }
+}

@@ -410,7 +410,7 @@ where
         match self.check(&mut req) {
             Ok(client) => {
                 let path = NormalizedPath(req.uri().path().to_owned());
-                ResponseFuture::Inner { inner: self.inner.call(req), echo: Some((path, client)) }
+                ResponseFuture { kind: Kind::Inner { inner: self.inner.call(req), echo: Some((path, client)) } }
             }
             Err(rejection) => {
                 let mut response = rejection.into_response_for(&req);
@@ -418,7 +418,7 @@ where
                     let client = self.config.trusted.client_ip(peer.0.ip(), req.headers());
                     response.extensions_mut().insert(ClientIp(client));
                 }
-                ResponseFuture::Rejected { response: Some(response) }
+                ResponseFuture { kind: Kind::Rejected { response: Some(response) } }
             }
         }
     }
@@ -426,21 +426,27 @@ where
 
 pin_project! {
     /// Response future of [`SanitizeService`].
-    #[project = ResponseFutureProj]
-    pub enum ResponseFuture<F, B> {
-        /// The request was refused before reaching the inner service.
-        Rejected {
-            /// The rejection, taken when first polled.
-            response: Option<Response<B>>,
-        },
-        /// The inner service is answering.
+    pub struct ResponseFuture<F, B> {
+        #[pin]
+        kind: Kind<F, B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, B> {
+        Rejected { response: Option<Response<B>> },
         Inner {
-            /// The inner service's future.
             #[pin]
             inner: F,
-            /// What to echo into the response extensions.
             echo: Option<(NormalizedPath, Option<ClientIp>)>,
         },
+    }
+}
+
+impl<F, B> std::fmt::Debug for ResponseFuture<F, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
 
@@ -451,12 +457,12 @@ where
     type Output = Result<Response<B>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            ResponseFutureProj::Rejected { response } => match response.take() {
+        match self.project().kind.project() {
+            KindProj::Rejected { response } => match response.take() {
                 Some(response) => Poll::Ready(Ok(response)),
                 None => Poll::Pending,
             },
-            ResponseFutureProj::Inner { inner, echo } => {
+            KindProj::Inner { inner, echo } => {
                 let mut response = std::task::ready!(inner.poll(cx))?;
                 if let Some((path, client)) = echo.take() {
                     let ext = response.extensions_mut();
