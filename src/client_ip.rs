@@ -141,10 +141,8 @@ mod tests {
     #[test]
     fn rightmost_untrusted_hop_wins() {
         let trusted = TrustedProxies::parse(["10.0.0.0/8", "127.0.0.1"]).unwrap();
-        let ip = trusted.client_ip(
-            "127.0.0.1".parse().unwrap(),
-            &headers(&["6.6.6.6, 198.51.100.7", "10.1.2.3"]),
-        );
+        let ip =
+            trusted.client_ip("127.0.0.1".parse().unwrap(), &headers(&["6.6.6.6, 198.51.100.7", "10.1.2.3"]));
         assert_eq!(ip, "198.51.100.7".parse::<IpAddr>().unwrap());
     }
 

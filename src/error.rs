@@ -149,9 +149,10 @@ mod tests {
 
     #[test]
     fn extra_headers_are_kept() {
-        let response: Response<Bytes> = Rejection::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized")
-            .with_header(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Key"))
-            .into_response(None);
+        let response: Response<Bytes> =
+            Rejection::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized")
+                .with_header(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Key"))
+                .into_response(None);
         assert_eq!(response.headers()[http::header::WWW_AUTHENTICATE], "Key");
         let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
         assert!(body.get("request_id").is_none());

@@ -11,11 +11,15 @@ pub mod client_ip;
 pub mod config;
 pub mod consumer;
 pub mod error;
+#[cfg(feature = "gateway")]
+pub mod gateway;
 pub mod observe;
 #[cfg(feature = "proxy")]
 pub mod proxy;
 pub mod router;
 pub mod sanitize;
+#[cfg(feature = "proxy")]
+pub mod timeout;
 
 pub use body::Body;
 pub use error::Rejection;

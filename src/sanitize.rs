@@ -104,7 +104,9 @@ pub fn is_owned_header(name: &str) -> bool {
     }
     let folded: String = name.chars().map(|c| if c == '_' { '-' } else { c.to_ascii_lowercase() }).collect();
     // `x-credential-*` also covers the introspection headers (sub, scope, client id).
-    OWNED.contains(&folded.as_str()) || folded.starts_with("x-portcullis-") || folded.starts_with("x-credential-")
+    OWNED.contains(&folded.as_str())
+        || folded.starts_with("x-portcullis-")
+        || folded.starts_with("x-credential-")
 }
 
 /// Why a path was refused.
@@ -298,7 +300,8 @@ impl<S> SanitizeService<S> {
             return Err(Rejection::header_fields_too_large());
         }
         if let Some(limit) = self.config.max_body_bytes {
-            let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            let declared =
+                req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
             if declared.is_some_and(|len| len > limit) {
                 return Err(Rejection::payload_too_large());
             }
@@ -314,7 +317,8 @@ impl<S> SanitizeService<S> {
 
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
-        let owned: Vec<HeaderName> = headers.keys().filter(|n| is_owned_header(n.as_str())).cloned().collect();
+        let owned: Vec<HeaderName> =
+            headers.keys().filter(|n| is_owned_header(n.as_str())).cloned().collect();
         for name in owned {
             headers.remove(name);
         }
@@ -325,9 +329,11 @@ impl<S> SanitizeService<S> {
         let peer_trusted = self.config.trusted.contains(peer.0.ip());
         let client = ClientIp(self.config.trusted.client_ip(peer.0.ip(), req.headers()));
         let scheme = req.uri().scheme_str().unwrap_or("http").to_owned();
-        let host = req.headers().get(HOST).cloned().or_else(|| {
-            req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+        let host = req
+            .headers()
+            .get(HOST)
+            .cloned()
+            .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
         set_forwarding_headers(req.headers_mut(), peer, peer_trusted, client, &scheme, host);
         req.extensions_mut().insert(client);
         Ok(Some(client))
@@ -410,7 +416,9 @@ where
         match self.check(&mut req) {
             Ok(client) => {
                 let path = NormalizedPath(req.uri().path().to_owned());
-                ResponseFuture { kind: Kind::Inner { inner: self.inner.call(req), echo: Some((path, client)) } }
+                ResponseFuture {
+                    kind: Kind::Inner { inner: self.inner.call(req), echo: Some((path, client)) },
+                }
             }
             Err(rejection) => {
                 let mut response = rejection.into_response_for(&req);
@@ -511,7 +519,9 @@ mod tests {
 
     #[test]
     fn owned_headers_fold_case_and_underscores() {
-        for name in ["x-consumer-id", "X_Consumer_ID", "x-real-ip", "x-portcullis-anything", "x-credential-sub"] {
+        for name in
+            ["x-consumer-id", "X_Consumer_ID", "x-real-ip", "x-portcullis-anything", "x-credential-sub"]
+        {
             assert!(is_owned_header(name), "{name}");
         }
         for name in ["x-request-id", "x-forwarded-for", "authorization", "x-consumer"] {
@@ -520,11 +530,8 @@ mod tests {
     }
 
     async fn headers_seen(req: Request<()>) -> Result<Response<Bytes>, Infallible> {
-        let mut seen: Vec<String> = req
-            .headers()
-            .iter()
-            .map(|(n, v)| format!("{}={}", n, v.to_str().unwrap_or("?")))
-            .collect();
+        let mut seen: Vec<String> =
+            req.headers().iter().map(|(n, v)| format!("{}={}", n, v.to_str().unwrap_or("?"))).collect();
         seen.sort();
         seen.push(format!("path={}", req.uri()));
         Ok(Response::new(Bytes::from(seen.join("\n"))))
@@ -604,7 +611,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(res.status(), 431);
-        let res = svc.oneshot(Request::builder().uri("/").header("content-length", "11").body(()).unwrap()).await.unwrap();
+        let res = svc
+            .oneshot(Request::builder().uri("/").header("content-length", "11").body(()).unwrap())
+            .await
+            .unwrap();
         assert_eq!(res.status(), 413);
     }
 }

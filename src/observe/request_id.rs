@@ -120,7 +120,8 @@ where
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let peer_trusted = !self.trusted.is_empty()
             && req.extensions().get::<PeerAddr>().is_some_and(|p| self.trusted.contains(p.0.ip()));
-        let incoming = if peer_trusted { req.headers().get(&X_REQUEST_ID).and_then(RequestId::parse) } else { None };
+        let incoming =
+            if peer_trusted { req.headers().get(&X_REQUEST_ID).and_then(RequestId::parse) } else { None };
         let id = incoming.unwrap_or_else(RequestId::generate);
         req.headers_mut().insert(X_REQUEST_ID.clone(), id.0.clone());
         req.extensions_mut().insert(id.clone());

@@ -1,0 +1,197 @@
+//! The HTTP server: HTTP/1.1 and HTTP/2 on one port (hyper-util auto), header limits, a
+//! header-read timeout, an idle keep-alive timeout, a body limit, and graceful shutdown that lets
+//! in-flight requests finish.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tower::{Service, ServiceExt};
+
+use crate::body::Body;
+use crate::client_ip::PeerAddr;
+use crate::error::BoxError;
+
+/// Limits and timeouts of the listening side.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Header bytes hyper buffers before it answers 431 itself; the sanitizing layer answers 431
+    /// with a JSON body below this.
+    pub max_header_bytes: usize,
+    /// A request body is cut off (413) after this many bytes.
+    pub max_body_bytes: Option<u64>,
+    /// How long a client may take to send a request head.
+    pub header_read_timeout: Duration,
+    /// A keep-alive connection with no request for this long is closed.
+    pub idle_timeout: Duration,
+    /// On shutdown, in-flight requests get this long to finish.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 32 * 1024,
+            max_body_bytes: Some(10 * 1024 * 1024),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Per-connection activity, for the idle timeout.
+struct Activity {
+    born: Instant,
+    in_flight: AtomicUsize,
+    last_request_ms: AtomicU64,
+}
+
+impl Activity {
+    fn idle_for(&self) -> Option<Duration> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let last = Duration::from_millis(self.last_request_ms.load(Ordering::Acquire));
+        Some(self.born.elapsed().saturating_sub(last))
+    }
+}
+
+/// Serves `service` on `listener` until `shutdown` resolves, then stops accepting, lets open
+/// connections finish their in-flight requests (up to `shutdown_timeout`) and returns.
+pub async fn serve<S, B>(
+    listener: TcpListener,
+    service: S,
+    settings: ServerSettings,
+    shutdown: impl Future<Output = ()>,
+) where
+    S: Service<Request<Body>, Response = Response<B>, Error = Infallible> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Every connection task holds a sender; when all are dropped, `recv` returns `None`.
+    let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size(settings.max_header_bytes.saturating_mul(2).max(16 * 1024))
+        .max_headers(256);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(settings.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX));
+    let builder = Arc::new(builder);
+    let mut shutdown = pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(target: "portcullis::server", %error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = Connection {
+            builder: builder.clone(),
+            service: service.clone(),
+            settings: settings.clone(),
+            stop: stop_rx.clone(),
+            _alive: alive_tx.clone(),
+        };
+        tokio::spawn(conn.run(stream, peer));
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    drop(alive_tx);
+    if tokio::time::timeout(settings.shutdown_timeout, alive_rx.recv()).await.is_err() {
+        tracing::warn!(target: "portcullis::server", "shutdown timeout passed with connections still open");
+    }
+}
+
+struct Connection<S> {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    service: S,
+    settings: ServerSettings,
+    stop: watch::Receiver<bool>,
+    _alive: mpsc::Sender<()>,
+}
+
+impl<S, B> Connection<S>
+where
+    S: Service<Request<Body>, Response = Response<B>, Error = Infallible> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    async fn run(mut self, stream: tokio::net::TcpStream, peer: SocketAddr) {
+        let activity = Arc::new(Activity {
+            born: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_request_ms: AtomicU64::new(0),
+        });
+        let service = self.service.clone();
+        let limit = self.settings.max_body_bytes;
+        let tracker = activity.clone();
+        let hyper_service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let tracker = tracker.clone();
+            tracker.in_flight.fetch_add(1, Ordering::AcqRel);
+            let mut req = req.map(|body| Body::incoming(body, limit));
+            req.extensions_mut().insert(PeerAddr(peer));
+            let call = service.clone().oneshot(req);
+            async move {
+                let response = call.await;
+                let elapsed = u64::try_from(tracker.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+                tracker.last_request_ms.store(elapsed, Ordering::Release);
+                tracker.in_flight.fetch_sub(1, Ordering::AcqRel);
+                response
+            }
+        });
+        let conn = self.builder.serve_connection(TokioIo::new(stream), hyper_service);
+        let mut conn = pin!(conn);
+        let idle_timeout = self.settings.idle_timeout;
+        let mut closing = false;
+        loop {
+            let check =
+                tokio::time::sleep(idle_timeout.min(Duration::from_secs(1)).max(Duration::from_millis(10)));
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::debug!(target: "portcullis::server", %peer, error = %error, "connection ended with an error");
+                    }
+                    return;
+                }
+                changed = self.stop.changed(), if !closing => {
+                    let _ = changed;
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                () = check, if !closing => {
+                    if activity.idle_for().is_some_and(|idle| idle >= idle_timeout) {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! The access log of a real gateway: one JSON line per request, whatever its outcome.
+
+use http::Request;
+use http_body_util::Full;
+
+use crate::support::*;
+
+const FIELDS: [&str; 18] = [
+    "timestamp",
+    "request_id",
+    "method",
+    "path",
+    "route_name",
+    "service_name",
+    "status",
+    "client_ip",
+    "upstream_host",
+    "upstream_status",
+    "upstream_latency_ms",
+    "gateway_latency_ms",
+    "attempts",
+    "rate_limit",
+    "breaker",
+    "bytes_sent",
+    "user_agent",
+    // `consumer_id` is omitted for anonymous requests; checked below.
+    "path",
+];
+
+#[tokio::test]
+async fn one_line_per_request_for_every_outcome() {
+    let up = Upstream::start().await;
+    let dead = closed_port().await;
+    let yaml = format!(
+        r#"services:
+- name: live
+  url: {}
+  timeout: 300ms
+  routes:
+  - name: live-route
+    paths: [/live]
+    strip_path: false
+- name: dead
+  url: http://{dead}
+  routes:
+  - name: dead-route
+    paths: [/dead]
+"#,
+        up.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let secret = "Bearer eyJhbGciOiJIUzI1NiJ9.c2VjcmV0.c2ln";
+    let ok = send(
+        Request::get(gw.url("/live/ok?apikey=topsecret&token=abc"))
+            .header("authorization", secret)
+            .header("user-agent", "it-test/1.0")
+            .header("cookie", "session=hunter2")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(ok.status, 200);
+    let bad = raw(gw.addr, b"GET /live/%zz?apikey=topsecret HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(raw_status(&bad), 400);
+    assert_eq!(get(&gw.url("/nowhere")).await.status, 404);
+    assert_eq!(get(&gw.url("/dead/x")).await.status, 502);
+    assert_eq!(get(&gw.url("/live/slow")).await.status, 504);
+
+    let raw_log = {
+        let lines = gw.stop().await;
+        assert_eq!(lines.len(), 5, "{lines:#?}");
+        lines
+    };
+    let text: String = raw_log.iter().map(|l| l.to_string()).collect::<Vec<_>>().join("\n");
+    for forbidden in ["topsecret", "apikey", "hunter2", "eyJhbGciOiJIUzI1NiJ9", "token=abc", "?"] {
+        assert!(!text.contains(forbidden), "`{forbidden}` leaked into the log: {text}");
+    }
+    for line in &raw_log {
+        for field in FIELDS {
+            assert!(line.get(field).is_some(), "missing {field}: {line}");
+        }
+        assert!(line.get("consumer_id").is_none(), "anonymous requests omit consumer_id: {line}");
+        assert_eq!(line["client_ip"], "127.0.0.1");
+        assert!(line["gateway_latency_ms"].as_f64().is_some(), "{line}");
+        assert_eq!(line["request_id"].as_str().map(str::len), Some(36), "{line}");
+    }
+    let by_status = |s: u64| raw_log.iter().find(|l| l["status"] == s).unwrap_or_else(|| panic!("no {s} line"));
+
+    let ok = by_status(200);
+    assert_eq!(ok["method"], "GET");
+    assert_eq!(ok["path"], "/live/ok");
+    assert_eq!(ok["route_name"], "live-route");
+    assert_eq!(ok["service_name"], "live");
+    assert_eq!(ok["upstream_host"], up.addr.to_string());
+    assert_eq!(ok["upstream_status"], 200);
+    assert_eq!(ok["user_agent"], "it-test/1.0");
+    assert_eq!(ok["bytes_sent"], 11);
+    let upstream_ms = ok["upstream_latency_ms"].as_f64().unwrap();
+    let gateway_ms = ok["gateway_latency_ms"].as_f64().unwrap();
+    assert!(upstream_ms > 0.0 && gateway_ms >= upstream_ms, "{ok}");
+
+    let bad = by_status(400);
+    assert!(bad["route_name"].is_null() && bad["upstream_status"].is_null(), "{bad}");
+    let missing = by_status(404);
+    assert_eq!(missing["path"], "/nowhere");
+    assert!(missing["route_name"].is_null(), "{missing}");
+    let gateway_error = by_status(502);
+    assert_eq!(gateway_error["route_name"], "dead-route");
+    assert_eq!(gateway_error["upstream_host"], dead.to_string());
+    assert!(gateway_error["upstream_status"].is_null(), "{gateway_error}");
+    let timeout = by_status(504);
+    assert_eq!(timeout["route_name"], "live-route");
+    assert!(timeout["gateway_latency_ms"].as_f64().unwrap() >= 300.0, "{timeout}");
+}

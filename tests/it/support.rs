@@ -1,0 +1,227 @@
+//! Real servers on loopback for the integration tests: an echo upstream that records what it
+//! received, a gateway built from YAML, and small HTTP clients (hyper and raw TCP).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use portcullis::gateway::Gateway;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// One request as the upstream saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    /// Path and query, byte for byte.
+    pub uri: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// An upstream on 127.0.0.1 that records every request. `/slow/...` waits 3 s before answering,
+/// `/status/NNN` answers with that status; everything else answers 200 with `upstream-ok`.
+#[derive(Clone)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let recorder = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let recorder = recorder.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let recorder = recorder.clone();
+                        async move { Ok::<_, Infallible>(answer(req, recorder).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, seen }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen().pop().expect("the upstream saw no request")
+    }
+}
+
+async fn answer(req: Request<Incoming>, recorder: Arc<Mutex<Vec<Seen>>>) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let path = parts.uri.path().to_owned();
+    recorder.lock().unwrap().push(Seen {
+        method: parts.method.to_string(),
+        uri: parts.uri.path_and_query().map(|pq| pq.as_str().to_owned()).unwrap_or_default(),
+        headers: parts.headers.clone(),
+        body,
+    });
+    if path.starts_with("/slow") {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    let status = path
+        .strip_prefix("/status/")
+        .and_then(|s| s.parse::<u16>().ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::OK);
+    let mut res = Response::new(Full::new(Bytes::from_static(b"upstream-ok")));
+    *res.status_mut() = status;
+    res.headers_mut().insert("connection", "x-upstream-private".parse().unwrap());
+    res.headers_mut().insert("x-upstream-private", "secret".parse().unwrap());
+    res.headers_mut().insert("keep-alive", "timeout=5".parse().unwrap());
+    res
+}
+
+/// A gateway running on 127.0.0.1 with an access log written to a temp file.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    pub log_path: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+pub fn temp_path(name: &str) -> PathBuf {
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("portcullis-it-{}-{n}-{name}", std::process::id()))
+}
+
+impl TestGateway {
+    /// Starts a gateway from `yaml`, which must not set `gateway:`; one is added that listens on
+    /// free ports and logs to a temp file.
+    pub async fn start(yaml: &str) -> TestGateway {
+        Self::start_with(yaml, "").await
+    }
+
+    /// Like [`start`](Self::start), with extra lines for the `gateway:` block (2-space indented).
+    pub async fn start_with(yaml: &str, gateway_extra: &str) -> TestGateway {
+        let log_path = temp_path("access.log");
+        let text = format!(
+            "_format_version: \"3.0\"\ngateway:\n  listen: 127.0.0.1:0\n  admin_listen: 127.0.0.1:0\n  access_log: {}\n{gateway_extra}{yaml}",
+            log_path.display()
+        );
+        let gateway = Gateway::from_yaml(&text, "test.yaml").unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let listeners = gateway.bind().await.unwrap();
+        let addr = listeners.local_addr().unwrap();
+        let admin = listeners.admin_addr();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(gateway.serve(listeners, async move {
+            let _ = stopped.await;
+        }));
+        TestGateway { addr, admin, log_path, stop: Some(stop), task: Some(task) }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Stops the gateway gracefully (the access log is flushed) and returns the log lines.
+    pub async fn stop(mut self) -> Vec<serde_json::Value> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap();
+        }
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let _ = std::fs::remove_file(&self.log_path);
+        text.lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+            .collect()
+    }
+
+    /// The raw access log text so far (after the gateway flushed it).
+    pub fn raw_log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        let _ = std::fs::remove_file(&self.log_path);
+    }
+}
+
+pub type TestClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn client() -> TestClient {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+pub async fn send(req: Request<Full<Bytes>>) -> Answer {
+    let res = client().request(req).await.expect("request failed");
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await.expect("response body failed").to_bytes();
+    Answer { status: parts.status, headers: parts.headers, body }
+}
+
+pub async fn get(url: &str) -> Answer {
+    send(Request::get(url).body(Full::default()).unwrap()).await
+}
+
+/// Sends `raw` bytes as-is and returns everything the server answers until it closes (or 5 s).
+pub async fn raw(addr: SocketAddr, raw: &[u8]) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(raw).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status code of a raw HTTP/1.1 answer.
+pub fn raw_status(answer: &str) -> u16 {
+    answer.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// A free loopback port nobody listens on.
+pub async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    addr
+}
