@@ -1,6 +1,54 @@
 //! # portcullis
 //!
-//! An API gateway's cross-cutting concerns as composable [tower] layers.
+//! An API gateway's cross-cutting concerns as composable [tower] layers: each works alone on any
+//! `tower::Service<http::Request<B>>`, and all of them stack with [`tower::ServiceBuilder`] or
+//! axum's `Router::layer`. Rejections are JSON responses ([`Rejection`]), never errors, so a
+//! stack keeps its inner service's error type and axum needs no `HandleErrorLayer`.
+//!
+//! In front of an axum router:
+//!
+//! ```no_run
+//! use axum::{Router, routing::get};
+//! use portcullis::observe::access_log::{AccessLogLayer, LogSink};
+//! use portcullis::observe::request_id::RequestIdLayer;
+//! use portcullis::sanitize::SanitizeLayer;
+//! use tower::ServiceBuilder;
+//!
+//! #[tokio::main]
+//! async fn main() -> std::io::Result<()> {
+//!     let app = Router::new().route("/orders", get(|| async { "orders" })).layer(
+//!         ServiceBuilder::new()
+//!             .layer(RequestIdLayer::new()) // X-Request-ID on every request
+//!             .layer(AccessLogLayer::new(LogSink::stdout())) // one JSON line per request
+//!             .layer(SanitizeLayer::new()), // path normalization, owned headers
+//!     );
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//!     axum::serve(listener, app).await
+//! }
+//! ```
+//!
+//! A whole gateway from a Kong-style YAML file ([`config`], [`gateway`]):
+//!
+//! ```no_run
+//! # #[cfg(feature = "gateway")]
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let gateway = portcullis::gateway::Gateway::from_file("gateway.yaml")?;
+//!     let listeners = gateway.bind().await?;
+//!     gateway.run_until_signal(listeners).await; // SIGINT/SIGTERM: drain, flush the log
+//!     Ok(())
+//! }
+//! # #[cfg(not(feature = "gateway"))] fn main() {}
+//! ```
+//!
+//! ## Features
+//!
+//! - `proxy`: [`proxy::Proxy`] and [`timeout::RouteTimeoutLayer`] (hyper, hyper-util, tokio).
+//! - `config`: the YAML loader.
+//! - `gateway` (default, implies both): [`gateway::Gateway`] and its server.
+//!
+//! With `default-features = false`, the request id, access log, sanitizing and routing layers come
+//! with no runtime and no YAML dependency.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, rust_2018_idioms, missing_debug_implementations)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]

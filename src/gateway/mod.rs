@@ -1,5 +1,223 @@
-//! [`Gateway`]: a config file turned into a running gateway. TODO(lead): from_config.
+//! [`Gateway`]: a config file turned into a running gateway.
+//!
+//! The front of every request, outermost first:
+//!
+//! ```text
+//! RequestId ─► AccessLog ─► Sanitize (limits, path, owned/hop-by-hop headers, client IP)
+//!           ─► Router ─► per-route stack (route timeout ─► Proxy)
+//! ```
+//!
+//! The access log sits outside the sanitizer so that the requests it refuses (400, 413, 431) are
+//! logged too; the request id is outermost so that every response, refusals included, carries it.
+//!
+//! ```no_run
+//! use portcullis::gateway::Gateway;
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let gateway = Gateway::from_file("gateway.yaml")?;
+//! let listeners = gateway.bind().await?;
+//! gateway.run_until_signal(listeners).await; // SIGINT/SIGTERM: finish in-flight requests, flush the log
+//! # Ok(()) }
+//! ```
 
 pub mod server;
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+
 pub use server::{ServerSettings, serve};
+
+use crate::body::Body;
+use crate::config::build::RouteService;
+use crate::config::{AccessLog, Config, ConfigError};
+use crate::error::Rejection;
+use crate::observe::access_log::{AccessLogLayer, AccessLogService, LogSink};
+use crate::observe::request_id::{RequestIdLayer, RequestIdService};
+use crate::router::Router;
+use crate::sanitize::{SanitizeLayer, SanitizeService};
+
+/// The whole gateway as one tower service: what [`Gateway::serve`] runs on each connection.
+pub type FrontService = RequestIdService<AccessLogService<SanitizeService<Router<RouteService>>>>;
+
+/// A gateway built from a config: its service, listen addresses and server settings.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    front: FrontService,
+    settings: ServerSettings,
+    listen: SocketAddr,
+    admin_listen: Option<SocketAddr>,
+    log: LogSink,
+}
+
+/// The gateway's bound sockets (see [`Gateway::bind`]).
+#[derive(Debug)]
+pub struct Listeners {
+    main: TcpListener,
+    admin: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// The address the gateway listens on (useful after binding port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.main.local_addr()
+    }
+
+    /// The admin listener's address, if there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+}
+
+impl Gateway {
+    /// Reads, validates and builds the config file at `path`.
+    pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let config = Config::from_file(path)?;
+        Self::from_config(&config, &path.display().to_string())
+    }
+
+    /// Parses, validates and builds a YAML config; `origin` names it in errors.
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config = Config::from_yaml(text, origin)?;
+        Self::from_config(&config, origin)
+    }
+
+    /// Builds the gateway from a parsed config; `origin` names the file in errors.
+    pub fn from_config(config: &Config, origin: &str) -> Result<Self, ConfigError> {
+        let settings = &config.gateway;
+        if settings.tls.is_some() {
+            return Err(ConfigError::unsupported(origin, "gateway.tls".into(), "TLS termination is not supported yet"));
+        }
+        let log = match &settings.access_log {
+            AccessLog::Stdout => LogSink::stdout(),
+            AccessLog::Off => LogSink::off(),
+            AccessLog::File(path) => LogSink::file(path).map_err(|e| {
+                ConfigError::invalid(
+                    origin,
+                    "gateway.access_log".into(),
+                    format!("cannot open `{}` for appending: {e}", path.display()),
+                )
+            })?,
+        };
+        let router = config.build_router(origin)?;
+        let front = ServiceBuilder::new()
+            .layer(RequestIdLayer::new().keep_incoming_from(settings.trusted_proxies.clone()))
+            .layer(AccessLogLayer::new(log.clone()))
+            .layer(
+                SanitizeLayer::new()
+                    .trusted_proxies(settings.trusted_proxies.clone())
+                    .max_header_bytes(settings.max_header_bytes)
+                    .max_body_bytes(settings.max_body_bytes),
+            )
+            .service(router);
+        Ok(Self {
+            front,
+            settings: ServerSettings {
+                max_header_bytes: settings.max_header_bytes,
+                max_body_bytes: Some(settings.max_body_bytes),
+                header_read_timeout: settings.header_read_timeout,
+                idle_timeout: settings.idle_timeout,
+                shutdown_timeout: settings.shutdown_timeout,
+            },
+            listen: settings.listen,
+            admin_listen: settings.admin_listen,
+            log,
+        })
+    }
+
+    /// The configured listen address.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// The whole gateway as a tower service, for running it in-process.
+    pub fn service(&self) -> FrontService {
+        self.front.clone()
+    }
+
+    /// The access log sink (flush it before exiting if you serve by hand).
+    pub fn log_sink(&self) -> &LogSink {
+        &self.log
+    }
+
+    /// Binds the listen and admin addresses; the error names the address that failed.
+    pub async fn bind(&self) -> std::io::Result<Listeners> {
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+        };
+        let main = bind(self.listen).await?;
+        let admin = match self.admin_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        Ok(Listeners { main, admin })
+    }
+
+    /// Serves until `shutdown` resolves, then finishes in-flight requests (up to the shutdown
+    /// timeout) and flushes the access log, so no line is lost.
+    pub async fn serve(self, listeners: Listeners, shutdown: impl Future<Output = ()> + Send) {
+        let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
+        let admin = listeners.admin.map(|listener| {
+            let mut stopped = admin_stopped.clone();
+            let settings = self.settings.clone();
+            tokio::spawn(async move {
+                let stop = async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                };
+                serve(listener, tower::service_fn(admin), settings, stop).await;
+            })
+        });
+        serve(listeners.main, self.front, self.settings, shutdown).await;
+        let _ = stop_admin.send(true);
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
+        let log = self.log;
+        let _ = tokio::task::spawn_blocking(move || log.flush()).await;
+    }
+
+    /// [`serve`](Self::serve) until SIGINT or SIGTERM.
+    pub async fn run_until_signal(self, listeners: Listeners) {
+        self.serve(listeners, shutdown_signal()).await;
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// The admin listener: `GET /healthz`.
+async fn admin(req: Request<Body>) -> Result<Response<Body>, Infallible> {
+    if req.uri().path() == "/healthz" && req.method() == http::Method::GET {
+        let mut res = Response::new(Body::from(Bytes::from_static(b"{\"status\":\"ok\"}")));
+        res.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+        return Ok(res);
+    }
+    Ok(Rejection::new(StatusCode::NOT_FOUND, "not_found", "unknown admin endpoint").into_response(None))
+}

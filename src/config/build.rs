@@ -1,0 +1,58 @@
+//! Config → tower services: the one place where policy (the file) meets mechanism (the layers).
+//! Nothing here decides how a request is handled; it only chooses and stacks layers.
+
+use std::convert::Infallible;
+
+use http::{Request, Response};
+use tower::ServiceBuilder;
+use tower::util::BoxCloneSyncService;
+
+use super::error::ConfigError;
+use super::schema::{Config, RoutePath};
+use crate::body::Body;
+use crate::proxy::Proxy;
+use crate::router::{Route, Router};
+use crate::timeout::RouteTimeoutLayer;
+
+/// The per-route stack behind the router: the route's layers, then the proxy.
+pub type RouteService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
+
+impl Config {
+    /// Builds the router with one proxying stack per route.
+    ///
+    /// `origin` names the file in errors, as [`Config::from_file`] does.
+    pub fn build_router(&self, origin: &str) -> Result<Router<RouteService>, ConfigError> {
+        let mut builder = Router::builder();
+        for (s, service) in self.services.iter().enumerate() {
+            let upstream = service.upstream();
+            let url = format!("{}://{}{}", upstream.scheme, upstream.authority, upstream.path);
+            let proxy = Proxy::builder(&url)
+                .map_err(|e| ConfigError::invalid(origin, format!("services[{s}].url"), e.to_string()))?
+                .connect_timeout(service.connect_timeout)
+                .http2_only(service.http2)
+                .build::<Body>();
+            for (r, route) in service.routes.iter().enumerate() {
+                let timeout = route.timeout.or(service.timeout);
+                let stack = ServiceBuilder::new().option_layer(timeout.map(RouteTimeoutLayer::new)).service(proxy.clone());
+                let stack = BoxCloneSyncService::new(tower::util::MapErr::new(stack, |e: Infallible| e));
+                let mut spec = Route::new()
+                    .service_name(service.name.clone())
+                    .paths(route.paths.iter().map(RoutePath::to_string))
+                    .methods(route.methods.iter().map(|m| m.as_str().to_owned()))
+                    .hosts(route.hosts.iter().cloned())
+                    .strip_path(route.strip_path)
+                    .preserve_host(route.preserve_host)
+                    .regex_priority(route.regex_priority);
+                if let Some(name) = &route.name {
+                    spec = spec.name(name.clone());
+                }
+                for (header, values) in &route.headers {
+                    spec = spec.header(header.clone(), values.iter().cloned());
+                }
+                let _ = r;
+                builder = builder.route(spec, stack);
+            }
+        }
+        builder.build().map_err(|e| ConfigError::invalid(origin, "services".to_owned(), e.to_string()))
+    }
+}
