@@ -231,7 +231,7 @@ fn validate_route(
 type InstanceKey<'a> = (&'a str, Option<&'a str>, Option<&'a str>, Option<&'a str>);
 
 fn validate_plugins(
-    at: &str,
+    list_at: &str,
     list: &[Plugin],
     scope: Scope,
     registry: &[PluginSpec],
@@ -240,7 +240,7 @@ fn validate_plugins(
     // One instance per plugin name per target (Kong): the key is the name plus its references.
     let mut seen: HashMap<InstanceKey<'_>, usize> = HashMap::new();
     for (index, plugin) in list.iter().enumerate() {
-        let at = format!("{at}[{index}]");
+        let at = format!("{list_at}[{index}]");
         match plugins::lookup(registry, &plugin.name) {
             Some(spec) if spec.supported => {}
             Some(_) => {
@@ -297,9 +297,8 @@ fn validate_plugins(
             return Err(Invalid::new(
                 format!("{at}.name"),
                 format!(
-                    "duplicate plugin `{}` (first at {at_list}[{first}]); one instance per plugin runs",
+                    "duplicate plugin `{}` (first at {list_at}[{first}]); one instance per plugin runs",
                     plugin.name,
-                    at_list = at.rsplit_once('[').map_or(at.as_str(), |(list, _)| list)
                 ),
             ));
         }
