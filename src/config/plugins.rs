@@ -1,0 +1,58 @@
+//! The plugin registry: every plugin name the config accepts, and whether it is implemented.
+
+/// A plugin name the config knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PluginSpec {
+    /// Kong's plugin name (`rate-limiting`).
+    pub name: &'static str,
+    /// Whether portcullis implements it; a known but unimplemented plugin is a config error
+    /// (`plugin `jwt` is not supported yet`) rather than silently ignored.
+    pub supported: bool,
+}
+
+/// Every plugin the config knows, in the order error messages list them. A plugin's issue flips
+/// its `supported` flag when it lands.
+pub const PLUGINS: &[PluginSpec] = &[
+    PluginSpec {
+        name: "jwt",
+        supported: false,
+    },
+    PluginSpec {
+        name: "key-auth",
+        supported: false,
+    },
+    PluginSpec {
+        name: "oauth2-introspection",
+        supported: false,
+    },
+    PluginSpec {
+        name: "acl",
+        supported: false,
+    },
+    PluginSpec {
+        name: "rate-limiting",
+        supported: false,
+    },
+    PluginSpec {
+        name: "request-transformer",
+        supported: false,
+    },
+    PluginSpec {
+        name: "response-transformer",
+        supported: false,
+    },
+];
+
+/// Looks a plugin name up in `registry`.
+pub(crate) fn lookup<'r>(registry: &'r [PluginSpec], name: &str) -> Option<&'r PluginSpec> {
+    registry.iter().find(|spec| spec.name == name)
+}
+
+/// `jwt, key-auth, ...` for "expected one of" messages.
+pub(crate) fn names(registry: &[PluginSpec]) -> String {
+    registry
+        .iter()
+        .map(|spec| spec.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}

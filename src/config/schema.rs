@@ -1,0 +1,588 @@
+//! The typed config tree, one struct per YAML mapping. Every mapping denies unknown keys.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+
+use super::duration;
+use crate::client_ip::TrustedProxies;
+
+/// The `_format_version` values accepted (decK's, which portcullis files share).
+pub const FORMAT_VERSIONS: &[&str] = &["1.1", "2.1", "3.0"];
+
+/// A whole config file. Load it with [`Config::from_file`] or [`Config::from_yaml`], which also
+/// validate it; deserializing a `Config` directly skips validation and leaves
+/// [`Service::upstream`] unresolved.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `_format_version`: one of [`FORMAT_VERSIONS`].
+    #[serde(rename = "_format_version", deserialize_with = "format_version")]
+    pub format_version: String,
+    /// `gateway:` — listeners, limits and server timeouts. All defaults when absent.
+    #[serde(default)]
+    pub gateway: Gateway,
+    /// `services:` — upstreams and their routes.
+    #[serde(default)]
+    pub services: Vec<Service>,
+    /// `consumers:` — the API's clients and their credentials.
+    #[serde(default)]
+    pub consumers: Vec<Consumer>,
+    /// `plugins:` — global plugins (optionally scoped by `service`/`route`/`consumer`).
+    #[serde(default)]
+    pub plugins: Vec<Plugin>,
+}
+
+// === gateway ===
+
+/// `gateway:` — the server itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gateway {
+    /// Where the proxy listens. Default `127.0.0.1:8000`.
+    #[serde(default = "default_listen", deserialize_with = "socket_addr")]
+    pub listen: SocketAddr,
+    /// Where `/metrics`, `/healthz` and `/status` are served; none when unset.
+    #[serde(default, deserialize_with = "optional_socket_addr")]
+    pub admin_listen: Option<SocketAddr>,
+    /// TLS termination on `listen`; plain HTTP when unset.
+    #[serde(default)]
+    pub tls: Option<Tls>,
+    /// Proxies whose `X-Forwarded-For` is believed: CIDRs or bare addresses. Default: none.
+    #[serde(default, deserialize_with = "trusted_proxies")]
+    pub trusted_proxies: TrustedProxies,
+    /// Where access-log lines go. Default `stdout`.
+    #[serde(default)]
+    pub access_log: AccessLog,
+    /// Largest request body accepted (413 above it). Default 10 MiB.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+    /// Largest request head accepted (431 above it). Default 32 KiB.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// How long a client may take to send the request head. Default 10 s.
+    #[serde(
+        default = "default_header_read_timeout",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub header_read_timeout: Duration,
+    /// How long an idle keep-alive connection is kept. Default 60 s.
+    #[serde(
+        default = "default_idle_timeout",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub idle_timeout: Duration,
+    /// How long graceful shutdown waits for in-flight requests. Default 30 s.
+    #[serde(
+        default = "default_shutdown_timeout",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Gateway {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            admin_listen: None,
+            tls: None,
+            trusted_proxies: TrustedProxies::none(),
+            access_log: AccessLog::default(),
+            max_body_bytes: default_max_body_bytes(),
+            max_header_bytes: default_max_header_bytes(),
+            header_read_timeout: default_header_read_timeout(),
+            idle_timeout: default_idle_timeout(),
+            shutdown_timeout: default_shutdown_timeout(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8000))
+}
+fn default_max_body_bytes() -> u64 {
+    10 * 1024 * 1024
+}
+fn default_max_header_bytes() -> usize {
+    32 * 1024
+}
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// `gateway.tls` — certificate chain and private key, PEM. Relative paths are taken from the
+/// process's working directory.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// The certificate chain (PEM).
+    pub cert: PathBuf,
+    /// The private key (PEM).
+    pub key: PathBuf,
+}
+
+/// `gateway.access_log`: `stdout`, `off` (or `false`), or a file path.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum AccessLog {
+    /// One JSON line per request on standard output.
+    #[default]
+    Stdout,
+    /// No access log.
+    Off,
+    /// Appended to this file.
+    File(PathBuf),
+}
+
+impl<'de> Deserialize<'de> for AccessLog {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct AccessLogVisitor;
+        impl Visitor<'_> for AccessLogVisitor {
+            type Value = AccessLog;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("`stdout`, `off` or a file path")
+            }
+            fn visit_bool<E: de::Error>(self, on: bool) -> Result<AccessLog, E> {
+                if on {
+                    Err(E::invalid_value(de::Unexpected::Bool(on), &self))
+                } else {
+                    Ok(AccessLog::Off)
+                }
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<AccessLog, E> {
+                match text {
+                    "stdout" => Ok(AccessLog::Stdout),
+                    "off" => Ok(AccessLog::Off),
+                    "" => Err(E::invalid_value(de::Unexpected::Str(text), &self)),
+                    path => Ok(AccessLog::File(PathBuf::from(path))),
+                }
+            }
+        }
+        deserializer.deserialize_any(AccessLogVisitor)
+    }
+}
+
+// === services ===
+
+/// `services[]` — one upstream and the routes that lead to it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// Unique service name; in logs as `service_name`.
+    pub name: String,
+    /// `http://host:port/path`, as written. Either this or `host` (with `protocol`, `port`,
+    /// `path`); read the resolved result from [`Service::upstream`].
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Kong's split form: `http` (default). `https` is not supported yet.
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// Kong's split form: the upstream host.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Kong's split form: the upstream port (default 80).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Kong's split form: the path prefix sent upstream (default `/`).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Time allowed to open a connection to the upstream. Default 60 s, as in Kong.
+    #[serde(
+        default = "default_kong_timeout",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub connect_timeout: Duration,
+    /// The route timeout: the whole request, every retry and backoff included (504 when it
+    /// expires). A route's own `timeout` overrides it. None: no overall limit.
+    #[serde(default, deserialize_with = "duration::deserialize_option")]
+    pub timeout: Option<Duration>,
+    /// Kong's `read_timeout` (accepted; default 60 s).
+    #[serde(
+        default = "default_kong_timeout",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub read_timeout: Duration,
+    /// Kong's `write_timeout` (accepted; default 60 s).
+    #[serde(
+        default = "default_kong_timeout",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub write_timeout: Duration,
+    /// Kong's `retries` (accepted, as written; `retry_policy` is what portcullis will act on).
+    #[serde(default)]
+    pub retries: Option<u32>,
+    /// Speak HTTP/2 with prior knowledge to the upstream. Default false (HTTP/1.1).
+    #[serde(default)]
+    pub http2: bool,
+    /// Free-form tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The routes leading to this service.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    /// Plugins applied to every route of this service.
+    #[serde(default)]
+    pub plugins: Vec<Plugin>,
+    /// Several upstream hosts (later issue; rejected by validation for now).
+    #[serde(default)]
+    pub targets: Option<serde_yaml_ng::Value>,
+    /// Envoy-style retries (later issue; rejected by validation for now).
+    #[serde(default)]
+    pub retry_policy: Option<serde_yaml_ng::Value>,
+    /// Envoy-style thresholds (later issue; rejected by validation for now).
+    #[serde(default)]
+    pub circuit_breakers: Option<serde_yaml_ng::Value>,
+    /// Envoy-style host ejection (later issue; rejected by validation for now).
+    #[serde(default)]
+    pub outlier_detection: Option<serde_yaml_ng::Value>,
+    /// Resolved from `url` or the split fields at load.
+    #[serde(skip)]
+    pub(crate) upstream: Upstream,
+}
+
+impl Service {
+    /// Where requests for this service go, resolved from `url` or `protocol`/`host`/`port`/`path`
+    /// and validated at load.
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+}
+
+fn default_kong_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// A service's upstream: `http://authority` plus a path prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// Always `http` for now (`https` upstreams come with TLS).
+    pub scheme: http::uri::Scheme,
+    /// `host:port`, the port always explicit.
+    pub authority: http::uri::Authority,
+    /// The host as written (IPv6 in brackets).
+    pub host: String,
+    /// The port (80 unless given).
+    pub port: u16,
+    /// The path prefix sent upstream; `/` when none was given.
+    pub path: String,
+}
+
+impl Default for Upstream {
+    /// A placeholder (`http://127.0.0.1:80/`) until the loader resolves the real one.
+    fn default() -> Self {
+        Self {
+            scheme: http::uri::Scheme::HTTP,
+            authority: http::uri::Authority::from_static("127.0.0.1:80"),
+            host: "127.0.0.1".to_owned(),
+            port: 80,
+            path: "/".to_owned(),
+        }
+    }
+}
+
+// === routes ===
+
+/// `routes[]` — what requests lead to a service. Kong's matching fields; at least one of
+/// `paths`, `methods`, `hosts`, `headers` must be set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Route name, unique across the file when set; in logs as `route_name`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Path prefixes (`/v1/orders`) and `~` regexes (`~/v1/users/(?P<id>[^/]+)$`).
+    #[serde(default)]
+    pub paths: Vec<RoutePath>,
+    /// Allowed methods (uppercase tokens); any when empty.
+    #[serde(default, deserialize_with = "methods")]
+    pub methods: Vec<http::Method>,
+    /// `Host` values matched; any when empty. Kong's `*.example.com` wildcards are kept as written.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Header name → accepted values (any one of them). Names compare case-insensitively.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Vec<String>>,
+    /// Accepted client protocols. Default both.
+    #[serde(default = "default_protocols")]
+    pub protocols: Vec<Protocol>,
+    /// Remove the matched path prefix before proxying. Default true.
+    #[serde(default = "default_true")]
+    pub strip_path: bool,
+    /// Send the client's `Host` upstream instead of the upstream's. Default false.
+    #[serde(default)]
+    pub preserve_host: bool,
+    /// Orders regex routes: higher first. Default 0.
+    #[serde(default)]
+    pub regex_priority: i32,
+    /// Overrides the service's `timeout` for this route.
+    #[serde(default, deserialize_with = "duration::deserialize_option")]
+    pub timeout: Option<Duration>,
+    /// Envoy-style retries per route (later issue; rejected by validation for now).
+    #[serde(default)]
+    pub retry_policy: Option<serde_yaml_ng::Value>,
+    /// Plugins applied to this route.
+    #[serde(default)]
+    pub plugins: Vec<Plugin>,
+    /// Free-form tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_protocols() -> Vec<Protocol> {
+    vec![Protocol::Http, Protocol::Https]
+}
+
+/// A route's client protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Plain HTTP.
+    Http,
+    /// HTTP over TLS.
+    Https,
+}
+
+/// One `paths[]` entry, validated at load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoutePath {
+    /// A plain path: a string-prefix match (`/v1/orders`).
+    Prefix(String),
+    /// A `~` path: a regex anchored at the start of the path; the pattern without the `~`.
+    Regex(String),
+}
+
+impl RoutePath {
+    /// Parses a `paths[]` entry: `~` starts a regex, anything else must start with `/`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if let Some(pattern) = text.strip_prefix('~') {
+            match regex::Regex::new(pattern) {
+                Ok(_) => Ok(Self::Regex(pattern.to_owned())),
+                Err(err) => Err(format!(
+                    "invalid regex path `{text}`: {}",
+                    // The regex crate renders a multi-line diagram; the last line says what is wrong.
+                    err.to_string()
+                        .lines()
+                        .rfind(|line| !line.trim().is_empty())
+                        .map_or("", |line| line.trim().trim_start_matches("error: "))
+                )),
+            }
+        } else if text.starts_with('/') {
+            Ok(Self::Prefix(text.to_owned()))
+        } else {
+            Err(format!(
+                "invalid path `{text}`: expected a path starting with `/` or a `~` regex"
+            ))
+        }
+    }
+}
+
+impl fmt::Display for RoutePath {
+    /// As written in the config (`/v1`, `~/v1/(?P<id>\d+)$`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Prefix(prefix) => f.write_str(prefix),
+            Self::Regex(pattern) => write!(f, "~{pattern}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RoutePath {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Self::parse(&text).map_err(de::Error::custom)
+    }
+}
+
+// === consumers ===
+
+/// `consumers[]` — a client of the API. Needs `username`, `custom_id`, or both.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Consumer {
+    /// Kong's consumer id (sent upstream as `X-Consumer-ID`); generated when unset.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Unique username (`X-Consumer-Username`).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Unique id from your own user store (`X-Consumer-Custom-ID`).
+    #[serde(default)]
+    pub custom_id: Option<String>,
+    /// Free-form tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// JWT credentials (later issue; kept as written).
+    #[serde(default)]
+    pub jwt_secrets: Option<serde_yaml_ng::Value>,
+    /// API keys (later issue; kept as written).
+    #[serde(default)]
+    pub keyauth_credentials: Option<serde_yaml_ng::Value>,
+    /// ACL groups (later issue; kept as written).
+    #[serde(default)]
+    pub acls: Option<serde_yaml_ng::Value>,
+    /// This consumer's own plugins, e.g. its rate-limiting quota (later issue; kept as written).
+    #[serde(default)]
+    pub plugins: Option<serde_yaml_ng::Value>,
+}
+
+// === plugins ===
+
+/// `plugins[]` at any scope.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plugin {
+    /// Kong's plugin name (`rate-limiting`); see [`PLUGINS`](super::PLUGINS).
+    pub name: String,
+    /// The plugin's own settings, checked by the plugin. Default: an empty mapping.
+    #[serde(default = "empty_mapping")]
+    pub config: serde_yaml_ng::Value,
+    /// A disabled plugin is kept in the file but does not run. Default true.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Free-form tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Global plugins only: apply to this service (by name).
+    #[serde(default)]
+    pub service: Option<String>,
+    /// Global plugins only: apply to this route (by name).
+    #[serde(default)]
+    pub route: Option<String>,
+    /// Apply to this consumer only (by username, custom_id or id); allowed on global, service
+    /// and route plugins.
+    #[serde(default)]
+    pub consumer: Option<String>,
+}
+
+fn empty_mapping() -> serde_yaml_ng::Value {
+    serde_yaml_ng::Value::Mapping(serde_yaml_ng::Mapping::new())
+}
+
+// === field deserializers ===
+
+fn format_version<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    struct VersionVisitor;
+    impl Visitor<'_> for VersionVisitor {
+        type Value = String;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "one of \"{}\"", FORMAT_VERSIONS.join("\", \""))
+        }
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<String, E> {
+            if FORMAT_VERSIONS.contains(&text) {
+                Ok(text.to_owned())
+            } else {
+                Err(E::custom(format_args!(
+                    "unsupported _format_version `{text}`, expected {}",
+                    ExpectingOf(&self)
+                )))
+            }
+        }
+        // `_format_version: 3.0` unquoted is a YAML float.
+        fn visit_f64<E: de::Error>(self, number: f64) -> Result<String, E> {
+            self.visit_str(&format!("{number:?}"))
+        }
+        fn visit_u64<E: de::Error>(self, number: u64) -> Result<String, E> {
+            self.visit_str(&number.to_string())
+        }
+    }
+    deserializer.deserialize_any(VersionVisitor)
+}
+
+/// Renders a visitor's `expecting` text.
+struct ExpectingOf<'a, V>(&'a V);
+
+impl<'de, V: Visitor<'de>> fmt::Display for ExpectingOf<'_, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.expecting(f)
+    }
+}
+
+struct SocketAddrVisitor;
+
+impl Visitor<'_> for SocketAddrVisitor {
+    type Value = SocketAddr;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an IP address and port like `127.0.0.1:8000` or `[::1]:8000`")
+    }
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<SocketAddr, E> {
+        SocketAddr::from_str(text.trim()).map_err(|_| {
+            E::custom(format_args!(
+                "invalid address `{text}`, expected {}",
+                ExpectingOf(&self)
+            ))
+        })
+    }
+}
+
+fn socket_addr<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SocketAddr, D::Error> {
+    deserializer.deserialize_any(SocketAddrVisitor)
+}
+
+fn optional_socket_addr<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    #[derive(Deserialize)]
+    struct Addr(#[serde(deserialize_with = "socket_addr")] SocketAddr);
+    Ok(Option::<Addr>::deserialize(deserializer)?.map(|Addr(addr)| addr))
+}
+
+/// One `trusted_proxies[]` entry, validated on its own so the error names its index.
+struct Cidr(String);
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        TrustedProxies::parse([&text]).map_err(|err| {
+            de::Error::custom(format_args!(
+                "{err}, expected a CIDR like `10.0.0.0/8` or an IP address"
+            ))
+        })?;
+        Ok(Self(text))
+    }
+}
+
+fn trusted_proxies<'de, D: Deserializer<'de>>(deserializer: D) -> Result<TrustedProxies, D::Error> {
+    let entries = Vec::<Cidr>::deserialize(deserializer)?;
+    TrustedProxies::parse(entries.iter().map(|Cidr(text)| text)).map_err(de::Error::custom)
+}
+
+/// One `methods[]` entry.
+struct MethodName(http::Method);
+
+impl<'de> Deserialize<'de> for MethodName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let valid = !text.is_empty()
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_');
+        match http::Method::from_bytes(text.as_bytes()) {
+            Ok(method) if valid => Ok(Self(method)),
+            _ => Err(de::Error::custom(format_args!(
+                "invalid method `{text}`, expected an uppercase HTTP method like `GET` or `POST`"
+            ))),
+        }
+    }
+}
+
+fn methods<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<http::Method>, D::Error> {
+    Ok(Vec::<MethodName>::deserialize(deserializer)?
+        .into_iter()
+        .map(|MethodName(m)| m)
+        .collect())
+}
