@@ -28,15 +28,32 @@ pin_project! {
     #[derive(Debug)]
     enum Kind {
         Full { data: Option<Bytes> },
-        #[cfg(feature = "proxy")]
         Incoming {
             #[pin]
-            inner: hyper::body::Incoming,
+            inner: Incoming,
             // The body is cut off with `BodyTooLarge` once `read` passes `limit`.
             limit: u64,
             read: u64,
         },
         Boxed { #[pin] inner: UnsyncBoxBody<Bytes, BoxError> },
+    }
+}
+
+#[cfg(feature = "proxy")]
+type Incoming = hyper::body::Incoming;
+
+/// Without hyper there is no connection body; the variant cannot be built.
+#[cfg(not(feature = "proxy"))]
+#[derive(Debug)]
+enum Incoming {}
+
+#[cfg(not(feature = "proxy"))]
+impl http_body::Body for Incoming {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match *self {}
     }
 }
 
@@ -124,7 +141,6 @@ impl http_body::Body for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().kind.project() {
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            #[cfg(feature = "proxy")]
             KindProj::Incoming { inner, limit, read } => {
                 let frame = match std::task::ready!(inner.poll_frame(cx)) {
                     Some(Ok(frame)) => frame,
@@ -146,7 +162,6 @@ impl http_body::Body for Body {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full { data } => data.is_none(),
-            #[cfg(feature = "proxy")]
             Kind::Incoming { inner, .. } => inner.is_end_stream(),
             Kind::Boxed { inner } => inner.is_end_stream(),
         }
@@ -155,7 +170,6 @@ impl http_body::Body for Body {
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
-            #[cfg(feature = "proxy")]
             Kind::Incoming { inner, .. } => inner.size_hint(),
             Kind::Boxed { inner } => inner.size_hint(),
         }

@@ -7,7 +7,7 @@ use http::{Request, Response};
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 
-use super::error::ConfigError;
+use super::ConfigError;
 use super::schema::{Config, RoutePath};
 use crate::body::Body;
 use crate::proxy::Proxy;

@@ -128,6 +128,16 @@ impl ConfigError {
         }
     }
 
+    /// An inconsistency found while building, at `path`.
+    pub(crate) fn invalid(origin: &str, path: String, message: impl Into<String>) -> Self {
+        Self::from_invalid(origin, Invalid::new(path, message))
+    }
+
+    /// A key portcullis knows but does not implement yet, at `path`.
+    pub(crate) fn unsupported(origin: &str, path: String, message: impl Into<String>) -> Self {
+        Self::from_invalid(origin, Invalid::unsupported(path, message))
+    }
+
     pub(crate) fn from_invalid(origin: &str, invalid: Invalid) -> Self {
         Self {
             kind: invalid.kind,

@@ -45,6 +45,7 @@
 //! `outlier_detection`) and plugins not implemented yet ([`PLUGINS`]) are rejected with
 //! `... is not supported yet` rather than silently ignored.
 
+mod build;
 mod duration;
 mod error;
 mod plugins;
@@ -53,6 +54,7 @@ mod validate;
 
 use std::path::Path;
 
+pub use build::RouteService;
 pub use duration::{InvalidDuration, parse_duration};
 pub use error::{ConfigError, ConfigErrorKind};
 pub use plugins::{PLUGINS, PluginSpec};

@@ -34,8 +34,7 @@ use tower::ServiceBuilder;
 pub use server::{ServerSettings, serve};
 
 use crate::body::Body;
-use crate::config::build::RouteService;
-use crate::config::{AccessLog, Config, ConfigError};
+use crate::config::{AccessLog, Config, ConfigError, RouteService};
 use crate::error::Rejection;
 use crate::observe::access_log::{AccessLogLayer, AccessLogService, LogSink};
 use crate::observe::request_id::{RequestIdLayer, RequestIdService};
