@@ -428,8 +428,54 @@ enum PathPattern {
     /// The route sets no paths.
     Any,
     Prefix(Box<str>),
-    /// Index into `Inner::regexes` and `Inner::regex_set`.
-    Regex(usize),
+    Regex {
+        /// Index into `Inner::regexes` and `Inner::regex_set`.
+        index: usize,
+        /// Text every match starts with, checked before the regex set runs.
+        literal_prefix: Box<str>,
+    },
+}
+
+impl PathPattern {
+    /// What the path must start with for this pattern to have a chance.
+    fn required_prefix(&self) -> &str {
+        match self {
+            Self::Any => "",
+            Self::Prefix(prefix) => prefix,
+            Self::Regex { literal_prefix, .. } => literal_prefix,
+        }
+    }
+}
+
+/// `str::starts_with`, without the `memcmp` call: most candidates differ from the path within a
+/// few bytes, and this check runs for nearly every candidate, so an early-exit loop is faster.
+#[inline]
+fn starts_with(path: &str, prefix: &str) -> bool {
+    path.len() >= prefix.len() && path.bytes().zip(prefix.bytes()).all(|(a, b)| a == b)
+}
+
+/// The literal text every match of regex `source` starts with (`/v1/users/` for
+/// `/v1/users/(\d+)`), or a shorter safe answer down to `""`.
+///
+/// Most Kong regex paths start with a literal, so this `starts_with` rules out nearly every regex
+/// candidate before the regex set has to run.
+fn literal_prefix(source: &str) -> &str {
+    // An alternation can start anywhere; don't guess.
+    if source.contains('|') {
+        return "";
+    }
+    let source = source.strip_prefix('^').unwrap_or(source);
+    let end = source
+        .find(|c| "\\.+*?()[]{}^$".contains(c))
+        .unwrap_or(source.len());
+    match source[end..].chars().next() {
+        // The last literal character is optional (`/ab?`, `/ab*`, `/ab{0,1}`).
+        Some('?' | '*' | '{') => source[..end]
+            .char_indices()
+            .last()
+            .map_or("", |(at, _)| &source[..at]),
+        _ => &source[..end],
+    }
 }
 
 struct RegexPath {
@@ -475,10 +521,8 @@ impl<S> Router<S> {
         // prefix route never pays for it.
         let mut regex_hits = None;
         for candidate in inner.candidates.iter() {
-            if let PathPattern::Prefix(prefix) = &candidate.path {
-                if !path.starts_with(&**prefix) {
-                    continue;
-                }
+            if !starts_with(path, candidate.path.required_prefix()) {
+                continue;
             }
             let route = &inner.routes[candidate.route];
             if !route.accepts(method, host, headers) {
@@ -487,7 +531,7 @@ impl<S> Router<S> {
             let (captures, matched_len) = match candidate.path {
                 PathPattern::Any => (UriCaptures::default(), 0),
                 PathPattern::Prefix(ref prefix) => (UriCaptures::default(), prefix.len()),
-                PathPattern::Regex(index) => {
+                PathPattern::Regex { index, .. } => {
                     let hits = regex_hits.get_or_insert_with(|| inner.regex_set.matches(path));
                     if !hits.matched(index) {
                         continue;
@@ -529,7 +573,7 @@ impl<S> fmt::Debug for Router<S> {
             match &candidate.path {
                 PathPattern::Any => format!("{route}: any path"),
                 PathPattern::Prefix(prefix) => format!("{route}: {prefix}"),
-                PathPattern::Regex(index) => {
+                PathPattern::Regex { index, .. } => {
                     format!("{route}: ~{}", inner.regexes[*index].regex.as_str())
                 }
             }
@@ -702,10 +746,11 @@ impl<S> RouterBuilder<S> {
                         .map(|name| name.map(Arc::from))
                         .collect();
                     regexes.push(RegexPath { regex, group_names });
-                    (
-                        PathPattern::Regex(regexes.len() - 1),
-                        (fields, true, route.regex_priority, 0),
-                    )
+                    let pattern = PathPattern::Regex {
+                        index: regexes.len() - 1,
+                        literal_prefix: literal_prefix(source).into(),
+                    };
+                    (pattern, (fields, true, route.regex_priority, 0))
                 } else if path.starts_with('/') {
                     (
                         PathPattern::Prefix(path.as_str().into()),
@@ -1124,6 +1169,25 @@ mod tests {
         assert_eq!(find_get(&router, "/people").as_deref(), Some("users"));
         assert_eq!(find_get(&router, "/api/users"), None);
         assert_eq!(find_get(&router, "/api/people"), None);
+    }
+
+    #[test]
+    fn literal_prefix_is_never_longer_than_every_match() {
+        assert_eq!(literal_prefix(r"/v1/users/(?P<id>\d+)$"), "/v1/users/");
+        assert_eq!(literal_prefix(r"^/api\.v2"), "/api");
+        assert_eq!(literal_prefix("/ab?c"), "/a");
+        assert_eq!(literal_prefix("/ab*"), "/a");
+        assert_eq!(literal_prefix("/ab{0,1}"), "/a");
+        assert_eq!(literal_prefix("/ab+"), "/ab");
+        assert_eq!(literal_prefix("/a|/b"), "");
+        assert_eq!(literal_prefix("(?i)/users"), "");
+        assert_eq!(literal_prefix("/café/"), "/café/");
+        // And the router agrees with the regexes.
+        let router = names([Route::new().name("optional").paths(["~/ab?c", "~(?i)/UP"])]);
+        assert_eq!(find_get(&router, "/ac").as_deref(), Some("optional"));
+        assert_eq!(find_get(&router, "/abc").as_deref(), Some("optional"));
+        assert_eq!(find_get(&router, "/up").as_deref(), Some("optional"));
+        assert_eq!(find_get(&router, "/bc"), None);
     }
 
     #[test]
