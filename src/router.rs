@@ -574,7 +574,7 @@ impl<S> fmt::Debug for Router<S> {
                 PathPattern::Any => format!("{route}: any path"),
                 PathPattern::Prefix(prefix) => format!("{route}: {prefix}"),
                 PathPattern::Regex { index, .. } => {
-                    format!("{route}: ~{}", inner.regexes[*index].regex.as_str())
+                    format!("{route}: {}", inner.regexes[*index].regex.as_str())
                 }
             }
         });
@@ -1497,7 +1497,7 @@ mod tests {
         ]);
         assert_eq!(
             format!("{router:?}"),
-            r#"Router { candidates: ["r: ~^(?:/r)", "p: /p"] }"#
+            r#"Router { candidates: ["r: ^(?:/r)", "p: /p"] }"#
         );
     }
 }
