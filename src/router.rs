@@ -389,6 +389,21 @@ pub enum RouteError {
     },
 }
 
+impl RouteError {
+    /// The route the error is about (`None` when it concerns all regex paths together).
+    pub fn route(&self) -> Option<&RouteLabel> {
+        match self {
+            Self::InvalidRegex { route, .. }
+            | Self::NoMatchingFields { route }
+            | Self::InvalidPath { route, .. }
+            | Self::InvalidMethod { route, .. }
+            | Self::InvalidHost { route, .. }
+            | Self::InvalidHeader { route, .. } => Some(route),
+            Self::RegexSetTooLarge { .. } => None,
+        }
+    }
+}
+
 // === impl Router ===
 
 /// Routes each request to the service of the best-matching [`Route`] (see the module docs).

@@ -23,6 +23,8 @@ impl Config {
     /// `origin` names the file in errors, as [`Config::from_file`] does.
     pub fn build_router(&self, origin: &str) -> Result<Router<RouteService>, ConfigError> {
         let mut builder = Router::builder();
+        // Router errors name a route by its insertion index; this maps it back to the file.
+        let mut locations = Vec::new();
         for (s, service) in self.services.iter().enumerate() {
             let upstream = service.upstream();
             let url = format!("{}://{}{}", upstream.scheme, upstream.authority, upstream.path);
@@ -49,10 +51,13 @@ impl Config {
                 for (header, values) in &route.headers {
                     spec = spec.header(header.clone(), values.iter().cloned());
                 }
-                let _ = r;
+                locations.push(format!("services[{s}].routes[{r}]"));
                 builder = builder.route(spec, stack);
             }
         }
-        builder.build().map_err(|e| ConfigError::invalid(origin, "services".to_owned(), e.to_string()))
+        builder.build().map_err(|e| {
+            let at = e.route().and_then(|label| locations.get(label.index).cloned());
+            ConfigError::invalid(origin, at.unwrap_or_else(|| "services".to_owned()), e.to_string())
+        })
     }
 }
