@@ -1,3 +1,0 @@
-//! The JSON access log.
-//!
-//! TODO(access log helper).
