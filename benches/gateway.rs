@@ -35,7 +35,8 @@ fn ready<F: Future>(future: F) -> F::Output {
 fn routes<S: Clone>(service: S) -> Router<S> {
     let mut builder = Router::builder();
     for i in 0..50 {
-        builder = builder.route(Route::new().name(format!("prefix-{i}")).paths([format!("/svc{i}/api")]), service.clone());
+        builder = builder
+            .route(Route::new().name(format!("prefix-{i}")).paths([format!("/svc{i}/api")]), service.clone());
         builder = builder.route(
             Route::new().name(format!("regex-{i}")).paths([format!("~/v{i}/users/(?P<id>[0-9]+)/orders$")]),
             service.clone(),
@@ -55,7 +56,9 @@ fn router(c: &mut Criterion) {
         ("miss", "/nothing/here/at/all"),
     ] {
         group.bench_function(name, |b| {
-            b.iter(|| black_box(router.find(&Method::GET, Some("api.example.com"), black_box(path), &headers)))
+            b.iter(|| {
+                black_box(router.find(&Method::GET, Some("api.example.com"), black_box(path), &headers))
+            })
         });
     }
     group.finish();

@@ -70,10 +70,13 @@ async fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            Gateway::from_yaml(
-                &DEMO_CONFIG.replace("{upstream}", &upstream.to_string()),
-                "<embedded demo config>",
-            )
+            let listen = std::env::var("PORTCULLIS_DEMO_LISTEN").unwrap_or_else(|_| "127.0.0.1:8000".into());
+            let admin = std::env::var("PORTCULLIS_DEMO_ADMIN").unwrap_or_else(|_| "127.0.0.1:8001".into());
+            let text = DEMO_CONFIG
+                .replace("{upstream}", &upstream.to_string())
+                .replace("{listen}", &listen)
+                .replace("{admin}", &admin);
+            Gateway::from_yaml(&text, "<embedded demo config>")
         }
     };
     let gateway = match gateway {

@@ -8,7 +8,7 @@ use std::borrow::Cow;
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
-use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Response, StatusCode};
 
 use crate::observe::request_id::RequestId;
 
@@ -21,13 +21,14 @@ pub struct Rejection {
     status: StatusCode,
     code: &'static str,
     message: Cow<'static, str>,
-    headers: HeaderMap,
+    // Rarely more than one or two; a Vec keeps `Result<_, Rejection>` small.
+    headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Rejection {
     /// A rejection with any status, machine-readable `code` and human `message`.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
-        Self { status, code, message: message.into(), headers: HeaderMap::new() }
+        Self { status, code, message: message.into(), headers: Vec::new() }
     }
 
     /// 404 `no_route`: no route matched (a method mismatch included).
@@ -71,7 +72,7 @@ impl Rejection {
 
     /// Adds a header to the rejection response (`WWW-Authenticate`, `Retry-After`, ...).
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
-        self.headers.append(name, value);
+        self.headers.push((name, value));
         self
     }
 
@@ -105,9 +106,7 @@ impl Rejection {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
         for (name, value) in self.headers {
-            if let Some(name) = name {
-                headers.append(name, value);
-            }
+            headers.append(name, value);
         }
         response
     }

@@ -129,10 +129,7 @@ pub struct UriCaptures {
 impl UriCaptures {
     /// The value of a named group.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.named
-            .iter()
-            .find(|(n, _)| &**n == name)
-            .map(|(_, v)| v.as_str())
+        self.named.iter().find(|(n, _)| &**n == name).map(|(_, v)| v.as_str())
     }
 }
 
@@ -260,11 +257,7 @@ impl Route {
     {
         let name = name.into();
         let values = values.into_iter().map(Into::into);
-        match self
-            .headers
-            .iter_mut()
-            .find(|(existing, _)| existing.eq_ignore_ascii_case(&name))
-        {
+        match self.headers.iter_mut().find(|(existing, _)| existing.eq_ignore_ascii_case(&name)) {
             Some((_, accepted)) => accepted.extend(values),
             None => self.headers.push((name, values.collect())),
         }
@@ -291,15 +284,10 @@ impl Route {
 
     /// How many of methods, hosts, headers and paths are set: the first priority rule.
     fn matching_fields(&self) -> u8 {
-        [
-            !self.methods.is_empty(),
-            !self.hosts.is_empty(),
-            !self.headers.is_empty(),
-            !self.paths.is_empty(),
-        ]
-        .into_iter()
-        .map(u8::from)
-        .sum()
+        [!self.methods.is_empty(), !self.hosts.is_empty(), !self.headers.is_empty(), !self.paths.is_empty()]
+            .into_iter()
+            .map(u8::from)
+            .sum()
     }
 }
 
@@ -368,9 +356,7 @@ pub enum RouteError {
         method: String,
     },
     /// An empty host, or a `*` anywhere but as the whole leftmost or rightmost label.
-    #[error(
-        "{route}: invalid host `{host}`: expected `name`, `name:port`, `*.suffix` or `prefix.*`"
-    )]
+    #[error("{route}: invalid host `{host}`: expected `name`, `name:port`, `*.suffix` or `prefix.*`")]
     InvalidHost {
         /// The route.
         route: RouteLabel,
@@ -378,9 +364,7 @@ pub enum RouteError {
         host: String,
     },
     /// A header name that is not a valid HTTP header name, or a header with no accepted value.
-    #[error(
-        "{route}: invalid header `{name}`: expected a valid header name with at least one value"
-    )]
+    #[error("{route}: invalid header `{name}`: expected a valid header name with at least one value")]
     InvalidHeader {
         /// The route.
         route: RouteLabel,
@@ -480,15 +464,10 @@ fn literal_prefix(source: &str) -> &str {
         return "";
     }
     let source = source.strip_prefix('^').unwrap_or(source);
-    let end = source
-        .find(|c| "\\.+*?()[]{}^$".contains(c))
-        .unwrap_or(source.len());
+    let end = source.find(|c| "\\.+*?()[]{}^$".contains(c)).unwrap_or(source.len());
     match source[end..].chars().next() {
         // The last literal character is optional (`/ab?`, `/ab*`, `/ab{0,1}`).
-        Some('?' | '*' | '{') => source[..end]
-            .char_indices()
-            .last()
-            .map_or("", |(at, _)| &source[..at]),
+        Some('?' | '*' | '{') => source[..end].char_indices().last().map_or("", |(at, _)| &source[..at]),
         _ => &source[..end],
     }
 }
@@ -570,9 +549,7 @@ impl<S> Router<S> {
 
 impl<S> Clone for Router<S> {
     fn clone(&self) -> Self {
-        Self {
-            inner: Arc::clone(&self.inner),
-        }
+        Self { inner: Arc::clone(&self.inner) }
     }
 }
 
@@ -580,11 +557,7 @@ impl<S> fmt::Debug for Router<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let inner = &*self.inner;
         let candidates = inner.candidates.iter().map(|candidate| {
-            let route = inner.routes[candidate.route]
-                .info
-                .name
-                .as_deref()
-                .unwrap_or("<unnamed>");
+            let route = inner.routes[candidate.route].info.name.as_deref().unwrap_or("<unnamed>");
             match &candidate.path {
                 PathPattern::Any => format!("{route}: any path"),
                 PathPattern::Prefix(prefix) => format!("{route}: {prefix}"),
@@ -593,29 +566,19 @@ impl<S> fmt::Debug for Router<S> {
                 }
             }
         });
-        f.debug_struct("Router")
-            .field("candidates", &candidates.collect::<Vec<_>>())
-            .finish()
+        f.debug_struct("Router").field("candidates", &candidates.collect::<Vec<_>>()).finish()
     }
 }
 
 impl<S> CompiledRoute<S> {
-    fn accepts(
-        &self,
-        method: &Method,
-        host: Option<(&str, Option<&str>)>,
-        headers: &HeaderMap,
-    ) -> bool {
+    fn accepts(&self, method: &Method, host: Option<(&str, Option<&str>)>, headers: &HeaderMap) -> bool {
         (self.methods.is_empty() || self.methods.contains(method))
             && (self.hosts.is_empty()
-                || host.is_some_and(|(name, port)| {
-                    self.hosts.iter().any(|pattern| pattern.matches(name, port))
-                }))
+                || host
+                    .is_some_and(|(name, port)| self.hosts.iter().any(|pattern| pattern.matches(name, port))))
             && self.headers.iter().all(|(name, accepted)| {
                 headers.get_all(name).iter().any(|value| {
-                    accepted
-                        .iter()
-                        .any(|accepted| value.as_bytes().eq_ignore_ascii_case(accepted.as_bytes()))
+                    accepted.iter().any(|accepted| value.as_bytes().eq_ignore_ascii_case(accepted.as_bytes()))
                 })
             })
     }
@@ -672,8 +635,7 @@ impl HostPattern {
                     && name[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
             }
             HostName::Prefix(prefix) => {
-                name.len() > prefix.len()
-                    && name[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+                name.len() > prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
             }
         }
     }
@@ -681,11 +643,7 @@ impl HostPattern {
 
 /// Splits `host[:port]` (or `[v6]:port`); a trailing `:x` that is not all digits is not a port.
 fn split_host_port(host: &str) -> (&str, Option<&str>) {
-    let split_at = if host.starts_with('[') {
-        host.rfind("]:").map(|at| at + 1)
-    } else {
-        host.rfind(':')
-    };
+    let split_at = if host.starts_with('[') { host.rfind("]:").map(|at| at + 1) } else { host.rfind(':') };
     match split_at {
         Some(at) if host[at + 1..].bytes().all(|b| b.is_ascii_digit()) && at + 1 < host.len() => {
             (&host[..at], Some(&host[at + 1..]))
@@ -710,14 +668,7 @@ impl<S> Default for RouterBuilder<S> {
 impl<S> fmt::Debug for RouterBuilder<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RouterBuilder")
-            .field(
-                "routes",
-                &self
-                    .routes
-                    .iter()
-                    .map(|(route, _)| route)
-                    .collect::<Vec<_>>(),
-            )
+            .field("routes", &self.routes.iter().map(|(route, _)| route).collect::<Vec<_>>())
             .finish()
     }
 }
@@ -737,10 +688,7 @@ impl<S> RouterBuilder<S> {
         let mut ranked = Vec::new();
         let mut regexes = Vec::new();
         for (index, (route, service)) in self.routes.into_iter().enumerate() {
-            let label = || RouteLabel {
-                index,
-                name: route.name.as_deref().map(Arc::from),
-            };
+            let label = || RouteLabel { index, name: route.name.as_deref().map(Arc::from) };
             let fields = route.matching_fields();
             if fields == 0 {
                 return Err(RouteError::NoMatchingFields { route: label() });
@@ -749,17 +697,13 @@ impl<S> RouterBuilder<S> {
                 let (pattern, key) = if let Some(source) = path.strip_prefix('~') {
                     // Compiling the source alone first guarantees it cannot close the anchoring
                     // group early (`a)|(b`).
-                    let anchored =
-                        Regex::new(source).and_then(|_| Regex::new(&format!("^(?:{source})")));
+                    let anchored = Regex::new(source).and_then(|_| Regex::new(&format!("^(?:{source})")));
                     let regex = anchored.map_err(|source| RouteError::InvalidRegex {
                         route: label(),
                         pattern: path.clone(),
                         source,
                     })?;
-                    let group_names = regex
-                        .capture_names()
-                        .map(|name| name.map(Arc::from))
-                        .collect();
+                    let group_names = regex.capture_names().map(|name| name.map(Arc::from)).collect();
                     regexes.push(RegexPath { regex, group_names });
                     let pattern = PathPattern::Regex {
                         index: regexes.len() - 1,
@@ -767,33 +711,15 @@ impl<S> RouterBuilder<S> {
                     };
                     (pattern, (fields, true, route.regex_priority, 0))
                 } else if path.starts_with('/') {
-                    (
-                        PathPattern::Prefix(path.as_str().into()),
-                        (fields, false, 0, path.len()),
-                    )
+                    (PathPattern::Prefix(path.as_str().into()), (fields, false, 0, path.len()))
                 } else {
-                    return Err(RouteError::InvalidPath {
-                        route: label(),
-                        path: path.clone(),
-                    });
+                    return Err(RouteError::InvalidPath { route: label(), path: path.clone() });
                 };
-                ranked.push((
-                    key,
-                    Candidate {
-                        route: index,
-                        path: pattern,
-                    },
-                ));
+                ranked.push((key, Candidate { route: index, path: pattern }));
             }
             if route.paths.is_empty() {
                 // Ranks like an empty prefix: after every path of the same field count.
-                ranked.push((
-                    (fields, false, 0, 0),
-                    Candidate {
-                        route: index,
-                        path: PathPattern::Any,
-                    },
-                ));
+                ranked.push(((fields, false, 0, 0), Candidate { route: index, path: PathPattern::Any }));
             }
             let methods = route
                 .methods
@@ -803,38 +729,27 @@ impl<S> RouterBuilder<S> {
                     valid
                         .then(|| Method::from_bytes(method.as_bytes()).ok())
                         .flatten()
-                        .ok_or_else(|| RouteError::InvalidMethod {
-                            route: label(),
-                            method: method.clone(),
-                        })
+                        .ok_or_else(|| RouteError::InvalidMethod { route: label(), method: method.clone() })
                 })
                 .collect::<Result<_, _>>()?;
             let hosts = route
                 .hosts
                 .iter()
                 .map(|host| {
-                    HostPattern::parse(host).ok_or_else(|| RouteError::InvalidHost {
-                        route: label(),
-                        host: host.clone(),
-                    })
+                    HostPattern::parse(host)
+                        .ok_or_else(|| RouteError::InvalidHost { route: label(), host: host.clone() })
                 })
                 .collect::<Result<_, _>>()?;
             let headers = route
                 .headers
                 .iter()
                 .map(|(name, values)| {
-                    let invalid = || RouteError::InvalidHeader {
-                        route: label(),
-                        name: name.clone(),
-                    };
+                    let invalid = || RouteError::InvalidHeader { route: label(), name: name.clone() };
                     let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid())?;
                     if values.is_empty() {
                         return Err(invalid());
                     }
-                    Ok((
-                        header,
-                        values.iter().map(|value| value.as_str().into()).collect(),
-                    ))
+                    Ok((header, values.iter().map(|value| value.as_str().into()).collect()))
                 })
                 .collect::<Result<_, _>>()?;
             let info = RouteInfo {
@@ -852,12 +767,7 @@ impl<S> RouterBuilder<S> {
             });
         }
         ranked.sort_by_key(|&((fields, is_regex, regex_priority, prefix_len), _)| {
-            (
-                Reverse(fields),
-                Reverse(is_regex),
-                Reverse(regex_priority),
-                Reverse(prefix_len),
-            )
+            (Reverse(fields), Reverse(is_regex), Reverse(regex_priority), Reverse(prefix_len))
         });
         let regex_set = RegexSet::new(regexes.iter().map(|path| path.regex.as_str()))
             .map_err(|source| RouteError::RegexSetTooLarge { source })?;
@@ -867,9 +777,7 @@ impl<S> RouterBuilder<S> {
             regex_set,
             regexes: regexes.into(),
         };
-        Ok(Router {
-            inner: Arc::new(inner),
-        })
+        Ok(Router { inner: Arc::new(inner) })
     }
 }
 
@@ -891,25 +799,15 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let found = self
-            .find(
-                request.method(),
-                request_host(&request),
-                request.uri().path(),
-                request.headers(),
-            )
+            .find(request.method(), request_host(&request), request.uri().path(), request.headers())
             .map(|(service, route_match)| (service.clone(), route_match));
         let kind = match found {
             Some((service, route_match)) => {
                 let route = Arc::clone(&route_match.route);
                 request.extensions_mut().insert(route_match);
-                Kind::Route {
-                    inner: Oneshot::new(service, request),
-                    route: Some(route),
-                }
+                Kind::Route { inner: Oneshot::new(service, request), route: Some(route) }
             }
-            None => Kind::NoRoute {
-                response: Some(Rejection::no_route().into_response_for(&request)),
-            },
+            None => Kind::NoRoute { response: Some(Rejection::no_route().into_response_for(&request)) },
         };
         ResponseFuture { kind }
     }
@@ -921,11 +819,7 @@ fn request_host<B>(request: &Request<B>) -> Option<&str> {
         Some(host) => host.to_str().ok(),
         None => {
             let authority = request.uri().authority()?.as_str();
-            Some(
-                authority
-                    .rsplit_once('@')
-                    .map_or(authority, |(_, host)| host),
-            )
+            Some(authority.rsplit_once('@').map_or(authority, |(_, host)| host))
         }
     }
 }
@@ -966,9 +860,7 @@ where
             Kind::NoRoute { .. } => "NoRoute",
             Kind::Route { .. } => "Route",
         };
-        f.debug_struct("ResponseFuture")
-            .field("kind", &state)
-            .finish()
+        f.debug_struct("ResponseFuture").field("kind", &state).finish()
     }
 }
 
@@ -1014,11 +906,7 @@ where
 pub fn upstream_path(service_path: &str, request_path: &str, strip_len: usize) -> String {
     let rest = request_path.get(strip_len..).unwrap_or("");
     if rest.is_empty() {
-        return if service_path.is_empty() {
-            "/".to_owned()
-        } else {
-            service_path.to_owned()
-        };
+        return if service_path.is_empty() { "/".to_owned() } else { service_path.to_owned() };
     }
     let base = service_path.strip_suffix('/').unwrap_or(service_path);
     let rest = rest.strip_prefix('/').unwrap_or(rest);
@@ -1060,9 +948,7 @@ mod tests {
         path: &str,
         headers: &HeaderMap,
     ) -> Option<(String, RouteMatch)> {
-        router
-            .find(&method, host, path, headers)
-            .map(|(name, found)| (name.clone(), found))
+        router.find(&method, host, path, headers).map(|(name, found)| (name.clone(), found))
     }
 
     /// A route service answering with what the router told it: `name strip_len captures`.
@@ -1080,16 +966,13 @@ mod tests {
         ready(Ok(Response::new(Bytes::from(body))))
     }
 
-    type Echo =
-        tower::util::ServiceFn<fn(Request<()>) -> Ready<Result<Response<Bytes>, Infallible>>>;
+    type Echo = tower::util::ServiceFn<fn(Request<()>) -> Ready<Result<Response<Bytes>, Infallible>>>;
 
     fn echo_router(routes: impl IntoIterator<Item = Route>) -> Router<Echo> {
         let echo: Echo = service_fn(echo);
         routes
             .into_iter()
-            .fold(Router::builder(), |builder, route| {
-                builder.route(route, echo)
-            })
+            .fold(Router::builder(), |builder, route| builder.route(route, echo))
             .build()
             .unwrap()
     }
@@ -1106,10 +989,8 @@ mod tests {
 
     #[test]
     fn longest_prefix_wins_and_prefix_is_a_string_prefix() {
-        let router = names([
-            Route::new().name("api").paths(["/api"]),
-            Route::new().name("v1").paths(["/api/v1"]),
-        ]);
+        let router =
+            names([Route::new().name("api").paths(["/api"]), Route::new().name("v1").paths(["/api/v1"])]);
         assert_eq!(find_get(&router, "/api/v1/orders").as_deref(), Some("v1"));
         assert_eq!(find_get(&router, "/api/v2").as_deref(), Some("api"));
         // Kong compares strings, not segments.
@@ -1123,33 +1004,15 @@ mod tests {
             Route::new().name("regex").paths([r"~/api/users"]),
             Route::new().name("longer").paths(["/api/users"]),
             Route::new().name("get").paths(["/api"]).methods(["GET"]),
-            Route::new()
-                .name("host-and-method")
-                .methods(["GET"])
-                .hosts(["api.test"]),
+            Route::new().name("host-and-method").methods(["GET"]).hosts(["api.test"]),
         ]);
         assert_eq!(find_get(&router, "/api/users").as_deref(), Some("get"));
         let post = find(&router, Method::POST, None, "/api/users", &HeaderMap::new());
         assert_eq!(post.map(|(name, _)| name).as_deref(), Some("regex"));
         // Two fields without a path tie with `get`, which is a (longer) prefix.
-        let hosted = find(
-            &router,
-            Method::GET,
-            Some("api.test"),
-            "/other",
-            &HeaderMap::new(),
-        );
-        assert_eq!(
-            hosted.map(|(name, _)| name).as_deref(),
-            Some("host-and-method")
-        );
-        let hosted = find(
-            &router,
-            Method::GET,
-            Some("api.test"),
-            "/api",
-            &HeaderMap::new(),
-        );
+        let hosted = find(&router, Method::GET, Some("api.test"), "/other", &HeaderMap::new());
+        assert_eq!(hosted.map(|(name, _)| name).as_deref(), Some("host-and-method"));
+        let hosted = find(&router, Method::GET, Some("api.test"), "/api", &HeaderMap::new());
         assert_eq!(hosted.map(|(name, _)| name).as_deref(), Some("get"));
     }
 
@@ -1158,22 +1021,14 @@ mod tests {
         let router = names([
             Route::new().name("first").paths([r"~/items/\w+"]),
             Route::new().name("second").paths([r"~/items/\d+"]),
-            Route::new()
-                .name("urgent")
-                .paths([r"~/items/7"])
-                .regex_priority(10),
-            Route::new()
-                .name("negative")
-                .paths([r"~/items/x"])
-                .regex_priority(-1),
+            Route::new().name("urgent").paths([r"~/items/7"]).regex_priority(10),
+            Route::new().name("negative").paths([r"~/items/x"]).regex_priority(-1),
         ]);
         assert_eq!(find_get(&router, "/items/7").as_deref(), Some("urgent"));
         assert_eq!(find_get(&router, "/items/8").as_deref(), Some("first"));
         assert_eq!(find_get(&router, "/items/x").as_deref(), Some("first"));
-        let router = names([
-            Route::new().name("a").paths(["/same"]),
-            Route::new().name("b").paths(["/same"]),
-        ]);
+        let router =
+            names([Route::new().name("a").paths(["/same"]), Route::new().name("b").paths(["/same"])]);
         assert_eq!(find_get(&router, "/same").as_deref(), Some("a"));
     }
 
@@ -1208,27 +1063,13 @@ mod tests {
     #[test]
     fn named_and_positional_captures() {
         let router = names([Route::new().paths([r"~/users/(?P<id>\d+)(/(?P<tab>\w+))?/(\w+)$"])]);
-        let (_, found) = find(
-            &router,
-            Method::GET,
-            None,
-            "/users/42/posts",
-            &HeaderMap::new(),
-        )
-        .unwrap();
+        let (_, found) = find(&router, Method::GET, None, "/users/42/posts", &HeaderMap::new()).unwrap();
         assert_eq!(found.captures.get("id"), Some("42"));
         assert_eq!(found.captures.get("tab"), Some(""));
         assert_eq!(found.captures.get("nope"), None);
-        assert_eq!(
-            found.captures.positional,
-            ["/users/42/posts", "42", "", "", "posts"]
-        );
-        let named: Vec<_> = found
-            .captures
-            .named
-            .iter()
-            .map(|(name, value)| (&**name, value.as_str()))
-            .collect();
+        assert_eq!(found.captures.positional, ["/users/42/posts", "42", "", "", "posts"]);
+        let named: Vec<_> =
+            found.captures.named.iter().map(|(name, value)| (&**name, value.as_str())).collect();
         assert_eq!(named, [("id", "42"), ("tab", "")]);
         assert_eq!(found.strip_len, "/users/42/posts".len());
     }
@@ -1236,8 +1077,7 @@ mod tests {
     #[test]
     fn hosts_exact_case_insensitive_port_ignored() {
         let router = names([Route::new().name("api").hosts(["API.example.com"])]);
-        let get =
-            |host| find(&router, Method::GET, host, "/", &HeaderMap::new()).map(|(name, _)| name);
+        let get = |host| find(&router, Method::GET, host, "/", &HeaderMap::new()).map(|(name, _)| name);
         assert_eq!(get(Some("api.EXAMPLE.com")).as_deref(), Some("api"));
         assert_eq!(get(Some("api.example.com:8080")).as_deref(), Some("api"));
         assert_eq!(get(Some("www.example.com")), None);
@@ -1246,12 +1086,8 @@ mod tests {
 
     #[test]
     fn hosts_with_port_require_that_port() {
-        let router = names([Route::new()
-            .name("tls")
-            .hosts(["api.test:8443", "[::1]:9000"])]);
-        let get = |host| {
-            find(&router, Method::GET, Some(host), "/", &HeaderMap::new()).map(|(name, _)| name)
-        };
+        let router = names([Route::new().name("tls").hosts(["api.test:8443", "[::1]:9000"])]);
+        let get = |host| find(&router, Method::GET, Some(host), "/", &HeaderMap::new()).map(|(name, _)| name);
         assert_eq!(get("api.test:8443").as_deref(), Some("tls"));
         assert_eq!(get("api.test:8080"), None);
         assert_eq!(get("api.test"), None);
@@ -1265,9 +1101,7 @@ mod tests {
             Route::new().name("suffix").hosts(["*.example.com"]),
             Route::new().name("prefix").hosts(["example.*"]),
         ]);
-        let get = |host| {
-            find(&router, Method::GET, Some(host), "/", &HeaderMap::new()).map(|(name, _)| name)
-        };
+        let get = |host| find(&router, Method::GET, Some(host), "/", &HeaderMap::new()).map(|(name, _)| name);
         assert_eq!(get("a.example.com").as_deref(), Some("suffix"));
         assert_eq!(get("a.b.Example.com:80").as_deref(), Some("suffix"));
         assert_eq!(get("example.org").as_deref(), Some("prefix"));
@@ -1279,10 +1113,7 @@ mod tests {
     #[test]
     fn headers_need_one_accepted_value() {
         let router = names([
-            Route::new()
-                .name("v1")
-                .paths(["/"])
-                .header("X-Version", ["v1", "legacy"]),
+            Route::new().name("v1").paths(["/"]).header("X-Version", ["v1", "legacy"]),
             Route::new().name("any").paths(["/"]),
         ]);
         let get = |values: &[&'static str]| {
@@ -1301,10 +1132,7 @@ mod tests {
     #[test]
     fn header_values_accumulate_per_name() {
         let route = Route::new().header("x-a", ["1"]).header("X-A", ["2"]);
-        assert_eq!(
-            route.headers,
-            [("x-a".to_owned(), vec!["1".to_owned(), "2".to_owned()])]
-        );
+        assert_eq!(route.headers, [("x-a".to_owned(), vec!["1".to_owned(), "2".to_owned()])]);
     }
 
     #[test]
@@ -1315,9 +1143,8 @@ mod tests {
             Route::new().name("kept").paths(["/keep"]).strip_path(false),
             Route::new().name("method-only").methods(["DELETE"]),
         ]);
-        let strip = |method, path| {
-            find(&router, method, None, path, &HeaderMap::new()).map(|(_, m)| m.strip_len)
-        };
+        let strip =
+            |method, path| find(&router, method, None, path, &HeaderMap::new()).map(|(_, m)| m.strip_len);
         assert_eq!(strip(Method::GET, "/api/users"), Some(4));
         assert_eq!(strip(Method::GET, "/v2/users"), Some(4));
         assert_eq!(strip(Method::GET, "/keep/it"), Some(0));
@@ -1326,17 +1153,10 @@ mod tests {
 
     #[test]
     fn route_info_reflects_the_route() {
-        let router = names([Route::new()
-            .name("r")
-            .service_name("svc")
-            .paths(["/"])
-            .preserve_host(true)]);
+        let router = names([Route::new().name("r").service_name("svc").paths(["/"]).preserve_host(true)]);
         let (_, found) = find(&router, Method::GET, None, "/", &HeaderMap::new()).unwrap();
-        let expected = RouteInfo {
-            name: Some("r".into()),
-            service_name: Some("svc".into()),
-            preserve_host: true,
-        };
+        let expected =
+            RouteInfo { name: Some("r".into()), service_name: Some("svc".into()), preserve_host: true };
         assert_eq!(*found.route, expected);
         assert!(found.captures.positional.is_empty());
     }
@@ -1344,10 +1164,7 @@ mod tests {
     #[tokio::test]
     async fn service_sets_route_match_and_matched_route() {
         let router = echo_router([Route::new().name("users").paths([r"~/users/(\d+)"])]);
-        let response = router
-            .oneshot(Request::get("/users/7/x").body(()).unwrap())
-            .await
-            .unwrap();
+        let response = router.oneshot(Request::get("/users/7/x").body(()).unwrap()).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.body(), r#"users 8 ["/users/7", "7"]"#);
         let matched = response.extensions().get::<MatchedRoute>().unwrap();
@@ -1357,15 +1174,9 @@ mod tests {
     #[tokio::test]
     async fn wrong_method_is_a_404_json() {
         let router = echo_router([Route::new().name("get").paths(["/api"]).methods(["GET"])]);
-        let response = router
-            .oneshot(Request::post("/api").body(()).unwrap())
-            .await
-            .unwrap();
+        let response = router.oneshot(Request::post("/api").body(()).unwrap()).await.unwrap();
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
-        assert_eq!(
-            response.headers()[http::header::CONTENT_TYPE],
-            "application/json"
-        );
+        assert_eq!(response.headers()[http::header::CONTENT_TYPE], "application/json");
         assert!(response.extensions().get::<MatchedRoute>().is_none());
         let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
         assert_eq!(body["error"], "no_route");
@@ -1375,54 +1186,26 @@ mod tests {
     #[tokio::test]
     async fn query_string_is_not_matched() {
         let router = echo_router([Route::new().name("exact").paths([r"~/search$"])]);
-        let response = router
-            .clone()
-            .oneshot(Request::get("/search?q=a$b").body(()).unwrap())
-            .await
-            .unwrap();
+        let response = router.clone().oneshot(Request::get("/search?q=a$b").body(()).unwrap()).await.unwrap();
         assert_eq!(response.body(), r#"exact 7 ["/search"]"#);
-        let response = router
-            .oneshot(Request::get("/other?x=/search").body(()).unwrap())
-            .await
-            .unwrap();
+        let response = router.oneshot(Request::get("/other?x=/search").body(()).unwrap()).await.unwrap();
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
     }
 
     #[tokio::test]
     async fn host_header_then_http2_authority() {
         let router = echo_router([Route::new().name("api").hosts(["api.test"])]);
-        let http1 = Request::get("/")
-            .header("host", "api.test:8000")
-            .body(())
-            .unwrap();
-        assert_eq!(
-            router.clone().oneshot(http1).await.unwrap().status(),
-            StatusCode::OK
-        );
-        let http2 = Request::get("https://api.test/x")
-            .version(Version::HTTP_2)
-            .body(())
-            .unwrap();
-        assert_eq!(
-            router.clone().oneshot(http2).await.unwrap().status(),
-            StatusCode::OK
-        );
-        let other = Request::get("/")
-            .header("host", "other.test")
-            .body(())
-            .unwrap();
-        assert_eq!(
-            router.oneshot(other).await.unwrap().status(),
-            StatusCode::NOT_FOUND
-        );
+        let http1 = Request::get("/").header("host", "api.test:8000").body(()).unwrap();
+        assert_eq!(router.clone().oneshot(http1).await.unwrap().status(), StatusCode::OK);
+        let http2 = Request::get("https://api.test/x").version(Version::HTTP_2).body(()).unwrap();
+        assert_eq!(router.clone().oneshot(http2).await.unwrap().status(), StatusCode::OK);
+        let other = Request::get("/").header("host", "other.test").body(()).unwrap();
+        assert_eq!(router.oneshot(other).await.unwrap().status(), StatusCode::NOT_FOUND);
     }
 
     #[test]
     fn upstream_path_joins_with_one_slash() {
-        assert_eq!(
-            upstream_path("/base", "/api/users", "/api".len()),
-            "/base/users"
-        );
+        assert_eq!(upstream_path("/base", "/api/users", "/api".len()), "/base/users");
         assert_eq!(upstream_path("/base", "/api", "/api".len()), "/base");
         assert_eq!(upstream_path("/base/", "/users", 0), "/base/users");
         assert_eq!(upstream_path("", "/api/users", "/api".len()), "/users");
@@ -1438,37 +1221,19 @@ mod tests {
     #[test]
     fn invalid_routes_are_errors() {
         let error = |route: Route| {
-            Router::builder()
-                .route(Route::new().paths(["/ok"]), ())
-                .route(route, ())
-                .build()
-                .unwrap_err()
+            Router::builder().route(Route::new().paths(["/ok"]), ()).route(route, ()).build().unwrap_err()
         };
         match error(Route::new().name("bad").paths(["~/users/(?P<id>"])) {
             RouteError::InvalidRegex { route, pattern, .. } => {
-                assert_eq!(
-                    route,
-                    RouteLabel {
-                        index: 1,
-                        name: Some("bad".into())
-                    }
-                );
+                assert_eq!(route, RouteLabel { index: 1, name: Some("bad".into()) });
                 assert_eq!(pattern, "~/users/(?P<id>");
             }
             other => panic!("unexpected {other:?}"),
         }
         // Valid alone but would escape the anchoring group.
-        assert!(matches!(
-            error(Route::new().paths(["~/a)|(/b"])),
-            RouteError::InvalidRegex { .. }
-        ));
+        assert!(matches!(error(Route::new().paths(["~/a)|(/b"])), RouteError::InvalidRegex { .. }));
         let empty = error(Route::new().name("empty").strip_path(false));
-        assert!(matches!(
-            empty,
-            RouteError::NoMatchingFields {
-                route: RouteLabel { index: 1, .. }
-            }
-        ));
+        assert!(matches!(empty, RouteError::NoMatchingFields { route: RouteLabel { index: 1, .. } }));
         assert_eq!(
             empty.to_string(),
             "route #1 (`empty`): must set at least one of paths, methods, hosts or headers"
@@ -1476,43 +1241,19 @@ mod tests {
         assert!(
             matches!(error(Route::new().paths(["api"])), RouteError::InvalidPath { path, .. } if path == "api")
         );
-        assert!(matches!(
-            error(Route::new().methods(["get"])),
-            RouteError::InvalidMethod { .. }
-        ));
-        assert!(matches!(
-            error(Route::new().methods(["G T"])),
-            RouteError::InvalidMethod { .. }
-        ));
+        assert!(matches!(error(Route::new().methods(["get"])), RouteError::InvalidMethod { .. }));
+        assert!(matches!(error(Route::new().methods(["G T"])), RouteError::InvalidMethod { .. }));
         for host in ["", "*", "a.*.com", "*.*", "*.example.*"] {
-            assert!(
-                matches!(
-                    error(Route::new().hosts([host])),
-                    RouteError::InvalidHost { .. }
-                ),
-                "{host}"
-            );
+            assert!(matches!(error(Route::new().hosts([host])), RouteError::InvalidHost { .. }), "{host}");
         }
-        assert!(matches!(
-            error(Route::new().header("bad name", ["v"])),
-            RouteError::InvalidHeader { .. }
-        ));
+        assert!(matches!(error(Route::new().header("bad name", ["v"])), RouteError::InvalidHeader { .. }));
         let no_values: [&str; 0] = [];
-        assert!(matches!(
-            error(Route::new().header("x-ok", no_values)),
-            RouteError::InvalidHeader { .. }
-        ));
+        assert!(matches!(error(Route::new().header("x-ok", no_values)), RouteError::InvalidHeader { .. }));
     }
 
     #[test]
     fn router_debug_lists_candidates_in_priority_order() {
-        let router = names([
-            Route::new().name("p").paths(["/p"]),
-            Route::new().name("r").paths(["~/r"]),
-        ]);
-        assert_eq!(
-            format!("{router:?}"),
-            r#"Router { candidates: ["r: ^(?:/r)", "p: /p"] }"#
-        );
+        let router = names([Route::new().name("p").paths(["/p"]), Route::new().name("r").paths(["~/r"])]);
+        assert_eq!(format!("{router:?}"), r#"Router { candidates: ["r: ^(?:/r)", "p: /p"] }"#);
     }
 }

@@ -23,7 +23,8 @@
 //!     .layer(SanitizeLayer::new())
 //!     .service_fn(|req: http::Request<()>| async move {
 //!         assert!(req.headers().get("x-consumer-id").is_none());
-//!         Ok::<_, std::convert::Infallible>(http::Response::new(req.uri().path().to_owned()))
+//!         let path = bytes::Bytes::from(req.uri().path().to_owned());
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(path))
 //!     });
 //! let req = http::Request::builder()
 //!     .uri("/public/%2e%2e/%61dmin?x=1")

@@ -35,7 +35,9 @@ impl Config {
                 .build::<Body>();
             for (r, route) in service.routes.iter().enumerate() {
                 let timeout = route.timeout.or(service.timeout);
-                let stack = ServiceBuilder::new().option_layer(timeout.map(RouteTimeoutLayer::new)).service(proxy.clone());
+                let stack = ServiceBuilder::new()
+                    .option_layer(timeout.map(RouteTimeoutLayer::new))
+                    .service(proxy.clone());
                 let stack = BoxCloneSyncService::new(tower::util::MapErr::new(stack, |e: Infallible| e));
                 let mut spec = Route::new()
                     .service_name(service.name.clone())
@@ -45,9 +47,10 @@ impl Config {
                     .strip_path(route.strip_path)
                     .preserve_host(route.preserve_host)
                     .regex_priority(route.regex_priority);
-                if let Some(name) = &route.name {
-                    spec = spec.name(name.clone());
-                }
+                // Unnamed routes are logged and templated by their place in the file, so every
+                // proxied request has a `route_name` (log analyzers group by it).
+                spec =
+                    spec.name(route.name.clone().unwrap_or_else(|| format!("{}.routes[{r}]", service.name)));
                 for (header, values) in &route.headers {
                     spec = spec.header(header.clone(), values.iter().cloned());
                 }

@@ -36,9 +36,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, InvalidDuration> {
 }
 
 /// `deserialize_with` for a required (or defaulted) duration field.
-pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Duration, D::Error> {
+pub(crate) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     deserializer.deserialize_any(DurationVisitor)
 }
 
@@ -63,9 +61,7 @@ impl<'de> Visitor<'de> for DurationVisitor {
     }
 
     fn visit_i64<E: de::Error>(self, ms: i64) -> Result<Duration, E> {
-        u64::try_from(ms)
-            .map(Duration::from_millis)
-            .map_err(|_| E::custom(InvalidDuration(ms.to_string())))
+        u64::try_from(ms).map(Duration::from_millis).map_err(|_| E::custom(InvalidDuration(ms.to_string())))
     }
 
     fn visit_str<E: de::Error>(self, text: &str) -> Result<Duration, E> {
@@ -113,10 +109,7 @@ mod tests {
     fn garbage_names_the_expected_forms() {
         for bad in ["", "soon", "5 parsecs", "-5s", "1.5"] {
             let err = parse_duration(bad).unwrap_err().to_string();
-            assert!(
-                err.contains("expected a duration like `5s`, `250ms` or milliseconds"),
-                "{err}"
-            );
+            assert!(err.contains("expected a duration like `5s`, `250ms` or milliseconds"), "{err}");
         }
     }
 }

@@ -89,10 +89,7 @@ impl ConfigError {
         }
     }
 
-    pub(crate) fn parse(
-        origin: &str,
-        err: serde_path_to_error::Error<serde_yaml_ng::Error>,
-    ) -> Self {
+    pub(crate) fn parse(origin: &str, err: serde_path_to_error::Error<serde_yaml_ng::Error>) -> Self {
         let full_path = err.path().clone();
         let mut segments: Vec<_> = full_path.iter().collect();
         let inner = err.into_inner();
@@ -160,19 +157,11 @@ pub(crate) struct Invalid {
 
 impl Invalid {
     pub(crate) fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            kind: ConfigErrorKind::Invalid,
-            path: path.into(),
-            message: message.into(),
-        }
+        Self { kind: ConfigErrorKind::Invalid, path: path.into(), message: message.into() }
     }
 
     pub(crate) fn unsupported(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            kind: ConfigErrorKind::Unsupported,
-            path: path.into(),
-            message: message.into(),
-        }
+        Self { kind: ConfigErrorKind::Unsupported, path: path.into(), message: message.into() }
     }
 }
 
@@ -208,11 +197,7 @@ struct PathPrefix<'a>(&'a str);
 
 impl fmt::Display for PathPrefix<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            write!(f, "{}: ", self.0)
-        }
+        if self.0.is_empty() { Ok(()) } else { write!(f, "{}: ", self.0) }
     }
 }
 

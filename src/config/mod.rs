@@ -59,8 +59,8 @@ pub use duration::{InvalidDuration, parse_duration};
 pub use error::{ConfigError, ConfigErrorKind};
 pub use plugins::{PLUGINS, PluginSpec};
 pub use schema::{
-    AccessLog, Config, Consumer, FORMAT_VERSIONS, Gateway, Plugin, Protocol, Route, RoutePath,
-    Service, Tls, Upstream,
+    AccessLog, Config, Consumer, FORMAT_VERSIONS, Gateway, Plugin, Protocol, Route, RoutePath, Service, Tls,
+    Upstream,
 };
 
 // === impl Config ===
@@ -79,17 +79,11 @@ impl Config {
         Self::from_yaml_with(text, origin, PLUGINS)
     }
 
-    fn from_yaml_with(
-        text: &str,
-        origin: &str,
-        registry: &[PluginSpec],
-    ) -> Result<Self, ConfigError> {
+    fn from_yaml_with(text: &str, origin: &str, registry: &[PluginSpec]) -> Result<Self, ConfigError> {
         let deserializer = serde_yaml_ng::Deserializer::from_str(text);
-        let mut config: Self = serde_path_to_error::deserialize(deserializer)
-            .map_err(|err| ConfigError::parse(origin, err))?;
-        config
-            .validate(registry)
-            .map_err(|invalid| ConfigError::from_invalid(origin, invalid))?;
+        let mut config: Self =
+            serde_path_to_error::deserialize(deserializer).map_err(|err| ConfigError::parse(origin, err))?;
+        config.validate(registry).map_err(|invalid| ConfigError::from_invalid(origin, invalid))?;
         Ok(config)
     }
 }

@@ -13,34 +13,13 @@ pub struct PluginSpec {
 /// Every plugin the config knows, in the order error messages list them. A plugin's issue flips
 /// its `supported` flag when it lands.
 pub const PLUGINS: &[PluginSpec] = &[
-    PluginSpec {
-        name: "jwt",
-        supported: false,
-    },
-    PluginSpec {
-        name: "key-auth",
-        supported: false,
-    },
-    PluginSpec {
-        name: "oauth2-introspection",
-        supported: false,
-    },
-    PluginSpec {
-        name: "acl",
-        supported: false,
-    },
-    PluginSpec {
-        name: "rate-limiting",
-        supported: false,
-    },
-    PluginSpec {
-        name: "request-transformer",
-        supported: false,
-    },
-    PluginSpec {
-        name: "response-transformer",
-        supported: false,
-    },
+    PluginSpec { name: "jwt", supported: false },
+    PluginSpec { name: "key-auth", supported: false },
+    PluginSpec { name: "oauth2-introspection", supported: false },
+    PluginSpec { name: "acl", supported: false },
+    PluginSpec { name: "rate-limiting", supported: false },
+    PluginSpec { name: "request-transformer", supported: false },
+    PluginSpec { name: "response-transformer", supported: false },
 ];
 
 /// Looks a plugin name up in `registry`.
@@ -50,9 +29,5 @@ pub(crate) fn lookup<'r>(registry: &'r [PluginSpec], name: &str) -> Option<&'r P
 
 /// `jwt, key-auth, ...` for "expected one of" messages.
 pub(crate) fn names(registry: &[PluginSpec]) -> String {
-    registry
-        .iter()
-        .map(|spec| spec.name)
-        .collect::<Vec<_>>()
-        .join(", ")
+    registry.iter().map(|spec| spec.name).collect::<Vec<_>>().join(", ")
 }

@@ -67,22 +67,13 @@ pub struct Gateway {
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
     /// How long a client may take to send the request head. Default 10 s.
-    #[serde(
-        default = "default_header_read_timeout",
-        deserialize_with = "duration::deserialize"
-    )]
+    #[serde(default = "default_header_read_timeout", deserialize_with = "duration::deserialize")]
     pub header_read_timeout: Duration,
     /// How long an idle keep-alive connection is kept. Default 60 s.
-    #[serde(
-        default = "default_idle_timeout",
-        deserialize_with = "duration::deserialize"
-    )]
+    #[serde(default = "default_idle_timeout", deserialize_with = "duration::deserialize")]
     pub idle_timeout: Duration,
     /// How long graceful shutdown waits for in-flight requests. Default 30 s.
-    #[serde(
-        default = "default_shutdown_timeout",
-        deserialize_with = "duration::deserialize"
-    )]
+    #[serde(default = "default_shutdown_timeout", deserialize_with = "duration::deserialize")]
     pub shutdown_timeout: Duration,
 }
 
@@ -154,11 +145,7 @@ impl<'de> Deserialize<'de> for AccessLog {
                 f.write_str("`stdout`, `off` or a file path")
             }
             fn visit_bool<E: de::Error>(self, on: bool) -> Result<AccessLog, E> {
-                if on {
-                    Err(E::invalid_value(de::Unexpected::Bool(on), &self))
-                } else {
-                    Ok(AccessLog::Off)
-                }
+                if on { Err(E::invalid_value(de::Unexpected::Bool(on), &self)) } else { Ok(AccessLog::Off) }
             }
             fn visit_str<E: de::Error>(self, text: &str) -> Result<AccessLog, E> {
                 match text {
@@ -198,26 +185,17 @@ pub struct Service {
     #[serde(default)]
     pub path: Option<String>,
     /// Time allowed to open a connection to the upstream. Default 60 s, as in Kong.
-    #[serde(
-        default = "default_kong_timeout",
-        deserialize_with = "duration::deserialize"
-    )]
+    #[serde(default = "default_kong_timeout", deserialize_with = "duration::deserialize")]
     pub connect_timeout: Duration,
     /// The route timeout: the whole request, every retry and backoff included (504 when it
     /// expires). A route's own `timeout` overrides it. None: no overall limit.
     #[serde(default, deserialize_with = "duration::deserialize_option")]
     pub timeout: Option<Duration>,
     /// Kong's `read_timeout` (accepted; default 60 s).
-    #[serde(
-        default = "default_kong_timeout",
-        deserialize_with = "duration::deserialize"
-    )]
+    #[serde(default = "default_kong_timeout", deserialize_with = "duration::deserialize")]
     pub read_timeout: Duration,
     /// Kong's `write_timeout` (accepted; default 60 s).
-    #[serde(
-        default = "default_kong_timeout",
-        deserialize_with = "duration::deserialize"
-    )]
+    #[serde(default = "default_kong_timeout", deserialize_with = "duration::deserialize")]
     pub write_timeout: Duration,
     /// Kong's `retries` (accepted, as written; `retry_policy` is what portcullis will act on).
     #[serde(default)]
@@ -384,9 +362,7 @@ impl RoutePath {
         } else if text.starts_with('/') {
             Ok(Self::Prefix(text.to_owned()))
         } else {
-            Err(format!(
-                "invalid path `{text}`: expected a path starting with `/` or a `~` regex"
-            ))
+            Err(format!("invalid path `{text}`: expected a path starting with `/` or a `~` regex"))
         }
     }
 }
@@ -520,12 +496,8 @@ impl Visitor<'_> for SocketAddrVisitor {
         f.write_str("an IP address and port like `127.0.0.1:8000` or `[::1]:8000`")
     }
     fn visit_str<E: de::Error>(self, text: &str) -> Result<SocketAddr, E> {
-        SocketAddr::from_str(text.trim()).map_err(|_| {
-            E::custom(format_args!(
-                "invalid address `{text}`, expected {}",
-                ExpectingOf(&self)
-            ))
-        })
+        SocketAddr::from_str(text.trim())
+            .map_err(|_| E::custom(format_args!("invalid address `{text}`, expected {}", ExpectingOf(&self))))
     }
 }
 
@@ -533,9 +505,7 @@ fn socket_addr<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SocketAddr,
     deserializer.deserialize_any(SocketAddrVisitor)
 }
 
-fn optional_socket_addr<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<SocketAddr>, D::Error> {
+fn optional_socket_addr<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<SocketAddr>, D::Error> {
     #[derive(Deserialize)]
     struct Addr(#[serde(deserialize_with = "socket_addr")] SocketAddr);
     Ok(Option::<Addr>::deserialize(deserializer)?.map(|Addr(addr)| addr))
@@ -548,9 +518,7 @@ impl<'de> Deserialize<'de> for Cidr {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
         TrustedProxies::parse([&text]).map_err(|err| {
-            de::Error::custom(format_args!(
-                "{err}, expected a CIDR like `10.0.0.0/8` or an IP address"
-            ))
+            de::Error::custom(format_args!("{err}, expected a CIDR like `10.0.0.0/8` or an IP address"))
         })?;
         Ok(Self(text))
     }
@@ -567,10 +535,8 @@ struct MethodName(http::Method);
 impl<'de> Deserialize<'de> for MethodName {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        let valid = !text.is_empty()
-            && text
-                .bytes()
-                .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_');
+        let valid =
+            !text.is_empty() && text.bytes().all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_');
         match http::Method::from_bytes(text.as_bytes()) {
             Ok(method) if valid => Ok(Self(method)),
             _ => Err(de::Error::custom(format_args!(
@@ -581,8 +547,5 @@ impl<'de> Deserialize<'de> for MethodName {
 }
 
 fn methods<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<http::Method>, D::Error> {
-    Ok(Vec::<MethodName>::deserialize(deserializer)?
-        .into_iter()
-        .map(|MethodName(m)| m)
-        .collect())
+    Ok(Vec::<MethodName>::deserialize(deserializer)?.into_iter().map(|MethodName(m)| m).collect())
 }

@@ -2,10 +2,7 @@ use std::time::Duration;
 
 use super::*;
 
-const SEED: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/seed/kong-plugins.yaml"
-);
+const SEED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/seed/kong-plugins.yaml");
 
 /// SPEC §1's example, minus the blocks later issues implement.
 const FULL: &str = r#"
@@ -75,33 +72,19 @@ fn assert_error(yaml: &str, path: &str, says: &str) -> ConfigError {
     let err = error(yaml);
     let line = err.to_string();
     assert!(!line.contains('\n'), "not one line: {line}");
-    let prefix = if path.is_empty() {
-        "test.yaml: ".to_owned()
-    } else {
-        format!("test.yaml: {path}: ")
-    };
-    assert!(
-        line.starts_with(&prefix),
-        "expected `{prefix}...`, got: {line}"
-    );
+    let prefix = if path.is_empty() { "test.yaml: ".to_owned() } else { format!("test.yaml: {path}: ") };
+    assert!(line.starts_with(&prefix), "expected `{prefix}...`, got: {line}");
     assert_eq!(err.path(), path, "{line}");
-    assert!(
-        line.contains(says),
-        "expected it to say `{says}`, got: {line}"
-    );
+    assert!(line.contains(says), "expected it to say `{says}`, got: {line}");
     err
 }
 
 fn service(extra: &str) -> String {
-    format!(
-        "_format_version: \"3.0\"\nservices:\n- name: svc\n  url: http://127.0.0.1:9000\n{extra}"
-    )
+    format!("_format_version: \"3.0\"\nservices:\n- name: svc\n  url: http://127.0.0.1:9000\n{extra}")
 }
 
 fn route(extra: &str) -> String {
-    service(&format!(
-        "  routes:\n  - name: r0\n    paths: [/a]\n  - name: r1\n{extra}"
-    ))
+    service(&format!("  routes:\n  - name: r0\n    paths: [/a]\n  - name: r1\n{extra}"))
 }
 
 // === values ===
@@ -114,20 +97,11 @@ fn full_example_parses_with_the_right_values() {
     let gw = &config.gateway;
     assert_eq!(gw.listen, "127.0.0.1:8000".parse().unwrap());
     assert_eq!(gw.admin_listen, Some("127.0.0.1:8001".parse().unwrap()));
-    assert_eq!(
-        gw.tls,
-        Some(Tls {
-            cert: "certs/gw.pem".into(),
-            key: "certs/gw.key".into()
-        })
-    );
+    assert_eq!(gw.tls, Some(Tls { cert: "certs/gw.pem".into(), key: "certs/gw.key".into() }));
     assert!(gw.trusted_proxies.contains("127.0.0.1".parse().unwrap()));
     assert!(gw.trusted_proxies.contains("10.0.0.1".parse().unwrap()));
     assert!(!gw.trusted_proxies.contains("10.0.0.2".parse().unwrap()));
-    assert_eq!(
-        gw.access_log,
-        AccessLog::File("/var/log/portcullis.jsonl".into())
-    );
+    assert_eq!(gw.access_log, AccessLog::File("/var/log/portcullis.jsonl".into()));
     assert_eq!(gw.max_body_bytes, 1048576);
     assert_eq!(gw.max_header_bytes, 32768);
     assert_eq!(gw.header_read_timeout, Duration::from_secs(5));
@@ -139,14 +113,7 @@ fn full_example_parses_with_the_right_values() {
     let upstream = orders.upstream();
     assert_eq!(upstream.scheme, http::uri::Scheme::HTTP);
     assert_eq!(upstream.authority, "127.0.0.1:9000");
-    assert_eq!(
-        (
-            upstream.host.as_str(),
-            upstream.port,
-            upstream.path.as_str()
-        ),
-        ("127.0.0.1", 9000, "/")
-    );
+    assert_eq!((upstream.host.as_str(), upstream.port, upstream.path.as_str()), ("127.0.0.1", 9000, "/"));
     assert_eq!(orders.connect_timeout, Duration::from_secs(1));
     assert_eq!(orders.timeout, Some(Duration::from_secs(5)));
     assert!(orders.http2);
@@ -162,10 +129,7 @@ fn full_example_parses_with_the_right_values() {
     assert_eq!(v1.timeout, None);
 
     let users = &orders.routes[1];
-    assert_eq!(
-        users.paths,
-        [RoutePath::Regex("/v1/users/(?P<id>[^/]+)$".into())]
-    );
+    assert_eq!(users.paths, [RoutePath::Regex("/v1/users/(?P<id>[^/]+)$".into())]);
     assert_eq!(users.paths[0].to_string(), "~/v1/users/(?P<id>[^/]+)$");
     assert!(users.strip_path);
     assert_eq!(users.regex_priority, 10);
@@ -197,10 +161,8 @@ fn kong_millisecond_integers_and_duration_strings() {
     assert_eq!(legacy.read_timeout, Duration::from_secs(30));
     assert_eq!(legacy.write_timeout, Duration::from_secs(120));
 
-    let config = load(&service(
-        "  connect_timeout: \"1500\"\n  timeout: 1m\n  read_timeout: 250ms\n",
-    ))
-    .unwrap();
+    let config =
+        load(&service("  connect_timeout: \"1500\"\n  timeout: 1m\n  read_timeout: 250ms\n")).unwrap();
     let svc = &config.services[0];
     assert_eq!(svc.connect_timeout, Duration::from_millis(1500));
     assert_eq!(svc.timeout, Some(Duration::from_secs(60)));
@@ -223,24 +185,16 @@ fn defaults() {
     let config = load(&service("")).unwrap();
     let svc = &config.services[0];
     assert_eq!(svc.connect_timeout, Duration::from_secs(60));
-    assert_eq!(
-        (svc.read_timeout, svc.write_timeout),
-        (Duration::from_secs(60), Duration::from_secs(60))
-    );
+    assert_eq!((svc.read_timeout, svc.write_timeout), (Duration::from_secs(60), Duration::from_secs(60)));
     assert_eq!((svc.timeout, svc.retries, svc.http2), (None, None, false));
 }
 
 #[test]
 fn access_log_forms() {
-    for (text, expected) in [
-        ("stdout", AccessLog::Stdout),
-        ("off", AccessLog::Off),
-        ("false", AccessLog::Off),
-    ] {
-        let config = load(&format!(
-            "_format_version: \"3.0\"\ngateway:\n  access_log: {text}\n"
-        ))
-        .unwrap();
+    for (text, expected) in
+        [("stdout", AccessLog::Stdout), ("off", AccessLog::Off), ("false", AccessLog::Off)]
+    {
+        let config = load(&format!("_format_version: \"3.0\"\ngateway:\n  access_log: {text}\n")).unwrap();
         assert_eq!(config.gateway.access_log, expected);
     }
 }
@@ -248,39 +202,21 @@ fn access_log_forms() {
 #[test]
 fn format_versions() {
     for version in ["\"1.1\"", "\"2.1\"", "\"3.0\"", "3.0"] {
-        assert!(
-            load(&format!("_format_version: {version}\n")).is_ok(),
-            "{version}"
-        );
+        assert!(load(&format!("_format_version: {version}\n")).is_ok(), "{version}");
     }
-    assert_error(
-        "_format_version: \"4.0\"\n",
-        "_format_version",
-        r#"expected one of "1.1", "2.1", "3.0""#,
-    );
+    assert_error("_format_version: \"4.0\"\n", "_format_version", r#"expected one of "1.1", "2.1", "3.0""#);
     assert_error("services: []\n", "", "missing field `_format_version`");
 }
 
 #[test]
 fn ipv6_and_split_upstreams() {
-    let config =
-        load(&service("").replace("http://127.0.0.1:9000", "http://[::1]:8080/api/")).unwrap();
+    let config = load(&service("").replace("http://127.0.0.1:9000", "http://[::1]:8080/api/")).unwrap();
     let upstream = config.services[0].upstream();
-    assert_eq!(
-        (
-            upstream.host.as_str(),
-            upstream.port,
-            upstream.path.as_str()
-        ),
-        ("[::1]", 8080, "/api/")
-    );
+    assert_eq!((upstream.host.as_str(), upstream.port, upstream.path.as_str()), ("[::1]", 8080, "/api/"));
 
     let split = "_format_version: \"3.0\"\nservices:\n- name: s\n  host: example.internal\n";
     let config = load(split).unwrap();
-    assert_eq!(
-        config.services[0].upstream().authority,
-        "example.internal:80"
-    );
+    assert_eq!(config.services[0].upstream().authority, "example.internal:80");
     assert_eq!(config.services[0].upstream().path, "/");
 }
 
@@ -290,18 +226,12 @@ fn ipv6_and_split_upstreams() {
 fn unreadable_file() {
     let err = Config::from_file("/nonexistent/portcullis.yaml").unwrap_err();
     assert_eq!(err.kind(), ConfigErrorKind::Read);
-    assert_eq!(
-        err.to_string(),
-        "/nonexistent/portcullis.yaml: cannot read: No such file or directory"
-    );
+    assert_eq!(err.to_string(), "/nonexistent/portcullis.yaml: cannot read: No such file or directory");
 }
 
 #[test]
 fn from_file_names_the_file() {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/unknown-key.yaml"
-    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/unknown-key.yaml");
     let err = Config::from_file(path).unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -311,21 +241,13 @@ fn from_file_names_the_file() {
              `retry_policy`, `plugins`, `tags` (line 7, column 5)"
         )
     );
-    let ok = Config::from_file(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/minimal.yaml"
-    ))
-    .unwrap();
+    let ok = Config::from_file(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/minimal.yaml")).unwrap();
     assert_eq!(ok.services[0].name, "echo");
 }
 
 #[test]
 fn syntax_error_has_line_and_column() {
-    let err = assert_error(
-        &service("   routes: []\n"),
-        "services[0]",
-        "mapping values are not allowed",
-    );
+    let err = assert_error(&service("   routes: []\n"), "services[0]", "mapping values are not allowed");
     assert_eq!((err.line(), err.column()), (Some(5), Some(10)));
     assert!(err.to_string().ends_with("(line 5, column 10)"), "{err}");
     assert_eq!(err.kind(), ConfigErrorKind::Parse);
@@ -339,21 +261,9 @@ fn unknown_keys_at_every_level() {
         "unknown field `pathz`, expected one of",
     );
     assert_eq!(err.line(), Some(9));
-    assert_error(
-        "_format_version: \"3.0\"\nservicez: []\n",
-        "",
-        "unknown field `servicez`",
-    );
-    assert_error(
-        "_format_version: \"3.0\"\ngateway:\n  lisen: 1\n",
-        "gateway",
-        "unknown field `lisen`",
-    );
-    assert_error(
-        &service("  retry: 1\n"),
-        "services[0]",
-        "unknown field `retry`",
-    );
+    assert_error("_format_version: \"3.0\"\nservicez: []\n", "", "unknown field `servicez`");
+    assert_error("_format_version: \"3.0\"\ngateway:\n  lisen: 1\n", "gateway", "unknown field `lisen`");
+    assert_error(&service("  retry: 1\n"), "services[0]", "unknown field `retry`");
     assert_error(
         &service("  plugins:\n  - name: jwt\n    confg: {}\n"),
         "services[0].plugins[0]",
@@ -408,26 +318,10 @@ fn wrong_types() {
 #[test]
 fn bad_durations() {
     let expected = "expected a duration like `5s`, `250ms` or milliseconds as an integer";
-    assert_error(
-        &service("  connect_timeout: soon\n"),
-        "services[0].connect_timeout",
-        expected,
-    );
-    assert_error(
-        &service("  timeout: 1.5\n"),
-        "services[0].timeout",
-        expected,
-    );
-    assert_error(
-        &service("  read_timeout: -5\n"),
-        "services[0].read_timeout",
-        expected,
-    );
-    assert_error(
-        &route("    paths: [/a]\n    timeout: [1s]\n"),
-        "services[0].routes[1].timeout",
-        expected,
-    );
+    assert_error(&service("  connect_timeout: soon\n"), "services[0].connect_timeout", expected);
+    assert_error(&service("  timeout: 1.5\n"), "services[0].timeout", expected);
+    assert_error(&service("  read_timeout: -5\n"), "services[0].read_timeout", expected);
+    assert_error(&route("    paths: [/a]\n    timeout: [1s]\n"), "services[0].routes[1].timeout", expected);
     assert_error(
         "_format_version: \"3.0\"\ngateway:\n  idle_timeout: true\n",
         "gateway.idle_timeout",
@@ -503,68 +397,28 @@ fn plugins_are_checked_at_every_scope() {
         "plugins[0].name",
         "plugin `key-auth` is not supported yet",
     );
-    assert_error(
-        "_format_version: \"3.0\"\nplugins:\n- name: foo\n",
-        "plugins[0].name",
-        unknown,
-    );
-    assert_error(
-        "_format_version: \"3.0\"\nplugins:\n- config: {}\n",
-        "plugins[0]",
-        "missing field `name`",
-    );
+    assert_error("_format_version: \"3.0\"\nplugins:\n- name: foo\n", "plugins[0].name", unknown);
+    assert_error("_format_version: \"3.0\"\nplugins:\n- config: {}\n", "plugins[0]", "missing field `name`");
 }
 
 #[test]
 fn every_known_plugin_is_rejected_until_implemented() {
     for spec in PLUGINS {
-        assert!(
-            !spec.supported,
-            "{} is implemented: update this test",
-            spec.name
-        );
-        let yaml = format!(
-            "_format_version: \"3.0\"\nplugins:\n- name: {}\n",
-            spec.name
-        );
-        assert_error(
-            &yaml,
-            "plugins[0].name",
-            &format!("plugin `{}` is not supported yet", spec.name),
-        );
+        assert!(!spec.supported, "{} is implemented: update this test", spec.name);
+        let yaml = format!("_format_version: \"3.0\"\nplugins:\n- name: {}\n", spec.name);
+        assert_error(&yaml, "plugins[0].name", &format!("plugin `{}` is not supported yet", spec.name));
     }
 }
 
 /// All plugins supported: what the file would mean once every plugin has landed.
 const ALL_SUPPORTED: &[PluginSpec] = &[
-    PluginSpec {
-        name: "jwt",
-        supported: true,
-    },
-    PluginSpec {
-        name: "key-auth",
-        supported: true,
-    },
-    PluginSpec {
-        name: "oauth2-introspection",
-        supported: true,
-    },
-    PluginSpec {
-        name: "acl",
-        supported: true,
-    },
-    PluginSpec {
-        name: "rate-limiting",
-        supported: true,
-    },
-    PluginSpec {
-        name: "request-transformer",
-        supported: true,
-    },
-    PluginSpec {
-        name: "response-transformer",
-        supported: true,
-    },
+    PluginSpec { name: "jwt", supported: true },
+    PluginSpec { name: "key-auth", supported: true },
+    PluginSpec { name: "oauth2-introspection", supported: true },
+    PluginSpec { name: "acl", supported: true },
+    PluginSpec { name: "rate-limiting", supported: true },
+    PluginSpec { name: "request-transformer", supported: true },
+    PluginSpec { name: "response-transformer", supported: true },
 ];
 
 #[test]
@@ -576,46 +430,26 @@ fn plugin_fields_references_and_duplicates() {
     let config = Config::from_yaml_with(&yaml, "test.yaml", ALL_SUPPORTED).unwrap();
     let global = &config.plugins[0];
     assert_eq!(
-        (
-            global.service.as_deref(),
-            global.route.as_deref(),
-            global.consumer.as_deref()
-        ),
+        (global.service.as_deref(), global.route.as_deref(), global.consumer.as_deref()),
         (Some("svc"), Some("r0"), Some("alice"))
     );
     assert!(!global.enabled);
     assert_eq!(global.config["minute"], serde_yaml_ng::Value::from(6));
     assert!(config.plugins[1].enabled);
-    assert_eq!(
-        config.plugins[1].config,
-        serde_yaml_ng::Value::Mapping(Default::default())
-    );
+    assert_eq!(config.plugins[1].config, serde_yaml_ng::Value::Mapping(Default::default()));
 
     let with = |yaml: &str| Config::from_yaml_with(yaml, "test.yaml", ALL_SUPPORTED).unwrap_err();
-    let err = with(&format!(
-        "{}plugins:\n- name: jwt\n  service: nope\n",
-        service("")
-    ));
+    let err = with(&format!("{}plugins:\n- name: jwt\n  service: nope\n", service("")));
     assert_eq!(
         err.to_string(),
         "test.yaml: plugins[0].service: unknown service `nope`, expected a name defined in this file"
     );
-    let err = with(&format!(
-        "{}plugins:\n- name: jwt\n  consumer: bob\n",
-        service("")
-    ));
+    let err = with(&format!("{}plugins:\n- name: jwt\n  consumer: bob\n", service("")));
     assert_eq!(err.path(), "plugins[0].consumer");
-    let err = with(&route(
-        "    paths: [/b]\n    plugins:\n    - name: jwt\n      route: r0\n",
-    ));
+    let err = with(&route("    paths: [/b]\n    plugins:\n    - name: jwt\n      route: r0\n"));
     assert_eq!(err.path(), "services[0].routes[1].plugins[0].route");
-    assert!(
-        err.message().contains("only allowed on global plugins"),
-        "{err}"
-    );
-    let err = with(&service(
-        "  plugins:\n  - name: jwt\n  - name: acl\n  - name: jwt\n",
-    ));
+    assert!(err.message().contains("only allowed on global plugins"), "{err}");
+    let err = with(&service("  plugins:\n  - name: jwt\n  - name: acl\n  - name: jwt\n"));
     assert_eq!(
         err.to_string(),
         "test.yaml: services[0].plugins[2].name: duplicate plugin `jwt` (first at services[0].plugins[0]); one instance per plugin runs"
@@ -662,11 +496,7 @@ fn upstream_errors() {
         "services[0].url",
         "cannot have a query string",
     );
-    assert_error(
-        &service("  host: x\n"),
-        "services[0]",
-        "expected one or the other",
-    );
+    assert_error(&service("  host: x\n"), "services[0]", "expected one or the other");
     assert_error(
         "_format_version: \"3.0\"\nservices:\n- name: s\n",
         "services[0]",
@@ -692,11 +522,7 @@ fn upstream_errors() {
 #[test]
 fn duplicate_names() {
     let two = format!("{}- name: svc\n  url: http://127.0.0.1:9001\n", service(""));
-    assert_error(
-        &two,
-        "services[1].name",
-        "duplicate service name `svc` (first at services[0].name)",
-    );
+    assert_error(&two, "services[1].name", "duplicate service name `svc` (first at services[0].name)");
     assert_error(
         &route("    paths: [/b]\n").replace("name: r1", "name: r0"),
         "services[0].routes[1].name",
@@ -738,14 +564,8 @@ fn seed_fails_only_because_its_plugins_are_not_supported_yet() {
     let text = std::fs::read_to_string(SEED).unwrap();
     let config = Config::from_yaml_with(&text, SEED, ALL_SUPPORTED).unwrap();
     let route = &config.services[0].routes[0];
-    assert_eq!(
-        config.services[0].upstream().authority,
-        "orders-service.internal:8080"
-    );
+    assert_eq!(config.services[0].upstream().authority, "orders-service.internal:8080");
     let names: Vec<_> = route.plugins.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, ["jwt", "rate-limiting", "request-transformer"]);
-    assert_eq!(
-        route.plugins[1].config["hour"],
-        serde_yaml_ng::Value::from(1000)
-    );
+    assert_eq!(route.plugins[1].config["hour"], serde_yaml_ng::Value::from(1000));
 }

@@ -27,13 +27,11 @@ impl Config {
     /// Checks everything a single key cannot, and resolves each service's upstream. The first
     /// problem in document order wins.
     pub(crate) fn validate(&mut self, registry: &[PluginSpec]) -> Result<(), Invalid> {
-        if self.gateway.admin_listen == Some(self.gateway.listen) {
+        // Port 0 asks the OS for a free port, so two of them never collide.
+        if self.gateway.admin_listen == Some(self.gateway.listen) && self.gateway.listen.port() != 0 {
             return Err(Invalid::new(
                 "gateway.admin_listen",
-                format!(
-                    "`{}` is already `listen`, expected a different address",
-                    self.gateway.listen
-                ),
+                format!("`{}` is already `listen`, expected a different address", self.gateway.listen),
             ));
         }
         let upstreams = {
@@ -58,11 +56,7 @@ impl Config {
 
     /// Collects service, route and consumer names, rejecting duplicates.
     fn names(&self) -> Result<Names<'_>, Invalid> {
-        let mut names = Names {
-            services: HashMap::new(),
-            routes: HashMap::new(),
-            consumers: HashMap::new(),
-        };
+        let mut names = Names { services: HashMap::new(), routes: HashMap::new(), consumers: HashMap::new() };
         for (index, service) in self.services.iter().enumerate() {
             let at = format!("services[{index}].name");
             if service.name.trim().is_empty() {
@@ -71,20 +65,14 @@ impl Config {
             if let Some(first) = names.services.insert(&service.name, at.clone()) {
                 return Err(Invalid::new(
                     at,
-                    format!(
-                        "duplicate service name `{}` (first at {first})",
-                        service.name
-                    ),
+                    format!("duplicate service name `{}` (first at {first})", service.name),
                 ));
             }
             for (route_index, route) in service.routes.iter().enumerate() {
                 let Some(name) = &route.name else { continue };
                 let at = format!("services[{index}].routes[{route_index}].name");
                 if name.trim().is_empty() {
-                    return Err(Invalid::new(
-                        at,
-                        "empty name, expected a route name or no `name`",
-                    ));
+                    return Err(Invalid::new(at, "empty name, expected a route name or no `name`"));
                 }
                 if let Some(first) = names.routes.insert(name, at.clone()) {
                     return Err(Invalid::new(
@@ -95,19 +83,13 @@ impl Config {
             }
         }
         for (index, consumer) in self.consumers.iter().enumerate() {
-            let keys = [
-                ("id", &consumer.id),
-                ("username", &consumer.username),
-                ("custom_id", &consumer.custom_id),
-            ];
+            let keys =
+                [("id", &consumer.id), ("username", &consumer.username), ("custom_id", &consumer.custom_id)];
             for (key, value) in keys {
                 let Some(value) = value else { continue };
                 let at = format!("consumers[{index}].{key}");
                 if value.trim().is_empty() {
-                    return Err(Invalid::new(
-                        at,
-                        format!("empty `{key}`, expected a value or no `{key}`"),
-                    ));
+                    return Err(Invalid::new(at, format!("empty `{key}`, expected a value or no `{key}`")));
                 }
                 if let Some(first) = names.consumers.insert(value, at.clone()) {
                     // Plugins name consumers by any of the three, so they share one namespace.
@@ -148,20 +130,11 @@ fn validate_service(
     ];
     for (key, present) in later {
         if present {
-            return Err(Invalid::unsupported(
-                format!("{at}.{key}"),
-                format!("`{key}` is not supported yet"),
-            ));
+            return Err(Invalid::unsupported(format!("{at}.{key}"), format!("`{key}` is not supported yet")));
         }
     }
     let upstream = resolve_upstream(at, service)?;
-    validate_plugins(
-        &format!("{at}.plugins"),
-        &service.plugins,
-        Scope::Service,
-        registry,
-        names,
-    )?;
+    validate_plugins(&format!("{at}.plugins"), &service.plugins, Scope::Service, registry, names)?;
     for (index, route) in service.routes.iter().enumerate() {
         validate_route(&format!("{at}.routes[{index}]"), route, registry, names)?;
     }
@@ -185,10 +158,7 @@ fn validate_route(
         && route.hosts.is_empty()
         && route.headers.is_empty()
     {
-        return Err(Invalid::new(
-            at,
-            "a route needs at least one of `paths`, `methods`, `hosts`, `headers`",
-        ));
+        return Err(Invalid::new(at, "a route needs at least one of `paths`, `methods`, `hosts`, `headers`"));
     }
     for (index, host) in route.hosts.iter().enumerate() {
         if host.trim().is_empty() || host.contains(['/', ' ']) {
@@ -206,25 +176,13 @@ fn validate_route(
             return Err(Invalid::new(at, format!("invalid header name `{name}`")));
         }
         if values.is_empty() {
-            return Err(Invalid::new(
-                at,
-                "empty list, expected at least one header value",
-            ));
+            return Err(Invalid::new(at, "empty list, expected at least one header value"));
         }
     }
     if route.protocols.is_empty() {
-        return Err(Invalid::new(
-            format!("{at}.protocols"),
-            "empty list, expected `http`, `https` or both",
-        ));
+        return Err(Invalid::new(format!("{at}.protocols"), "empty list, expected `http`, `https` or both"));
     }
-    validate_plugins(
-        &format!("{at}.plugins"),
-        &route.plugins,
-        Scope::Route,
-        registry,
-        names,
-    )
+    validate_plugins(&format!("{at}.plugins"), &route.plugins, Scope::Route, registry, names)
 }
 
 /// A plugin instance's identity in its list: name, then `service`, `route`, `consumer`.
@@ -252,11 +210,7 @@ fn validate_plugins(
             None => {
                 return Err(Invalid::new(
                     format!("{at}.name"),
-                    format!(
-                        "unknown plugin `{}`; expected one of {}",
-                        plugin.name,
-                        plugins::names(registry)
-                    ),
+                    format!("unknown plugin `{}`; expected one of {}", plugin.name, plugins::names(registry)),
                 ));
             }
         }
@@ -323,31 +277,18 @@ fn resolve_upstream(at: &str, service: &Service) -> Result<Upstream, Invalid> {
         )),
         (Some(url), false) => parse_url(&format!("{at}.url"), url),
         (None, true) => {
-            check_scheme(
-                &format!("{at}.protocol"),
-                service.protocol.as_deref().unwrap_or("http"),
-            )?;
+            check_scheme(&format!("{at}.protocol"), service.protocol.as_deref().unwrap_or("http"))?;
             let Some(host) = service.host.as_deref() else {
-                return Err(Invalid::new(
-                    at,
-                    "`protocol`/`port`/`path` without `host`, expected `host` too",
-                ));
+                return Err(Invalid::new(at, "`protocol`/`port`/`path` without `host`, expected `host` too"));
             };
             let path = service.path.as_deref().unwrap_or("/");
             if !path.starts_with('/') || path.contains(['?', '#']) {
                 return Err(Invalid::new(
                     format!("{at}.path"),
-                    format!(
-                        "invalid path `{path}`, expected a path starting with `/` and no query"
-                    ),
+                    format!("invalid path `{path}`, expected a path starting with `/` and no query"),
                 ));
             }
-            upstream(
-                &format!("{at}.host"),
-                host,
-                service.port.unwrap_or(80),
-                path,
-            )
+            upstream(&format!("{at}.host"), host, service.port.unwrap_or(80), path)
         }
     }
 }
@@ -355,24 +296,13 @@ fn resolve_upstream(at: &str, service: &Service) -> Result<Upstream, Invalid> {
 fn check_scheme(at: &str, scheme: &str) -> Result<(), Invalid> {
     match scheme {
         "http" => Ok(()),
-        "https" => Err(Invalid::unsupported(
-            at,
-            "https upstreams are not supported yet",
-        )),
-        other => Err(Invalid::new(
-            at,
-            format!("invalid protocol `{other}`, expected `http`"),
-        )),
+        "https" => Err(Invalid::unsupported(at, "https upstreams are not supported yet")),
+        other => Err(Invalid::new(at, format!("invalid protocol `{other}`, expected `http`"))),
     }
 }
 
 fn parse_url(at: &str, url: &str) -> Result<Upstream, Invalid> {
-    let expected = || {
-        Invalid::new(
-            at,
-            format!("invalid url `{url}`, expected `http://host:port/path`"),
-        )
-    };
+    let expected = || Invalid::new(at, format!("invalid url `{url}`, expected `http://host:port/path`"));
     let uri: http::Uri = url.parse().map_err(|_| expected())?;
     let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
         return Err(expected());
@@ -390,12 +320,7 @@ fn parse_url(at: &str, url: &str) -> Result<Upstream, Invalid> {
             format!("invalid url `{url}`: a service url cannot have a query string"),
         ));
     }
-    upstream(
-        at,
-        authority.host(),
-        authority.port_u16().unwrap_or(80),
-        uri.path(),
-    )
+    upstream(at, authority.host(), authority.port_u16().unwrap_or(80), uri.path())
 }
 
 fn upstream(at: &str, host: &str, port: u16, path: &str) -> Result<Upstream, Invalid> {
@@ -404,20 +329,13 @@ fn upstream(at: &str, host: &str, port: u16, path: &str) -> Result<Upstream, Inv
         .ok()
         .filter(|parsed| !host.is_empty() && parsed.host() == host)
         .ok_or_else(|| {
-            Invalid::new(
-                at,
-                format!("invalid host `{host}`, expected a host name or IP address"),
-            )
+            Invalid::new(at, format!("invalid host `{host}`, expected a host name or IP address"))
         })?;
     Ok(Upstream {
         scheme: http::uri::Scheme::HTTP,
         authority,
         host: host.to_owned(),
         port,
-        path: if path.is_empty() {
-            "/".to_owned()
-        } else {
-            path.to_owned()
-        },
+        path: if path.is_empty() { "/".to_owned() } else { path.to_owned() },
     })
 }

@@ -91,7 +91,11 @@ impl Gateway {
     pub fn from_config(config: &Config, origin: &str) -> Result<Self, ConfigError> {
         let settings = &config.gateway;
         if settings.tls.is_some() {
-            return Err(ConfigError::unsupported(origin, "gateway.tls".into(), "TLS termination is not supported yet"));
+            return Err(ConfigError::unsupported(
+                origin,
+                "gateway.tls".into(),
+                "TLS termination is not supported yet",
+            ));
         }
         let log = match &settings.access_log {
             AccessLog::Stdout => LogSink::stdout(),
@@ -215,7 +219,8 @@ pub async fn shutdown_signal() {
 async fn admin(req: Request<Body>) -> Result<Response<Body>, Infallible> {
     if req.uri().path() == "/healthz" && req.method() == http::Method::GET {
         let mut res = Response::new(Body::from(Bytes::from_static(b"{\"status\":\"ok\"}")));
-        res.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+        res.headers_mut()
+            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
         return Ok(res);
     }
     Ok(Rejection::new(StatusCode::NOT_FOUND, "not_found", "unknown admin endpoint").into_response(None))

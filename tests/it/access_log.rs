@@ -39,12 +39,12 @@ async fn one_line_per_request_for_every_outcome() {
   routes:
   - name: live-route
     paths: [/live]
-    strip_path: false
 - name: dead
   url: http://{dead}
   routes:
   - name: dead-route
     paths: [/dead]
+  - paths: [/unnamed]
 "#,
         up.url()
     );
@@ -60,15 +60,18 @@ async fn one_line_per_request_for_every_outcome() {
     )
     .await;
     assert_eq!(ok.status, 200);
-    let bad = raw(gw.addr, b"GET /live/%zz?apikey=topsecret HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    let bad =
+        raw(gw.addr, b"GET /live/%zz?apikey=topsecret HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await;
     assert_eq!(raw_status(&bad), 400);
     assert_eq!(get(&gw.url("/nowhere")).await.status, 404);
     assert_eq!(get(&gw.url("/dead/x")).await.status, 502);
     assert_eq!(get(&gw.url("/live/slow")).await.status, 504);
+    assert_eq!(get(&gw.url("/unnamed")).await.status, 502);
 
     let raw_log = {
         let lines = gw.stop().await;
-        assert_eq!(lines.len(), 5, "{lines:#?}");
+        assert_eq!(lines.len(), 6, "{lines:#?}");
         lines
     };
     let text: String = raw_log.iter().map(|l| l.to_string()).collect::<Vec<_>>().join("\n");
@@ -84,7 +87,8 @@ async fn one_line_per_request_for_every_outcome() {
         assert!(line["gateway_latency_ms"].as_f64().is_some(), "{line}");
         assert_eq!(line["request_id"].as_str().map(str::len), Some(36), "{line}");
     }
-    let by_status = |s: u64| raw_log.iter().find(|l| l["status"] == s).unwrap_or_else(|| panic!("no {s} line"));
+    let by_status =
+        |s: u64| raw_log.iter().find(|l| l["status"] == s).unwrap_or_else(|| panic!("no {s} line"));
 
     let ok = by_status(200);
     assert_eq!(ok["method"], "GET");
@@ -108,7 +112,41 @@ async fn one_line_per_request_for_every_outcome() {
     assert_eq!(gateway_error["route_name"], "dead-route");
     assert_eq!(gateway_error["upstream_host"], dead.to_string());
     assert!(gateway_error["upstream_status"].is_null(), "{gateway_error}");
+    let unnamed = raw_log.iter().find(|l| l["path"] == "/unnamed").unwrap();
+    assert_eq!(unnamed["route_name"], "dead.routes[1]", "unnamed routes are named by their place");
     let timeout = by_status(504);
     assert_eq!(timeout["route_name"], "live-route");
     assert!(timeout["gateway_latency_ms"].as_f64().unwrap() >= 300.0, "{timeout}");
+}
+
+/// The seed's own analyzer (`../shared/seed/analyze_gateway_logs.py`) reads what portcullis writes.
+#[test]
+fn the_seed_analyzer_reads_portcullis_lines() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/seed/analyze_gateway_logs.py");
+    assert!(std::path::Path::new(script).exists(), "{script} is missing");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let lines = runtime.block_on(async {
+        let up = Upstream::start().await;
+        let yaml = format!(
+            "services:\n- name: s\n  url: {}\n  routes:\n  - name: named\n    paths: [/named]\n  - paths: [/]\n",
+            up.url()
+        );
+        let gw = TestGateway::start(&yaml).await;
+        for i in 0..12 {
+            assert_eq!(get(&gw.url(&format!("/named/{i}"))).await.status, 200);
+            assert_eq!(get(&gw.url(&format!("/other/{i}"))).await.status, 200);
+        }
+        gw.stop().await
+    });
+    let path = temp_path("seed-analyzer.log");
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new("python3").arg(script).arg(&path).output().expect("python3 runs");
+    let _ = std::fs::remove_file(&path);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("Parsed 24 log entries"), "{stdout}");
+    assert!(stdout.contains(" named: p50="), "{stdout}");
+    assert!(stdout.contains(" s.routes[1]: p50="), "{stdout}");
+    assert!(stdout.contains("=== Gateway Processing Overhead ==="), "{stdout}");
 }

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use crate::support::*;
 
-fn example_binary() -> PathBuf {
+pub(crate) fn example_binary() -> PathBuf {
     // target/<profile>/deps/it-<hash> → target/<profile>/examples/gateway
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(|p| p.parent()).unwrap();
@@ -42,7 +42,10 @@ fn each_config_error_is_one_line_with_its_location() {
             "unknown field `pathz`",
         ),
         (
-            Some(format!("_format_version: \"3.0\"\n{}", route.replace("url:", "connect_timeout: 5 parsecs\n  url:"))),
+            Some(format!(
+                "_format_version: \"3.0\"\n{}",
+                route.replace("url:", "connect_timeout: 5 parsecs\n  url:")
+            )),
             "services[0].connect_timeout",
             "duration",
         ),

@@ -5,4 +5,5 @@ mod access_log;
 mod config;
 mod proxy;
 mod routing;
+mod server;
 mod support;

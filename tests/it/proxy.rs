@@ -97,11 +97,10 @@ async fn hop_by_hop_dropped_gateway_headers_survive_and_spoofs_never_arrive() {
 #[tokio::test]
 async fn trusted_proxy_chain_is_extended() {
     let upstream = Upstream::start().await;
-    let gw = TestGateway::start_with(&service(&upstream.url(), ""), "  trusted_proxies: [127.0.0.1/32]\n").await;
-    let req = Request::get(gw.url("/"))
-        .header("x-forwarded-for", "198.51.100.4")
-        .body(Full::default())
-        .unwrap();
+    let gw =
+        TestGateway::start_with(&service(&upstream.url(), ""), "  trusted_proxies: [127.0.0.1/32]\n").await;
+    let req =
+        Request::get(gw.url("/")).header("x-forwarded-for", "198.51.100.4").body(Full::default()).unwrap();
     assert_eq!(send(req).await.status, 200);
     let seen = upstream.last();
     assert_eq!(seen.headers.get_all("x-forwarded-for").iter().count(), 1);
@@ -122,7 +121,8 @@ async fn content_length_and_transfer_encoding_are_never_forwarded_together() {
     let status = raw_status(&answer);
     if status == 200 {
         let seen = upstream.last();
-        let both = seen.headers.contains_key("content-length") && seen.headers.contains_key("transfer-encoding");
+        let both =
+            seen.headers.contains_key("content-length") && seen.headers.contains_key("transfer-encoding");
         assert!(!both, "forwarded with both framings: {:?}", seen.headers);
         assert_eq!(seen.body, "hello");
     } else {
@@ -163,10 +163,12 @@ async fn slow_upstream_is_504_within_the_timeout() {
 async fn body_over_the_limit_is_413() {
     let upstream = Upstream::start().await;
     let gw = TestGateway::start_with(&service(&upstream.url(), ""), "  max_body_bytes: 1000\n").await;
-    let res = send(Request::post(gw.url("/up")).body(Full::new(Bytes::from(vec![b'a'; 1001]))).unwrap()).await;
+    let res =
+        send(Request::post(gw.url("/up")).body(Full::new(Bytes::from(vec![b'a'; 1001]))).unwrap()).await;
     assert_eq!(res.status, 413);
     assert_eq!(res.json()["error"], "payload_too_large");
-    let res = send(Request::post(gw.url("/up")).body(Full::new(Bytes::from(vec![b'a'; 1000]))).unwrap()).await;
+    let res =
+        send(Request::post(gw.url("/up")).body(Full::new(Bytes::from(vec![b'a'; 1000]))).unwrap()).await;
     assert_eq!(res.status, 200);
     gw.stop().await;
 }
@@ -189,7 +191,10 @@ async fn http2_clients_are_served() {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)
         .build(hyper_util::client::legacy::connect::HttpConnector::new());
-    let res = client.request(Request::get(gw.url("/h2?q=1")).body(Full::<Bytes>::default()).unwrap()).await.unwrap();
+    let res = client
+        .request(Request::get(gw.url("/h2?q=1")).body(Full::<Bytes>::default()).unwrap())
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.version(), http::Version::HTTP_2);
     let seen = upstream.last();

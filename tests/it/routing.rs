@@ -19,7 +19,8 @@ async fn routed(upstreams: &[&Upstream], gw: &TestGateway, path: &str) -> (u16, 
 
 #[tokio::test]
 async fn priority_prefix_regex_longest_and_methods() {
-    let (a, b, c, d) = (Upstream::start().await, Upstream::start().await, Upstream::start().await, Upstream::start().await);
+    let (a, b, c, d) =
+        (Upstream::start().await, Upstream::start().await, Upstream::start().await, Upstream::start().await);
     let yaml = format!(
         r#"services:
 - name: a
@@ -57,7 +58,11 @@ async fn priority_prefix_regex_longest_and_methods() {
     let ups = [&a, &b, &c, &d];
     assert_eq!(routed(&ups, &gw, "/api/other").await, (200, Some((0, "/api/other".into()))));
     assert_eq!(routed(&ups, &gw, "/api/users/abc").await, (200, Some((1, "/api/users/abc".into()))));
-    assert_eq!(routed(&ups, &gw, "/api/users/42").await, (200, Some((2, "/api/users/42".into()))), "regex beats prefix");
+    assert_eq!(
+        routed(&ups, &gw, "/api/users/42").await,
+        (200, Some((2, "/api/users/42".into()))),
+        "regex beats prefix"
+    );
     let res = send(Request::post(gw.url("/api/users/42")).body(Full::default()).unwrap()).await;
     assert_eq!(res.status, 200);
     assert_eq!(d.seen().len(), 1, "methods+paths beats a paths-only regex");
@@ -146,14 +151,18 @@ async fn malformed_or_sneaky_paths_are_resolved_or_refused() {
     let gw = TestGateway::start(&yaml).await;
     // Resolved before routing: they reach the admin route with the normalized path.
     for path in ["/public/../admin", "/public/%2e%2e/admin", "//admin", "/%61dmin"] {
-        let answer = raw(gw.addr, format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await;
+        let answer =
+            raw(gw.addr, format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+                .await;
         assert_eq!(raw_status(&answer), 200, "{path}: {answer}");
         assert_eq!(admin.last().uri, "/admin", "{path}");
     }
     assert!(public.seen().is_empty(), "a raw form was routed to /public");
     // Refused: encoded separators and malformed escapes.
     for path in ["/public/..%2Fadmin", "/admin%", "/public/%252e%252e/admin"] {
-        let answer = raw(gw.addr, format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await;
+        let answer =
+            raw(gw.addr, format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+                .await;
         assert_eq!(raw_status(&answer), 400, "{path}: {answer}");
         assert!(answer.contains("\"error\":\"bad_request\""), "{answer}");
     }

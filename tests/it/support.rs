@@ -29,6 +29,7 @@ pub struct Seen {
 }
 
 /// An upstream on 127.0.0.1 that records every request. `/slow/...` waits 3 s before answering,
+/// `/sleep/MS` waits MS milliseconds,
 /// `/status/NNN` answers with that status; everything else answers 200 with `upstream-ok`.
 #[derive(Clone)]
 pub struct Upstream {
@@ -85,6 +86,9 @@ async fn answer(req: Request<Incoming>, recorder: Arc<Mutex<Vec<Seen>>>) -> Resp
     });
     if path.starts_with("/slow") {
         tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    if let Some(ms) = path.strip_prefix("/sleep/").and_then(|ms| ms.parse::<u64>().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     let status = path
         .strip_prefix("/status/")
@@ -157,11 +161,6 @@ impl TestGateway {
         text.lines()
             .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
             .collect()
-    }
-
-    /// The raw access log text so far (after the gateway flushed it).
-    pub fn raw_log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 }
 

@@ -70,11 +70,7 @@ where
         match result {
             Ok(response) => {
                 if let Some(pending) = &mut pending {
-                    pending.record.head(
-                        response.status(),
-                        response.headers(),
-                        response.extensions(),
-                    );
+                    pending.record.head(response.status(), response.headers(), response.extensions());
                 }
                 Poll::Ready(Ok(response.map(|body| AccessLogBody::new(body, pending))))
             }

@@ -30,10 +30,7 @@ impl<S> Layer<S> for AccessLogLayer {
     type Service = AccessLogService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AccessLogService {
-            inner,
-            sink: self.sink.clone(),
-        }
+        AccessLogService { inner, sink: self.sink.clone() }
     }
 }
 
@@ -59,10 +56,10 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         // Before `inner.call`: the clock starts when the request enters this layer.
-        let pending = self.sink.shared().map(|sink| Pending {
-            record: Box::new(Record::start(&req)),
-            sink: sink.clone(),
-        });
+        let pending = self
+            .sink
+            .shared()
+            .map(|sink| Pending { record: Box::new(Record::start(&req)), sink: sink.clone() });
         ResponseFuture::new(self.inner.call(req), pending)
     }
 }

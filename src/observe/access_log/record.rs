@@ -83,10 +83,7 @@ impl Record {
 
     #[cfg(test)]
     pub(super) fn start_at<B>(req: &Request<B>, timestamp: SystemTime) -> Self {
-        Self {
-            timestamp,
-            ..Self::start(req)
-        }
+        Self { timestamp, ..Self::start(req) }
     }
 
     /// Takes what the inner layers reported on the response head.
@@ -138,47 +135,26 @@ impl Record {
     /// Appends the record as one JSON object (no newline). Keys in the order of SPEC §7.
     pub(super) fn write_json(&self, out: &mut Vec<u8>) -> io::Result<()> {
         let mut obj = JsonObject { out, first: true };
-        obj.display(
-            "timestamp",
-            Some(humantime::format_rfc3339_millis(clamp(self.timestamp))),
-        )?;
-        obj.string(
-            "request_id",
-            self.request_id.as_ref().map(RequestId::as_str),
-        )?;
+        obj.display("timestamp", Some(humantime::format_rfc3339_millis(clamp(self.timestamp))))?;
+        obj.string("request_id", self.request_id.as_ref().map(RequestId::as_str))?;
         obj.string("method", Some(self.method.as_str()))?;
         obj.string("path", Some(path_only(self.path())))?;
-        obj.string(
-            "route_name",
-            self.route.as_ref().and_then(|r| r.name.as_deref()),
-        )?;
-        obj.string(
-            "service_name",
-            self.route.as_ref().and_then(|r| r.service_name.as_deref()),
-        )?;
+        obj.string("route_name", self.route.as_ref().and_then(|r| r.name.as_deref()))?;
+        obj.string("service_name", self.route.as_ref().and_then(|r| r.service_name.as_deref()))?;
         obj.uint("status", Some(self.status.into()))?;
         if let Some(id) = &self.consumer_id {
             obj.string("consumer_id", Some(id))?;
         }
         obj.display("client_ip", self.client_ip)?;
         obj.string("upstream_host", self.upstream.as_ref().map(|u| &*u.host))?;
-        obj.uint(
-            "upstream_status",
-            self.upstream.as_ref().and_then(|u| u.status).map(u64::from),
-        )?;
-        obj.float(
-            "upstream_latency_ms",
-            self.upstream.as_ref().map(|u| millis(u.latency)),
-        )?;
+        obj.uint("upstream_status", self.upstream.as_ref().and_then(|u| u.status).map(u64::from))?;
+        obj.float("upstream_latency_ms", self.upstream.as_ref().map(|u| millis(u.latency)))?;
         obj.float("gateway_latency_ms", Some(millis(self.gateway_latency)))?;
         obj.uint("attempts", self.attempts.map(u64::from))?;
         obj.string("rate_limit", self.rate_limit)?;
         obj.string("breaker", self.breaker)?;
         obj.uint("bytes_sent", Some(self.bytes_sent))?;
-        let user_agent = self
-            .user_agent
-            .as_ref()
-            .map(|v| String::from_utf8_lossy(v.as_bytes()));
+        let user_agent = self.user_agent.as_ref().map(|v| String::from_utf8_lossy(v.as_bytes()));
         obj.string("user_agent", user_agent.as_deref())?;
         obj.out.push(b'}');
         Ok(())

@@ -83,11 +83,7 @@ impl LogSink {
     pub fn file(path: impl AsRef<Path>) -> io::Result<Self> {
         let path = path.as_ref();
         let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(Self::spawn(
-            Box::new(file),
-            Target::File(path.into()),
-            CAPACITY,
-        ))
+        Ok(Self::spawn(Box::new(file), Target::File(path.into()), CAPACITY))
     }
 
     /// Lines to any writer: a test buffer, a pipe, or [`std::io::sink()`] for benchmarks.
@@ -124,16 +120,12 @@ impl LogSink {
     /// Lines handed to the output so far (written into its buffer; a later I/O error on flush
     /// can still lose them, and is traced).
     pub fn lines_written(&self) -> u64 {
-        self.shared
-            .as_ref()
-            .map_or(0, |s| s.counters.written.load(Ordering::Relaxed))
+        self.shared.as_ref().map_or(0, |s| s.counters.written.load(Ordering::Relaxed))
     }
 
     /// Lines lost so far: the channel stayed full, the writer thread was gone, or writing failed.
     pub fn dropped(&self) -> u64 {
-        self.shared
-            .as_ref()
-            .map_or(0, |s| s.counters.dropped.load(Ordering::Relaxed))
+        self.shared.as_ref().map_or(0, |s| s.counters.dropped.load(Ordering::Relaxed))
     }
 
     pub(super) fn shared(&self) -> Option<&Arc<Shared>> {
@@ -152,20 +144,11 @@ impl LogSink {
             // The receiver is gone with the closure: every send fails and counts as dropped.
             tracing::error!(%error, "access log: cannot start the writer thread; lines will be dropped");
         }
-        Self {
-            shared: Some(Arc::new(Shared {
-                tx,
-                counters,
-                target,
-            })),
-        }
+        Self { shared: Some(Arc::new(Shared { tx, counters, target })) }
     }
 
     #[cfg(test)]
-    pub(super) fn writer_with_capacity(
-        writer: impl Write + Send + 'static,
-        capacity: usize,
-    ) -> Self {
+    pub(super) fn writer_with_capacity(writer: impl Write + Send + 'static, capacity: usize) -> Self {
         Self::spawn(Box::new(writer), Target::Writer, capacity)
     }
 }
@@ -206,9 +189,7 @@ impl Shared {
 
 impl fmt::Debug for Shared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Shared")
-            .field("target", &self.target)
-            .finish_non_exhaustive()
+        f.debug_struct("Shared").field("target", &self.target).finish_non_exhaustive()
     }
 }
 

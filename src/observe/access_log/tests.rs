@@ -73,22 +73,14 @@ fn sink() -> (LogSink, Buffer) {
 /// Parses a raw line, checking the key order and set: every SPEC key, `consumer_id` optional.
 fn parse(line: &str, with_consumer: bool) -> serde_json::Map<String, Value> {
     let value: Value = serde_json::from_str(line).unwrap();
-    let Value::Object(map) = value else {
-        panic!("not an object: {line}")
-    };
+    let Value::Object(map) = value else { panic!("not an object: {line}") };
     // Key order as written (serde_json's Map sorts keys, so read them from the raw text).
     let mut expected: Vec<&str> = KEYS.to_vec();
     if !with_consumer {
         expected.retain(|k| *k != "consumer_id");
     }
-    let positions: Vec<usize> = expected
-        .iter()
-        .map(|k| line.find(&format!("\"{k}\":")).unwrap())
-        .collect();
-    assert!(
-        positions.windows(2).all(|w| w[0] < w[1]),
-        "key order: {line}"
-    );
+    let positions: Vec<usize> = expected.iter().map(|k| line.find(&format!("\"{k}\":")).unwrap()).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "key order: {line}");
     let mut keys: Vec<&str> = map.keys().map(String::as_str).collect();
     keys.sort_unstable();
     expected.sort_unstable();
@@ -101,12 +93,7 @@ struct Chunks(VecDeque<Bytes>);
 
 impl Chunks {
     fn new(chunks: &[&'static str]) -> Self {
-        Self(
-            chunks
-                .iter()
-                .map(|c| Bytes::from_static(c.as_bytes()))
-                .collect(),
-        )
+        Self(chunks.iter().map(|c| Bytes::from_static(c.as_bytes())).collect())
     }
 }
 
@@ -125,21 +112,14 @@ impl Body for Chunks {
 #[tokio::test]
 async fn streamed_200_is_one_line_with_every_field() {
     let (sink, buffer) = sink();
-    let svc = ServiceBuilder::new()
-        .layer(AccessLogLayer::new(sink.clone()))
-        .service_fn(|_req: Request<()>| async {
+    let svc = ServiceBuilder::new().layer(AccessLogLayer::new(sink.clone())).service_fn(
+        |_req: Request<()>| async {
             tokio::time::sleep(Duration::from_millis(25)).await;
-            Ok::<_, Infallible>(Response::new(Chunks::new(&[
-                "hello ",
-                "streamed ",
-                "world",
-            ])))
-        });
+            Ok::<_, Infallible>(Response::new(Chunks::new(&["hello ", "streamed ", "world"])))
+        },
+    );
     let before = SystemTime::now();
-    let req = Request::post("/orders/42")
-        .header("user-agent", "curl/8.5.0")
-        .body(())
-        .unwrap();
+    let req = Request::post("/orders/42").header("user-agent", "curl/8.5.0").body(()).unwrap();
     let res = svc.oneshot(req).await.unwrap();
     let body = res.into_body().collect().await.unwrap().to_bytes();
     let after = SystemTime::now();
@@ -171,16 +151,10 @@ async fn streamed_200_is_one_line_with_every_field() {
         assert_eq!(line[key], Value::Null, "{key}");
     }
     let ts = line["timestamp"].as_str().unwrap();
-    assert!(
-        ts.ends_with('Z') && ts.len() == "2025-06-01T09:30:12.345Z".len(),
-        "{ts}"
-    );
+    assert!(ts.ends_with('Z') && ts.len() == "2025-06-01T09:30:12.345Z".len(), "{ts}");
     let ts = humantime::parse_rfc3339(ts).unwrap();
     // The request start, to the millisecond.
-    assert!(
-        ts + Duration::from_millis(1) >= before && ts <= after,
-        "{ts:?}"
-    );
+    assert!(ts + Duration::from_millis(1) >= before && ts <= after, "{ts:?}");
     assert_eq!(sink.lines_written(), 1);
     assert_eq!(sink.dropped(), 0);
 }
@@ -188,16 +162,12 @@ async fn streamed_200_is_one_line_with_every_field() {
 #[tokio::test]
 async fn annotations_from_every_layer_are_logged() {
     let (sink, buffer) = sink();
-    let svc = ServiceBuilder::new()
-        .layer(AccessLogLayer::new(sink.clone()))
-        .service_fn(|_req: Request<()>| async {
+    let svc = ServiceBuilder::new().layer(AccessLogLayer::new(sink.clone())).service_fn(
+        |_req: Request<()>| async {
             let mut res = Response::new(Full::new(Bytes::from_static(b"{}")));
             *res.status_mut() = StatusCode::CREATED;
             let ext = res.extensions_mut();
-            ext.insert(Consumer {
-                id: "acme".into(),
-                ..Consumer::default()
-            });
+            ext.insert(Consumer { id: "acme".into(), ..Consumer::default() });
             ext.insert(MatchedRoute(Arc::new(RouteInfo {
                 name: Some("orders".into()),
                 service_name: Some("orders-svc".into()),
@@ -215,7 +185,8 @@ async fn annotations_from_every_layer_are_logged() {
             ext.insert(Attempts(2));
             ext.insert(BreakerOutcome("closed"));
             Ok::<_, Infallible>(res)
-        });
+        },
+    );
     let mut req = Request::get("/orders/./42").body(()).unwrap();
     req.extensions_mut().insert(RequestId::from_static("req-1"));
     let res = svc.oneshot(req).await.unwrap();
@@ -250,30 +221,18 @@ async fn annotations_from_every_layer_are_logged() {
 #[tokio::test]
 async fn request_side_values_are_the_fallback() {
     let (sink, buffer) = sink();
-    let svc = ServiceBuilder::new()
-        .layer(AccessLogLayer::new(sink.clone()))
-        .service_fn(|_req: Request<()>| async {
+    let svc = ServiceBuilder::new().layer(AccessLogLayer::new(sink.clone())).service_fn(
+        |_req: Request<()>| async {
             // A request-id layer inside the access log echoes the id as a header.
-            let res = Response::builder()
-                .header("x-request-id", "inner-id")
-                .body(Empty::<Bytes>::new())
-                .unwrap();
+            let res =
+                Response::builder().header("x-request-id", "inner-id").body(Empty::<Bytes>::new()).unwrap();
             Ok::<_, Infallible>(res)
-        });
+        },
+    );
     let mut req = Request::get("/a").body(()).unwrap();
-    req.extensions_mut()
-        .insert(ClientIp("198.51.100.1".parse().unwrap()));
-    req.extensions_mut().insert(Consumer {
-        id: "early".into(),
-        ..Consumer::default()
-    });
-    svc.oneshot(req)
-        .await
-        .unwrap()
-        .into_body()
-        .collect()
-        .await
-        .unwrap();
+    req.extensions_mut().insert(ClientIp("198.51.100.1".parse().unwrap()));
+    req.extensions_mut().insert(Consumer { id: "early".into(), ..Consumer::default() });
+    svc.oneshot(req).await.unwrap().into_body().collect().await.unwrap();
     sink.flush();
     let line = parse(&buffer.lines()[0], true);
     assert_eq!(line["client_ip"], "198.51.100.1");
@@ -284,9 +243,8 @@ async fn request_side_values_are_the_fallback() {
 #[tokio::test]
 async fn anonymous_consumer_is_omitted() {
     let (sink, buffer) = sink();
-    let svc = ServiceBuilder::new()
-        .layer(AccessLogLayer::new(sink.clone()))
-        .service_fn(|_req: Request<()>| async {
+    let svc = ServiceBuilder::new().layer(AccessLogLayer::new(sink.clone())).service_fn(
+        |_req: Request<()>| async {
             let mut res = Response::new(Empty::<Bytes>::new());
             res.extensions_mut().insert(Consumer {
                 id: "anon".into(),
@@ -294,63 +252,36 @@ async fn anonymous_consumer_is_omitted() {
                 ..Consumer::default()
             });
             Ok::<_, Infallible>(res)
-        });
+        },
+    );
     let mut req = Request::get("/a").body(()).unwrap();
     // The response's verdict wins over what the request carried at entry.
-    req.extensions_mut().insert(Consumer {
-        id: "someone".into(),
-        ..Consumer::default()
-    });
-    svc.oneshot(req)
-        .await
-        .unwrap()
-        .into_body()
-        .collect()
-        .await
-        .unwrap();
+    req.extensions_mut().insert(Consumer { id: "someone".into(), ..Consumer::default() });
+    svc.oneshot(req).await.unwrap().into_body().collect().await.unwrap();
     sink.flush();
     let lines = buffer.lines();
-    assert!(
-        !lines[0].contains("consumer_id") && !lines[0].contains("anon"),
-        "{}",
-        lines[0]
-    );
+    assert!(!lines[0].contains("consumer_id") && !lines[0].contains("anon"), "{}", lines[0]);
     parse(&lines[0], false);
 }
 
 #[tokio::test]
 async fn query_and_credentials_never_appear() {
     let (sink, buffer) = sink();
-    let svc = ServiceBuilder::new()
-        .layer(AccessLogLayer::new(sink.clone()))
-        .service_fn(|_req: Request<()>| async {
+    let svc = ServiceBuilder::new().layer(AccessLogLayer::new(sink.clone())).service_fn(
+        |_req: Request<()>| async {
             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-        });
+        },
+    );
     let req = Request::get("https://gw.example/items?apikey=SECRETKEY&jwt=SECRETJWT&q=1")
         .header("authorization", "Bearer SECRETBEARER")
         .header("cookie", "session=SECRETCOOKIE")
         .header("apikey", "SECRETHEADER")
         .body(())
         .unwrap();
-    svc.oneshot(req)
-        .await
-        .unwrap()
-        .into_body()
-        .collect()
-        .await
-        .unwrap();
+    svc.oneshot(req).await.unwrap().into_body().collect().await.unwrap();
     sink.flush();
     let text = buffer.text();
-    for secret in [
-        "SECRET",
-        "apikey",
-        "jwt",
-        "Bearer",
-        "session",
-        "?",
-        "q=1",
-        "gw.example",
-    ] {
+    for secret in ["SECRET", "apikey", "jwt", "Bearer", "session", "?", "q=1", "gw.example"] {
         assert!(!text.contains(secret), "{secret} in {text}");
     }
     assert_eq!(parse(text.trim_end(), false)["path"], "/items");
@@ -359,17 +290,10 @@ async fn query_and_credentials_never_appear() {
 #[tokio::test]
 async fn body_dropped_early_logs_exactly_once() {
     let (sink, buffer) = sink();
-    let svc = ServiceBuilder::new()
-        .layer(AccessLogLayer::new(sink.clone()))
-        .service_fn(|_req: Request<()>| async {
-            Ok::<_, Infallible>(Response::new(Chunks::new(&["12345", "67890"])))
-        });
-    let mut body = svc
-        .clone()
-        .oneshot(Request::new(()))
-        .await
-        .unwrap()
-        .into_body();
+    let svc = ServiceBuilder::new().layer(AccessLogLayer::new(sink.clone())).service_fn(
+        |_req: Request<()>| async { Ok::<_, Infallible>(Response::new(Chunks::new(&["12345", "67890"]))) },
+    );
+    let mut body = svc.clone().oneshot(Request::new(())).await.unwrap().into_body();
     let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
     assert_eq!(first, "12345");
     drop(body);
@@ -387,11 +311,11 @@ async fn body_dropped_early_logs_exactly_once() {
 #[tokio::test]
 async fn body_read_to_the_end_then_dropped_logs_once() {
     let (sink, buffer) = sink();
-    let svc = ServiceBuilder::new()
-        .layer(AccessLogLayer::new(sink.clone()))
-        .service_fn(|_req: Request<()>| async {
+    let svc = ServiceBuilder::new().layer(AccessLogLayer::new(sink.clone())).service_fn(
+        |_req: Request<()>| async {
             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"abc"))))
-        });
+        },
+    );
     let mut body = svc.oneshot(Request::new(())).await.unwrap().into_body();
     // `Full` reports its end after the one frame, as hyper sees it: logged before the drop.
     body.frame().await.unwrap().unwrap();
@@ -410,13 +334,8 @@ async fn inner_error_logs_500() {
     let (sink, buffer) = sink();
     let svc = ServiceBuilder::new()
         .layer(AccessLogLayer::new(sink.clone()))
-        .service_fn(|_req: Request<()>| async {
-            Err::<Response<Empty<Bytes>>, _>(io::Error::other("boom"))
-        });
-    let err = svc
-        .oneshot(Request::delete("/x").body(()).unwrap())
-        .await
-        .unwrap_err();
+        .service_fn(|_req: Request<()>| async { Err::<Response<Empty<Bytes>>, _>(io::Error::other("boom")) });
+    let err = svc.oneshot(Request::delete("/x").body(()).unwrap()).await.unwrap_err();
     assert_eq!(err.to_string(), "boom");
     sink.flush();
     let lines = buffer.lines();
@@ -430,12 +349,12 @@ async fn inner_error_logs_500() {
 #[tokio::test]
 async fn client_gone_before_the_head_logs_499() {
     let (sink, buffer) = sink();
-    let svc = ServiceBuilder::new()
-        .layer(AccessLogLayer::new(sink.clone()))
-        .service_fn(|_req: Request<()>| async {
+    let svc = ServiceBuilder::new().layer(AccessLogLayer::new(sink.clone())).service_fn(
+        |_req: Request<()>| async {
             tokio::time::sleep(Duration::from_secs(60)).await;
             Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
-        });
+        },
+    );
     let res = tokio::time::timeout(Duration::from_millis(10), svc.oneshot(Request::new(()))).await;
     assert!(res.is_err());
     sink.flush();
@@ -450,20 +369,12 @@ async fn client_gone_before_the_head_logs_499() {
 async fn off_writes_nothing() {
     let sink = LogSink::off();
     assert!(sink.is_off());
-    let svc = ServiceBuilder::new()
-        .layer(AccessLogLayer::new(sink.clone()))
-        .service_fn(|_req: Request<()>| async {
+    let svc = ServiceBuilder::new().layer(AccessLogLayer::new(sink.clone())).service_fn(
+        |_req: Request<()>| async {
             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-        });
-    let body = svc
-        .oneshot(Request::new(()))
-        .await
-        .unwrap()
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes();
+        },
+    );
+    let body = svc.oneshot(Request::new(())).await.unwrap().into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body, "ok");
     sink.flush();
     assert_eq!((sink.lines_written(), sink.dropped()), (0, 0));
@@ -473,21 +384,12 @@ async fn off_writes_nothing() {
 #[tokio::test]
 async fn flush_makes_every_line_visible() {
     let (sink, buffer) = sink();
-    let svc = ServiceBuilder::new()
-        .layer(AccessLogLayer::new(sink.clone()))
-        .service_fn(|_req: Request<()>| async {
-            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"x"))))
-        });
+    let svc = ServiceBuilder::new().layer(AccessLogLayer::new(sink.clone())).service_fn(
+        |_req: Request<()>| async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"x")))) },
+    );
     for i in 0..1000 {
         let req = Request::get(format!("/n/{i}")).body(()).unwrap();
-        svc.clone()
-            .oneshot(req)
-            .await
-            .unwrap()
-            .into_body()
-            .collect()
-            .await
-            .unwrap();
+        svc.clone().oneshot(req).await.unwrap().into_body().collect().await.unwrap();
     }
     sink.flush();
     let lines = buffer.lines();
@@ -504,22 +406,11 @@ async fn lines_are_flushed_without_an_explicit_flush() {
     let (sink, buffer) = sink();
     let svc = ServiceBuilder::new()
         .layer(AccessLogLayer::new(sink.clone()))
-        .service_fn(|_req: Request<()>| async {
-            Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
-        });
-    svc.oneshot(Request::new(()))
-        .await
-        .unwrap()
-        .into_body()
-        .collect()
-        .await
-        .unwrap();
+        .service_fn(|_req: Request<()>| async { Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())) });
+    svc.oneshot(Request::new(())).await.unwrap().into_body().collect().await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_millis(1500);
     while buffer.lines().is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not flushed within a second"
-        );
+        assert!(std::time::Instant::now() < deadline, "not flushed within a second");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -551,37 +442,18 @@ async fn a_full_channel_drops_and_counts_instead_of_blocking() {
     let (open, gate) = std::sync::mpsc::channel();
     let (stuck_tx, stuck) = std::sync::mpsc::channel();
     let out = Buffer::default();
-    let gated = Gated {
-        stuck: stuck_tx,
-        gate,
-        open: false,
-        out: out.clone(),
-    };
+    let gated = Gated { stuck: stuck_tx, gate, open: false, out: out.clone() };
     let sink = LogSink::writer_with_capacity(gated, 4);
     let svc = ServiceBuilder::new()
         .layer(AccessLogLayer::new(sink.clone()))
-        .service_fn(|_req: Request<()>| async {
-            Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
-        });
+        .service_fn(|_req: Request<()>| async { Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())) });
     let request = || svc.clone().oneshot(Request::new(()));
     // The first line reaches the output, which then hangs (a stuck stdout pipe).
-    request()
-        .await
-        .unwrap()
-        .into_body()
-        .collect()
-        .await
-        .unwrap();
+    request().await.unwrap().into_body().collect().await.unwrap();
     stuck.recv_timeout(Duration::from_secs(5)).unwrap();
     let started = std::time::Instant::now();
     for _ in 0..50 {
-        request()
-            .await
-            .unwrap()
-            .into_body()
-            .collect()
-            .await
-            .unwrap();
+        request().await.unwrap().into_body().collect().await.unwrap();
     }
     // Requests went on: the channel took four lines, the other 46 were dropped and counted.
     assert!(started.elapsed() < Duration::from_secs(1));
@@ -606,21 +478,13 @@ impl Write for Broken {
 #[tokio::test]
 async fn a_failing_output_never_fails_a_request() {
     let sink = LogSink::writer(Broken);
-    let svc = ServiceBuilder::new()
-        .layer(AccessLogLayer::new(sink.clone()))
-        .service_fn(|_req: Request<()>| async {
+    let svc = ServiceBuilder::new().layer(AccessLogLayer::new(sink.clone())).service_fn(
+        |_req: Request<()>| async {
             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-        });
+        },
+    );
     for _ in 0..3 {
-        let body = svc
-            .clone()
-            .oneshot(Request::new(()))
-            .await
-            .unwrap()
-            .into_body()
-            .collect()
-            .await
-            .unwrap();
+        let body = svc.clone().oneshot(Request::new(())).await.unwrap().into_body().collect().await.unwrap();
         assert_eq!(body.to_bytes(), "ok");
     }
     sink.flush();
@@ -629,23 +493,14 @@ async fn a_failing_output_never_fails_a_request() {
 
 #[tokio::test]
 async fn file_sink_appends() {
-    let path =
-        std::env::temp_dir().join(format!("portcullis-access-log-{}.log", std::process::id()));
+    let path = std::env::temp_dir().join(format!("portcullis-access-log-{}.log", std::process::id()));
     std::fs::write(&path, "earlier\n").unwrap();
     let sink = LogSink::file(&path).unwrap();
     assert!(format!("{sink:?}").contains("file"));
     let svc = ServiceBuilder::new()
         .layer(AccessLogLayer::new(sink.clone()))
-        .service_fn(|_req: Request<()>| async {
-            Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
-        });
-    svc.oneshot(Request::new(()))
-        .await
-        .unwrap()
-        .into_body()
-        .collect()
-        .await
-        .unwrap();
+        .service_fn(|_req: Request<()>| async { Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())) });
+    svc.oneshot(Request::new(())).await.unwrap().into_body().collect().await.unwrap();
     sink.flush();
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::remove_file(&path).unwrap();
@@ -665,14 +520,8 @@ fn timestamps_out_of_range_do_not_panic_the_writer() {
     assert_eq!(line["path"], "/");
     // `humantime` panics before 1970: clamped instead.
     let mut out = Vec::new();
-    record_at(SystemTime::UNIX_EPOCH - Duration::from_secs(1))
-        .write_json(&mut out)
-        .unwrap();
-    assert!(
-        String::from_utf8(out)
-            .unwrap()
-            .contains("\"1970-01-01T00:00:00.000Z\"")
-    );
+    record_at(SystemTime::UNIX_EPOCH - Duration::from_secs(1)).write_json(&mut out).unwrap();
+    assert!(String::from_utf8(out).unwrap().contains("\"1970-01-01T00:00:00.000Z\""));
 }
 
 fn record_at(t: SystemTime) -> super::record::Record {
@@ -683,11 +532,9 @@ fn record_at(t: SystemTime) -> super::record::Record {
 fn layer_and_sink_are_cheap_clones_and_debug() {
     let (sink, _buffer) = sink();
     let layer = AccessLogLayer::new(sink.clone());
-    let svc = ServiceBuilder::new()
-        .layer(layer.clone())
-        .service(service_fn(|_req: Request<()>| async {
-            Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
-        }));
+    let svc = ServiceBuilder::new().layer(layer.clone()).service(service_fn(|_req: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
+    }));
     let debug = format!("{layer:?} {:?}", svc.clone());
     assert!(debug.contains("writer"), "{debug}");
     assert_eq!(std::mem::size_of::<LogSink>(), std::mem::size_of::<usize>());
