@@ -89,25 +89,47 @@ fn front(c: &mut Criterion) {
         })
     });
 
-    let sink = LogSink::writer(std::io::sink());
     let trusted = TrustedProxies::parse(["10.0.0.0/8"]).expect("cidr");
+    let mut router_only = routes(tower::service_fn(upstream));
+    bench_stack(&mut group, "router", &mut router_only);
+    let mut sanitize = ServiceBuilder::new()
+        .layer(SanitizeLayer::new().trusted_proxies(trusted.clone()).max_body_bytes(10 << 20))
+        .service(routes(tower::service_fn(upstream)));
+    bench_stack(&mut group, "sanitize+router", &mut sanitize);
+    let mut with_id = ServiceBuilder::new()
+        .layer(RequestIdLayer::new().keep_incoming_from(trusted.clone()))
+        .layer(SanitizeLayer::new().trusted_proxies(trusted.clone()).max_body_bytes(10 << 20))
+        .service(routes(tower::service_fn(upstream)));
+    bench_stack(&mut group, "request-id+sanitize+router", &mut with_id);
+
+    let sink = LogSink::writer(std::io::sink());
     let mut gateway = ServiceBuilder::new()
         .layer(RequestIdLayer::new().keep_incoming_from(trusted.clone()))
         .layer(AccessLogLayer::new(sink.clone()))
         .layer(SanitizeLayer::new().trusted_proxies(trusted).max_body_bytes(10 << 20))
         .service(routes(tower::service_fn(upstream)));
-    group.bench_function("request-id+access-log+sanitize+router", |b| {
-        b.iter(|| {
-            let svc = ready(gateway.ready()).expect("ready");
-            let res = ready(svc.call(request())).expect("infallible");
-            assert_eq!(res.status(), 200);
-            // Dropping the finished body emits the log record.
-            drop(black_box(res));
-        })
-    });
+    bench_stack(&mut group, "request-id+access-log+sanitize+router", &mut gateway);
     group.finish();
     sink.flush();
     eprintln!("access log: {} lines written, {} dropped", sink.lines_written(), sink.dropped());
+}
+
+fn bench_stack<S, B>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    svc: &mut S,
+) where
+    S: Service<Request<Body>, Response = Response<B>, Error = Infallible>,
+{
+    group.bench_function(name, |b| {
+        b.iter(|| {
+            let svc = ready(svc.ready()).expect("ready");
+            let res = ready(svc.call(request())).expect("infallible");
+            assert_eq!(res.status(), 200);
+            // Dropping the finished body emits the access-log record.
+            drop(black_box(res));
+        })
+    });
 }
 
 criterion_group!(benches, router, front);

@@ -52,25 +52,42 @@ use crate::client_ip::{ClientIp, PeerAddr, TrustedProxies};
 use crate::error::Rejection;
 
 /// The request path after normalization (dot segments resolved, unreserved escapes decoded),
-/// echoed in response extensions so the access log reports what was routed.
+/// echoed in response extensions when it differs from the request's, so the access log reports
+/// what was routed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NormalizedPath(pub String);
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
-pub(crate) const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
+const HOP_BY_HOP: [HeaderName; 8] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
+    http::header::PROXY_AUTHENTICATE,
 ];
 
 /// Removes the headers named in `Connection`, then the fixed hop-by-hop list.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(CONNECTION) {
+    remove_where(headers, |_| false);
+}
+
+/// Removes hop-by-hop headers (those named in `Connection`, then the fixed list) and every
+/// header for which `also` is true, in one pass over the names: the common request has none of
+/// them, and then nothing is allocated.
+fn remove_where(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        if HOP_BY_HOP.contains(name) || also(name) {
+            doomed.push(name.clone());
+        }
+    }
+    if doomed.is_empty() {
+        return;
+    }
+    if doomed.contains(&CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)
             .iter()
@@ -78,11 +95,9 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .flat_map(|v| v.split(','))
             .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
             .collect();
-        for name in named {
-            headers.remove(name);
-        }
+        doomed.extend(named);
     }
-    for name in HOP_BY_HOP {
+    for name in doomed {
         headers.remove(name);
     }
 }
@@ -90,24 +105,27 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Whether the gateway owns `name` (compared case-insensitively with `_` read as `-`): clients
 /// may never set it, only verified state may.
 pub fn is_owned_header(name: &str) -> bool {
-    const OWNED: [&str; 7] = [
-        "x-consumer-id",
-        "x-consumer-custom-id",
-        "x-consumer-username",
-        "x-consumer-groups",
-        "x-credential-identifier",
-        "x-anonymous-consumer",
-        "x-real-ip",
+    const OWNED: [&[u8]; 7] = [
+        b"x-consumer-id",
+        b"x-consumer-custom-id",
+        b"x-consumer-username",
+        b"x-consumer-groups",
+        b"x-credential-identifier",
+        b"x-anonymous-consumer",
+        b"x-real-ip",
     ];
-    let bytes = name.as_bytes();
-    if bytes.len() < 9 || !(bytes[0] | 0x20 == b'x' && (bytes[1] == b'-' || bytes[1] == b'_')) {
+    // `x-credential-*` also covers the introspection headers (sub, scope, client id).
+    const OWNED_PREFIXES: [&[u8]; 2] = [b"x-portcullis-", b"x-credential-"];
+    let name = name.as_bytes();
+    if name.len() < 9 || name[0] | 0x20 != b'x' || !matches!(name[1], b'-' | b'_') {
         return false;
     }
-    let folded: String = name.chars().map(|c| if c == '_' { '-' } else { c.to_ascii_lowercase() }).collect();
-    // `x-credential-*` also covers the introspection headers (sub, scope, client id).
-    OWNED.contains(&folded.as_str())
-        || folded.starts_with("x-portcullis-")
-        || folded.starts_with("x-credential-")
+    let folded = |b: u8| if b == b'_' { b'-' } else { b.to_ascii_lowercase() };
+    let same = |a: &[u8], b: &[u8]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| folded(*x) == *y);
+    OWNED.iter().any(|owned| same(name, owned))
+        || OWNED_PREFIXES
+            .iter()
+            .any(|prefix| name.len() > prefix.len() && same(&name[..prefix.len()], prefix))
 }
 
 /// Why a path was refused.
@@ -239,6 +257,14 @@ fn remove_dot_segments(path: &str) -> String {
     out
 }
 
+/// What the access log learns from this layer: the path when normalization changed it, and the
+/// client IP.
+#[derive(Debug)]
+struct Echo {
+    path: Option<NormalizedPath>,
+    client: Option<ClientIp>,
+}
+
 /// Sanitizes every request; see the [module docs](self).
 #[derive(Debug, Clone)]
 pub struct SanitizeLayer {
@@ -295,7 +321,8 @@ pub struct SanitizeService<S> {
 }
 
 impl<S> SanitizeService<S> {
-    fn check<B>(&self, req: &mut Request<B>) -> Result<Option<ClientIp>, Rejection> {
+    /// Settles the request; returns what to echo on the response for the access log.
+    fn check<B>(&self, req: &mut Request<B>) -> Result<Echo, Rejection> {
         let header_bytes: usize = req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
         if header_bytes > self.config.max_header_bytes {
             return Err(Rejection::header_fields_too_large());
@@ -312,32 +339,27 @@ impl<S> SanitizeService<S> {
             Ok(Cow::Owned(path)) => Some(path),
             Err(error) => return Err(Rejection::bad_request(error.to_string())),
         };
-        if let Some(path) = normalized {
-            set_path(req.uri_mut(), &path)?;
+        if let Some(path) = &normalized {
+            set_path(req.uri_mut(), path)?;
         }
+        let normalized = normalized.map(NormalizedPath);
 
-        let headers = req.headers_mut();
-        strip_hop_by_hop(headers);
-        let owned: Vec<HeaderName> =
-            headers.keys().filter(|n| is_owned_header(n.as_str())).cloned().collect();
-        for name in owned {
-            headers.remove(name);
-        }
+        remove_where(req.headers_mut(), |name| is_owned_header(name.as_str()));
 
         let Some(peer) = req.extensions().get::<PeerAddr>().copied() else {
-            return Ok(None);
+            return Ok(Echo { path: normalized, client: None });
         };
         let peer_trusted = self.config.trusted.contains(peer.0.ip());
         let client = ClientIp(self.config.trusted.client_ip(peer.0.ip(), req.headers()));
-        let scheme = req.uri().scheme_str().unwrap_or("http").to_owned();
+        let https = req.uri().scheme() == Some(&http::uri::Scheme::HTTPS);
         let host = req
             .headers()
             .get(HOST)
             .cloned()
             .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
-        set_forwarding_headers(req.headers_mut(), peer, peer_trusted, client, &scheme, host);
+        set_forwarding_headers(req.headers_mut(), peer, peer_trusted, client, https, host);
         req.extensions_mut().insert(client);
-        Ok(Some(client))
+        Ok(Echo { path: normalized, client: Some(client) })
     }
 }
 
@@ -352,51 +374,69 @@ fn set_path(uri: &mut Uri, path: &str) -> Result<(), Rejection> {
     Ok(())
 }
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+fn ip_header(ip: std::net::IpAddr) -> Option<HeaderValue> {
+    HeaderValue::from_str(&ip.to_string()).ok()
+}
+
+/// The port of a `Host` value (`example.com:8443`, `[::1]:8443`), if it names one.
+fn host_port(host: &[u8]) -> Option<u16> {
+    let colon = host.iter().rposition(|b| *b == b':')?;
+    if host.iter().rposition(|b| *b == b']').is_some_and(|bracket| bracket > colon) {
+        return None;
+    }
+    std::str::from_utf8(&host[colon + 1..]).ok()?.parse().ok()
+}
+
 fn set_forwarding_headers(
     headers: &mut HeaderMap,
     peer: PeerAddr,
     peer_trusted: bool,
     client: ClientIp,
-    scheme: &str,
+    https: bool,
     host: Option<HeaderValue>,
 ) {
-    let peer_ip = peer.0.ip().to_string();
-    let chain = if peer_trusted {
-        let incoming: Vec<&str> =
-            headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
-        if incoming.is_empty() { peer_ip } else { format!("{}, {peer_ip}", incoming.join(", ")) }
+    let peer_value = ip_header(peer.0.ip());
+    let chain = if peer_trusted && headers.contains_key(&X_FORWARDED_FOR) {
+        let mut chain = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(", ");
+        chain.push_str(", ");
+        chain.push_str(&peer.0.ip().to_string());
+        HeaderValue::from_str(&chain).ok()
     } else {
-        peer_ip
+        peer_value.clone()
     };
-    let mut set = |name: &'static str, value: HeaderValue| {
-        headers.insert(HeaderName::from_static(name), value);
-    };
-    if let Ok(v) = HeaderValue::from_str(&chain) {
-        set("x-forwarded-for", v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&client.0.to_string()) {
-        set("x-real-ip", v);
-    }
-    let keep = |headers: &HeaderMap, name: &str| peer_trusted && headers.contains_key(name);
-    if !keep(headers, "x-forwarded-proto") {
-        if let Ok(v) = HeaderValue::from_str(scheme) {
-            headers.insert(HeaderName::from_static("x-forwarded-proto"), v);
-        }
-    }
-    if !keep(headers, "x-forwarded-host") {
-        match host.clone() {
-            Some(host) => headers.insert(HeaderName::from_static("x-forwarded-host"), host),
-            None => headers.remove("x-forwarded-host"),
+    let real_ip = if client.0 == peer.0.ip() { peer_value } else { ip_header(client.0) };
+    for (name, value) in [(X_FORWARDED_FOR, chain), (X_REAL_IP, real_ip)] {
+        match value {
+            Some(value) => headers.insert(name, value),
+            None => headers.remove(name),
         };
     }
-    if !keep(headers, "x-forwarded-port") {
-        let port = host
-            .as_ref()
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.parse::<http::uri::Authority>().ok())
-            .and_then(|a| a.port_u16())
-            .unwrap_or(if scheme == "https" { 443 } else { 80 });
-        headers.insert(HeaderName::from_static("x-forwarded-port"), HeaderValue::from(port));
+    // A trusted proxy's own X-Forwarded-Proto/Host/Port describe the client's side; keep them.
+    let keep = |headers: &HeaderMap, name: &HeaderName| peer_trusted && headers.contains_key(name);
+    if !keep(headers, &X_FORWARDED_PROTO) {
+        let proto = if https { "https" } else { "http" };
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    }
+    let port = host.as_ref().and_then(|h| host_port(h.as_bytes())).unwrap_or(if https { 443 } else { 80 });
+    if !keep(headers, &X_FORWARDED_HOST) {
+        match host {
+            Some(host) => headers.insert(X_FORWARDED_HOST, host),
+            None => headers.remove(X_FORWARDED_HOST),
+        };
+    }
+    if !keep(headers, &X_FORWARDED_PORT) {
+        headers.insert(X_FORWARDED_PORT, HeaderValue::from(port));
     }
 }
 
@@ -415,11 +455,8 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         match self.check(&mut req) {
-            Ok(client) => {
-                let path = NormalizedPath(req.uri().path().to_owned());
-                ResponseFuture {
-                    kind: Kind::Inner { inner: self.inner.call(req), echo: Some((path, client)) },
-                }
+            Ok(echo) => {
+                ResponseFuture { kind: Kind::Inner { inner: self.inner.call(req), echo: Some(echo) } }
             }
             Err(rejection) => {
                 let mut response = rejection.into_response_for(&req);
@@ -448,7 +485,7 @@ pin_project! {
         Inner {
             #[pin]
             inner: F,
-            echo: Option<(NormalizedPath, Option<ClientIp>)>,
+            echo: Option<Echo>,
         },
     }
 }
@@ -473,9 +510,11 @@ where
             },
             KindProj::Inner { inner, echo } => {
                 let mut response = std::task::ready!(inner.poll(cx))?;
-                if let Some((path, client)) = echo.take() {
+                if let Some(Echo { path, client }) = echo.take() {
                     let ext = response.extensions_mut();
-                    ext.insert(path);
+                    if let Some(path) = path {
+                        ext.insert(path);
+                    }
                     if let Some(client) = client {
                         ext.insert(client);
                     }

@@ -202,3 +202,21 @@ async fn http2_clients_are_served() {
     assert_eq!(seen.headers["host"], upstream.addr.to_string().as_str());
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn http2_upstreams_get_prior_knowledge_http2_and_http1_upstreams_http11() {
+    let upstream = Upstream::start().await;
+    let yaml = format!(
+        "services:\n- name: h2\n  url: {url}\n  http2: true\n  routes:\n  - name: h2\n    paths: [/h2]\n- name: h1\n  url: {url}\n  routes:\n  - name: h1\n    paths: [/h1]\n",
+        url = upstream.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    assert_eq!(get(&gw.url("/h2/x?y=1")).await.status, 200);
+    let seen = upstream.last();
+    assert_eq!(seen.version, http::Version::HTTP_2);
+    assert_eq!(seen.uri, "/x?y=1");
+    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(get(&gw.url("/h1/x")).await.status, 200);
+    assert_eq!(upstream.last().version, http::Version::HTTP_11);
+    gw.stop().await;
+}

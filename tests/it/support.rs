@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 #[derive(Debug, Clone)]
 pub struct Seen {
     pub method: String,
+    pub version: http::Version,
     /// Path and query, byte for byte.
     pub uri: String,
     pub headers: HeaderMap,
@@ -80,6 +81,7 @@ async fn answer(req: Request<Incoming>, recorder: Arc<Mutex<Vec<Seen>>>) -> Resp
     let path = parts.uri.path().to_owned();
     recorder.lock().unwrap().push(Seen {
         method: parts.method.to_string(),
+        version: parts.version,
         uri: parts.uri.path_and_query().map(|pq| pq.as_str().to_owned()).unwrap_or_default(),
         headers: parts.headers.clone(),
         body,
