@@ -18,7 +18,7 @@ use http::{HeaderMap, Method, Request, Response};
 use portcullis::Body;
 use portcullis::client_ip::{PeerAddr, TrustedProxies};
 use portcullis::observe::access_log::{AccessLogLayer, LogSink};
-use portcullis::observe::request_id::RequestIdLayer;
+use portcullis::observe::request_id::{RequestId, RequestIdLayer};
 use portcullis::router::{Route, Router};
 use portcullis::sanitize::SanitizeLayer;
 use tower::{Service, ServiceBuilder, ServiceExt};
@@ -72,11 +72,17 @@ fn request() -> Request<Body> {
         .body(Body::empty())
         .expect("valid request");
     req.extensions_mut().insert(PeerAddr("127.0.0.1:40000".parse().expect("addr")));
+    // As the gateway's server does: room for the headers the front layers add.
+    req.headers_mut().reserve(8);
     req
 }
 
+/// Answers like a small JSON API: a body and the two headers every real upstream sends.
 async fn upstream(_req: Request<Body>) -> Result<Response<Body>, Infallible> {
-    Ok(Response::new(Body::from("ok")))
+    let mut res = Response::new(Body::from("{}"));
+    res.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    res.headers_mut().insert(http::header::CONTENT_LENGTH, http::HeaderValue::from_static("2"));
+    Ok(res)
 }
 
 fn front(c: &mut Criterion) {
@@ -132,5 +138,9 @@ fn bench_stack<S, B>(
     });
 }
 
-criterion_group!(benches, router, front);
+fn request_id(c: &mut Criterion) {
+    c.bench_function("request-id/generate", |b| b.iter(|| black_box(RequestId::generate())));
+}
+
+criterion_group!(benches, router, front, request_id);
 criterion_main!(benches);

@@ -58,7 +58,8 @@ use crate::error::Rejection;
 pub struct NormalizedPath(pub String);
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
+// A `static`: a `const` array of `HeaderName`s would be built and dropped at every use.
+static HOP_BY_HOP: [HeaderName; 8] = [
     CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -381,7 +382,13 @@ const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port")
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 fn ip_header(ip: std::net::IpAddr) -> Option<HeaderValue> {
-    HeaderValue::from_str(&ip.to_string()).ok()
+    use std::io::Write;
+    // Formatted on the stack: the header value's own copy is the only allocation.
+    let mut buf = [0u8; 48];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    write!(cursor, "{ip}").ok()?;
+    let len = usize::try_from(cursor.position()).ok()?;
+    HeaderValue::from_bytes(&buf[..len]).ok()
 }
 
 /// The port of a `Host` value (`example.com:8443`, `[::1]:8443`), if it names one.
@@ -401,6 +408,8 @@ fn set_forwarding_headers(
     https: bool,
     host: Option<HeaderValue>,
 ) {
+    // Up to five headers are added: grow the map once, not once per insert.
+    headers.reserve(5);
     let peer_value = ip_header(peer.0.ip());
     let chain = if peer_trusted && headers.contains_key(&X_FORWARDED_FOR) {
         let mut chain = headers
@@ -436,7 +445,12 @@ fn set_forwarding_headers(
         };
     }
     if !keep(headers, &X_FORWARDED_PORT) {
-        headers.insert(X_FORWARDED_PORT, HeaderValue::from(port));
+        let port = match port {
+            80 => HeaderValue::from_static("80"),
+            443 => HeaderValue::from_static("443"),
+            port => HeaderValue::from(port),
+        };
+        headers.insert(X_FORWARDED_PORT, port);
     }
 }
 

@@ -18,13 +18,15 @@ use super::sink::Shared;
 /// ~350 bytes, and the channel's eagerly allocated slots stay small.
 #[derive(Debug)]
 pub(super) struct Pending {
+    // Boxed so futures and bodies move a pointer, not the record; the box is freed on this
+    // thread after the record is copied into the channel.
     pub(super) record: Box<Record>,
     pub(super) sink: Arc<Shared>,
 }
 
 impl Pending {
     pub(super) fn emit(self) {
-        self.sink.send(self.record);
+        self.sink.send(*self.record);
     }
 }
 

@@ -10,8 +10,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use http::uri::PathAndQuery;
-use http::{Extensions, HeaderMap, HeaderValue, Method, Request, StatusCode};
+use http::{Extensions, HeaderMap, Method, Request, StatusCode};
 
 use super::{Attempts, BreakerOutcome, RateLimitOutcome};
 use crate::client_ip::ClientIp;
@@ -29,12 +28,11 @@ pub(super) const CLIENT_CLOSED_REQUEST: u16 = 499;
 pub(super) struct Record {
     started: Instant,
     timestamp: SystemTime,
-    request_id: Option<RequestId>,
+    request_id: Option<Text<40>>,
     method: Method,
-    /// The request URI's path and query; only the path is ever written.
-    uri_path: Option<PathAndQuery>,
-    /// The sanitizer's path, kept only when it differs from the request path.
-    normalized_path: Option<String>,
+    /// The request path (never the query); replaced by the sanitizer's normalized path when that
+    /// differs.
+    path: Text<128>,
     route: Option<Arc<RouteInfo>>,
     status: u16,
     consumer_id: Option<Arc<str>>,
@@ -45,7 +43,45 @@ pub(super) struct Record {
     rate_limit: Option<&'static str>,
     breaker: Option<&'static str>,
     pub(super) bytes_sent: u64,
-    user_agent: Option<HeaderValue>,
+    user_agent: Option<Text<128>>,
+}
+
+/// Bytes copied out of the request, inline when short. The writer thread drops records; had they
+/// held `Bytes` clones or boxes, it would free memory the request threads allocated, and glibc's
+/// arena locks make that cross-thread free the most expensive part of logging.
+pub(super) enum Text<const N: usize> {
+    Inline { len: u16, buf: [u8; N] },
+    Heap(Box<[u8]>),
+}
+
+impl<const N: usize> Text<N> {
+    pub(super) fn new(bytes: &[u8]) -> Self {
+        if bytes.len() <= N {
+            let mut buf = [0u8; N];
+            buf[..bytes.len()].copy_from_slice(bytes);
+            Self::Inline { len: bytes.len() as u16, buf }
+        } else {
+            Self::Heap(bytes.into())
+        }
+    }
+
+    pub(super) fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Inline { len, buf } => &buf[..usize::from(*len)],
+            Self::Heap(bytes) => bytes,
+        }
+    }
+
+    /// The text; anything that is not UTF-8 is replaced, as JSON needs.
+    pub(super) fn to_str_lossy(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(self.as_bytes())
+    }
+}
+
+impl<const N: usize> std::fmt::Debug for Text<N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.to_str_lossy(), f)
+    }
 }
 
 #[derive(Debug)]
@@ -63,10 +99,9 @@ impl Record {
         Self {
             started,
             timestamp: SystemTime::now(),
-            request_id: ext.get::<RequestId>().cloned(),
+            request_id: ext.get::<RequestId>().map(|id| Text::new(id.as_str().as_bytes())),
             method: req.method().clone(),
-            uri_path: req.uri().path_and_query().cloned(),
-            normalized_path: None,
+            path: Text::new(req.uri().path().as_bytes()),
             route: None,
             status: 0,
             consumer_id: ext.get::<Consumer>().and_then(consumer_id),
@@ -77,7 +112,7 @@ impl Record {
             rate_limit: None,
             breaker: None,
             bytes_sent: 0,
-            user_agent: req.headers().get(http::header::USER_AGENT).cloned(),
+            user_agent: req.headers().get(http::header::USER_AGENT).map(|ua| Text::new(ua.as_bytes())),
         }
     }
 
@@ -95,12 +130,11 @@ impl Record {
             self.request_id = ext
                 .get::<RequestId>()
                 .cloned()
-                .or_else(|| headers.get(&X_REQUEST_ID).and_then(RequestId::parse));
+                .or_else(|| headers.get(&X_REQUEST_ID).and_then(RequestId::parse))
+                .map(|id| Text::new(id.as_str().as_bytes()));
         }
         if let Some(NormalizedPath(path)) = ext.get::<NormalizedPath>() {
-            if self.uri_path.as_ref().map(PathAndQuery::path) != Some(path.as_str()) {
-                self.normalized_path = Some(path.clone());
-            }
+            self.path = Text::new(path.as_bytes());
         }
         if let Some(MatchedRoute(route)) = ext.get::<MatchedRoute>() {
             self.route = Some(route.clone());
@@ -136,9 +170,10 @@ impl Record {
     pub(super) fn write_json(&self, out: &mut Vec<u8>) -> io::Result<()> {
         let mut obj = JsonObject { out, first: true };
         obj.display("timestamp", Some(humantime::format_rfc3339_millis(clamp(self.timestamp))))?;
-        obj.string("request_id", self.request_id.as_ref().map(RequestId::as_str))?;
+        let request_id = self.request_id.as_ref().map(Text::to_str_lossy);
+        obj.string("request_id", request_id.as_deref())?;
         obj.string("method", Some(self.method.as_str()))?;
-        obj.string("path", Some(path_only(self.path())))?;
+        obj.string("path", Some(path_only(&self.path.to_str_lossy())))?;
         obj.string("route_name", self.route.as_ref().and_then(|r| r.name.as_deref()))?;
         obj.string("service_name", self.route.as_ref().and_then(|r| r.service_name.as_deref()))?;
         obj.uint("status", Some(self.status.into()))?;
@@ -154,18 +189,10 @@ impl Record {
         obj.string("rate_limit", self.rate_limit)?;
         obj.string("breaker", self.breaker)?;
         obj.uint("bytes_sent", Some(self.bytes_sent))?;
-        let user_agent = self.user_agent.as_ref().map(|v| String::from_utf8_lossy(v.as_bytes()));
+        let user_agent = self.user_agent.as_ref().map(Text::to_str_lossy);
         obj.string("user_agent", user_agent.as_deref())?;
         obj.out.push(b'}');
         Ok(())
-    }
-
-    fn path(&self) -> &str {
-        match (&self.normalized_path, &self.uri_path) {
-            (Some(normalized), _) => normalized,
-            (None, Some(pq)) => pq.path(),
-            (None, None) => "/",
-        }
     }
 }
 
