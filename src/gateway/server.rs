@@ -89,8 +89,7 @@ pub async fn serve<S, B>(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout)
-        .max_buf_size(settings.max_header_bytes.saturating_mul(2).max(16 * 1024))
-        .max_headers(256);
+        .max_buf_size(settings.max_header_bytes.saturating_mul(2).max(16 * 1024));
     builder
         .http2()
         .timer(TokioTimer::new())
