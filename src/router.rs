@@ -421,6 +421,29 @@ type HeaderRule = (HeaderName, Box<[Box<str>]>);
 struct Candidate {
     route: usize,
     path: PathPattern,
+    /// The first (up to) 8 bytes of `path.required_prefix()` and the mask that selects them: one
+    /// integer compare rejects nearly every candidate before `starts_with` looks at the bytes.
+    head: u64,
+    head_mask: u64,
+}
+
+impl Candidate {
+    fn new(route: usize, path: PathPattern) -> Self {
+        let prefix = path.required_prefix().as_bytes();
+        let len = prefix.len().min(8);
+        let mut mask = [0u8; 8];
+        mask[..len].fill(0xff);
+        Self { route, head: head_of(prefix), head_mask: u64::from_le_bytes(mask), path }
+    }
+}
+
+/// The first 8 bytes of `bytes` as an integer, zero-padded.
+#[inline]
+fn head_of(bytes: &[u8]) -> u64 {
+    let mut head = [0u8; 8];
+    let len = bytes.len().min(8);
+    head[..len].copy_from_slice(&bytes[..len]);
+    u64::from_le_bytes(head)
 }
 
 enum PathPattern {
@@ -514,8 +537,11 @@ impl<S> Router<S> {
         // Run the set only once a regex candidate is otherwise a match: a request won by a
         // prefix route never pays for it.
         let mut regex_hits = None;
+        let path_head = head_of(path.as_bytes());
         for candidate in inner.candidates.iter() {
-            if !starts_with(path, candidate.path.required_prefix()) {
+            if path_head & candidate.head_mask != candidate.head
+                || !starts_with(path, candidate.path.required_prefix())
+            {
                 continue;
             }
             let route = &inner.routes[candidate.route];
@@ -715,11 +741,11 @@ impl<S> RouterBuilder<S> {
                 } else {
                     return Err(RouteError::InvalidPath { route: label(), path: path.clone() });
                 };
-                ranked.push((key, Candidate { route: index, path: pattern }));
+                ranked.push((key, Candidate::new(index, pattern)));
             }
             if route.paths.is_empty() {
                 // Ranks like an empty prefix: after every path of the same field count.
-                ranked.push(((fields, false, 0, 0), Candidate { route: index, path: PathPattern::Any }));
+                ranked.push(((fields, false, 0, 0), Candidate::new(index, PathPattern::Any)));
             }
             let methods = route
                 .methods

@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot};
 use tower::{Service, ServiceExt};
 
 use crate::body::Body;
@@ -81,7 +81,7 @@ pub async fn serve<S, B>(
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let stops = Arc::new(StopRegistry::default());
     // Every connection task holds a sender; when all are dropped, `recv` returns `None`.
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -114,16 +114,63 @@ pub async fn serve<S, B>(
             builder: builder.clone(),
             service: service.clone(),
             settings: settings.clone(),
-            stop: stop_rx.clone(),
+            stop: stops.register(),
             _alive: alive_tx.clone(),
         };
         tokio::spawn(conn.run(stream, peer));
     }
     drop(listener);
-    let _ = stop_tx.send(true);
+    stops.stop_all();
     drop(alive_tx);
     if tokio::time::timeout(settings.shutdown_timeout, alive_rx.recv()).await.is_err() {
         tracing::warn!(target: "portcullis::server", "shutdown timeout passed with connections still open");
+    }
+}
+
+/// Tells every open connection to shut down gracefully.
+///
+/// One oneshot channel per connection rather than one shared `watch`: a connection's task polls
+/// its stop signal on every I/O wake-up, and a shared `watch`/`Notify` takes a mutex on each of
+/// those polls, which every connection contends for. A oneshot poll is a single atomic check.
+#[derive(Default)]
+struct StopRegistry {
+    next: AtomicU64,
+    senders: std::sync::Mutex<std::collections::HashMap<u64, oneshot::Sender<()>>>,
+}
+
+impl StopRegistry {
+    fn register(self: &Arc<Self>) -> StopSignal {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut senders) = self.senders.lock() {
+            senders.insert(id, tx);
+        }
+        StopSignal { rx, id, registry: self.clone() }
+    }
+
+    fn stop_all(&self) {
+        let senders = match self.senders.lock() {
+            Ok(mut senders) => std::mem::take(&mut *senders),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        };
+        for tx in senders.into_values() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A connection's stop signal; leaves the registry when the connection ends.
+struct StopSignal {
+    rx: oneshot::Receiver<()>,
+    id: u64,
+    registry: Arc<StopRegistry>,
+}
+
+impl Drop for StopSignal {
+    fn drop(&mut self) {
+        if let Ok(mut senders) = self.registry.senders.lock() {
+            senders.remove(&self.id);
+        }
     }
 }
 
@@ -131,7 +178,7 @@ struct Connection<S> {
     builder: Arc<auto::Builder<TokioExecutor>>,
     service: S,
     settings: ServerSettings,
-    stop: watch::Receiver<bool>,
+    stop: StopSignal,
     _alive: mpsc::Sender<()>,
 }
 
@@ -179,8 +226,7 @@ where
                     }
                     return;
                 }
-                changed = self.stop.changed(), if !closing => {
-                    let _ = changed;
+                _ = &mut self.stop.rx, if !closing => {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }
