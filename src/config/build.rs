@@ -8,6 +8,7 @@ use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 
 use super::ConfigError;
+use super::plugin::{self, PluginContext};
 use super::schema::{Config, RoutePath};
 use crate::body::Body;
 use crate::proxy::Proxy;
@@ -38,7 +39,12 @@ impl Config {
                 let stack = ServiceBuilder::new()
                     .option_layer(timeout.map(RouteTimeoutLayer::new))
                     .service(proxy.clone());
-                let stack = BoxCloneSyncService::new(tower::util::MapErr::new(stack, |e: Infallible| e));
+                let mut stack = BoxCloneSyncService::new(stack);
+                // Innermost first: the highest-priority plugin ends up outermost and runs first.
+                for (plugin, path) in plugin::applicable(self, s, r).into_iter().rev() {
+                    let ctx = PluginContext { origin, config: self, service, route, path };
+                    stack = plugin::build(&ctx, plugin)?(stack);
+                }
                 let mut spec = Route::new()
                     .service_name(service.name.clone())
                     .paths(route.paths.iter().map(RoutePath::to_string))

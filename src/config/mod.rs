@@ -48,6 +48,7 @@
 mod build;
 mod duration;
 mod error;
+mod plugin;
 mod plugins;
 mod schema;
 mod validate;
