@@ -52,6 +52,31 @@ impl PluginContext<'_> {
     }
 }
 
+/// The identity of config consumer `c` as auth layers hand it on: `id` is the configured id, else
+/// the username, else the custom id (Kong generates a UUID; a stable name is more useful in
+/// logs and limits).
+#[allow(dead_code)] // Used by the auth plugin modules as they land.
+pub(crate) fn consumer_identity(c: &super::schema::Consumer) -> crate::consumer::Consumer {
+    let id = c.id.as_deref().or(c.username.as_deref()).or(c.custom_id.as_deref()).unwrap_or_default();
+    crate::consumer::Consumer {
+        id: id.into(),
+        username: c.username.as_deref().map(Into::into),
+        custom_id: c.custom_id.as_deref().map(Into::into),
+        ..crate::consumer::Consumer::default()
+    }
+}
+
+/// The consumer that a plugin's `anonymous` setting names (by id, username or custom id), marked
+/// anonymous.
+#[allow(dead_code)] // Used by the auth plugin modules as they land.
+pub(crate) fn anonymous_consumer(config: &Config, name: &str) -> Option<crate::consumer::Consumer> {
+    config
+        .consumers
+        .iter()
+        .find(|c| [&c.id, &c.username, &c.custom_id].iter().any(|v| v.as_deref() == Some(name)))
+        .map(|c| crate::consumer::Consumer { anonymous: true, ..consumer_identity(c) })
+}
+
 /// Kong's plugin priorities: higher runs first (outermost in the stack).
 pub(crate) fn priority(name: &str) -> i32 {
     match name {
