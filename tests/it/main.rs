@@ -2,6 +2,7 @@
 //! separately), one module per concern.
 
 mod access_log;
+mod analyze;
 mod config;
 mod proxy;
 mod routing;

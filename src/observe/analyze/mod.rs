@@ -1,0 +1,447 @@
+//! The access-log analyzer: the report operators know from the seed's `analyze_gateway_logs.py`,
+//! with the same numbers, in constant memory per route.
+//!
+//! It reads the JSON lines [`AccessLogLayer`](crate::observe::access_log::AccessLogLayer) writes
+//! and reports:
+//! - the top 10 rate-limited consumers (`consumer_id`, else `client_ip`),
+//! - 401s by client IP, flagged `*** INVESTIGATE` above 100,
+//! - upstream latency p50/p95/p99 per route (routes with at least 10 samples),
+//! - the gateway's own overhead (`gateway_latency_ms - upstream_latency_ms`) p50/p95/p99/mean,
+//!
+//! and, beyond the script, minutes whose 401 or 429 count stands far above the median minute.
+//!
+//! **Same numbers as Python.** Quantiles follow `statistics.quantiles(data, n=100)` (the
+//! default `exclusive` method) exactly. They are computed from a count per distinct value rather
+//! than from the list of all values: the access log writes latencies at microsecond resolution,
+//! so the number of distinct values is bounded by the latency range, not by the number of lines,
+//! and memory stays flat as a log grows — yet the result is exact, not an estimate (an HDR
+//! histogram would round values and could differ from the script at the first decimal). The mean
+//! is summed with Neumaier compensation (Python's `statistics.mean` sums exactly).
+//!
+//! Lines that are not JSON objects are counted as malformed and skipped, never a crash.
+//!
+//! ```
+//! use portcullis::observe::analyze::Analyzer;
+//!
+//! let mut analyzer = Analyzer::default();
+//! for i in 0..12 {
+//!     let line = format!(
+//!         r#"{{"status":200,"client_ip":"10.0.0.1","route_name":"orders","upstream_latency_ms":{i}.0,"gateway_latency_ms":{i}.5}}"#
+//!     );
+//!     analyzer.feed(line.as_bytes());
+//! }
+//! analyzer.feed(b"not json");
+//! let report = analyzer.report();
+//! assert_eq!(report.parsed, 12);
+//! assert_eq!(report.malformed, 1);
+//! assert_eq!(report.routes[0].route, "orders");
+//! assert!(report.to_text().contains(" orders: p50=5.5ms"));
+//! ```
+
+mod html;
+mod samples;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+
+pub use samples::Samples;
+
+/// Which lines count: `--since` / `--until` on the line's `timestamp`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Window {
+    /// Lines before this are skipped.
+    pub since: Option<SystemTime>,
+    /// Lines at or after this are skipped.
+    pub until: Option<SystemTime>,
+}
+
+/// Counts in first-seen order, as a Python `dict` keeps them (ties in the top-10 lists keep it).
+#[derive(Debug, Default)]
+struct Counter {
+    index: HashMap<String, usize>,
+    entries: Vec<(String, u64)>,
+}
+
+impl Counter {
+    fn add(&mut self, key: &str) {
+        match self.index.get(key) {
+            Some(&i) => self.entries[i].1 += 1,
+            None => {
+                self.index.insert(key.to_owned(), self.entries.len());
+                self.entries.push((key.to_owned(), 1));
+            }
+        }
+    }
+
+    /// Most first, ties in first-seen order (Python's stable `sorted(key=-count)`).
+    fn top(&self, n: usize) -> Vec<(String, u64)> {
+        let mut sorted = self.entries.clone();
+        sorted.sort_by_key(|entry| std::cmp::Reverse(entry.1));
+        sorted.truncate(n);
+        sorted
+    }
+}
+
+/// Streams access-log lines and builds a [`Report`].
+#[derive(Debug, Default)]
+pub struct Analyzer {
+    window: Window,
+    parsed: u64,
+    malformed: u64,
+    skipped: u64,
+    rate_limited: Counter,
+    auth_failures: Counter,
+    upstream: BTreeMap<String, Samples>,
+    overhead: Samples,
+    /// Minute (Unix seconds / 60) → (401s, 429s).
+    minutes: BTreeMap<i64, (u64, u64)>,
+}
+
+/// One log line: only the fields the report reads; everything else is skipped unparsed.
+#[derive(Deserialize)]
+struct Line<'a> {
+    #[serde(default, borrow)]
+    timestamp: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    status: Option<serde_json::Value>,
+    // `Some(None)`: the key is there with `null` (Python's `.get` then yields `None`).
+    #[serde(default, borrow, deserialize_with = "present")]
+    consumer_id: Option<Option<std::borrow::Cow<'a, str>>>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    client_ip: Option<Option<std::borrow::Cow<'a, str>>>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    route_name: Option<Option<std::borrow::Cow<'a, str>>>,
+    #[serde(default)]
+    upstream_latency_ms: Option<serde_json::Value>,
+    #[serde(default)]
+    gateway_latency_ms: Option<serde_json::Value>,
+}
+
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// Python's `str()` of a JSON value used as a dict key (`None` for null).
+fn label(value: &Option<Option<std::borrow::Cow<'_, str>>>, default: &str) -> String {
+    match value {
+        None => default.to_owned(),
+        Some(None) => "None".to_owned(),
+        Some(Some(s)) => s.to_string(),
+    }
+}
+
+/// `float(x)` for a number (or a numeric string, as Python accepts); `None` for null/absent.
+fn number(value: &Option<serde_json::Value>) -> Option<f64> {
+    match value.as_ref()? {
+        serde_json::Value::Number(n) => n.as_f64(),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        serde_json::Value::Bool(b) => Some(f64::from(u8::from(*b))),
+        _ => None,
+    }
+}
+
+/// Python's `status == 429` for an int or float JSON number.
+fn status_is(value: &Option<serde_json::Value>, code: f64) -> bool {
+    matches!(value, Some(serde_json::Value::Number(n)) if n.as_f64() == Some(code))
+}
+
+impl Analyzer {
+    /// An analyzer that only counts lines inside `window`.
+    pub fn with_window(window: Window) -> Self {
+        Self { window, ..Self::default() }
+    }
+
+    /// Reads one line (with or without its newline).
+    pub fn feed(&mut self, line: &[u8]) {
+        let line = line.trim_ascii();
+        if line.is_empty() {
+            return;
+        }
+        let Ok(entry) = serde_json::from_slice::<Line<'_>>(line) else {
+            self.malformed += 1;
+            return;
+        };
+        let at = entry.timestamp.as_deref().and_then(|t| humantime::parse_rfc3339_weak(t).ok());
+        if self.window.since.is_some() || self.window.until.is_some() {
+            let inside = at.is_some_and(|at| {
+                self.window.since.is_none_or(|since| at >= since)
+                    && self.window.until.is_none_or(|until| at < until)
+            });
+            if !inside {
+                self.skipped += 1;
+                return;
+            }
+        }
+        self.parsed += 1;
+        let client_ip = label(&entry.client_ip, "unknown");
+        let limited = status_is(&entry.status, 429.0);
+        let unauthorized = status_is(&entry.status, 401.0);
+        if limited {
+            let consumer = match &entry.consumer_id {
+                None => client_ip.clone(),
+                present => label(present, "unknown"),
+            };
+            self.rate_limited.add(&consumer);
+        }
+        if unauthorized {
+            self.auth_failures.add(&client_ip);
+        }
+        if limited || unauthorized {
+            if let Some(minute) = at.and_then(|t| t.duration_since(UNIX_EPOCH).ok()) {
+                let slot = self.minutes.entry((minute.as_secs() / 60) as i64).or_default();
+                if unauthorized {
+                    slot.0 += 1;
+                } else {
+                    slot.1 += 1;
+                }
+            }
+        }
+        let upstream = number(&entry.upstream_latency_ms);
+        let route = label(&entry.route_name, "unknown");
+        if let Some(ms) = upstream {
+            if route != "unknown" {
+                self.upstream.entry(route).or_default().push(ms);
+            }
+        }
+        if let (Some(up), Some(total)) = (upstream, number(&entry.gateway_latency_ms)) {
+            let overhead = total - up;
+            if overhead >= 0.0 {
+                self.overhead.push(overhead);
+            }
+        }
+    }
+
+    /// Reads every line of `reader`.
+    pub fn feed_reader(&mut self, reader: impl std::io::BufRead) -> std::io::Result<()> {
+        let mut reader = reader;
+        let mut line = Vec::with_capacity(1024);
+        loop {
+            line.clear();
+            if reader.read_until(b'\n', &mut line)? == 0 {
+                return Ok(());
+            }
+            self.feed(&line);
+        }
+    }
+
+    /// The report so far.
+    pub fn report(&self) -> Report {
+        let routes = self
+            .upstream
+            .iter()
+            .filter(|(_, samples)| samples.len() >= 10)
+            .filter_map(|(route, samples)| {
+                let q = samples.quantiles_100()?;
+                Some(RouteLatency {
+                    route: route.clone(),
+                    p50: q[49],
+                    p95: q[94],
+                    p99: q[98],
+                    n: samples.len(),
+                    histogram: samples.histogram(20),
+                })
+            })
+            .collect();
+        let overhead = self.overhead.quantiles_100().map(|q| Overhead {
+            p50: q[49],
+            p95: q[94],
+            p99: q[98],
+            mean: self.overhead.mean().unwrap_or(0.0),
+            n: self.overhead.len(),
+        });
+        Report {
+            parsed: self.parsed,
+            malformed: self.malformed,
+            outside_window: self.skipped,
+            top_rate_limited: self.rate_limited.top(10),
+            auth_failures: self
+                .auth_failures
+                .top(10)
+                .into_iter()
+                .map(|(ip, count)| AuthFailures { investigate: count > 100, ip, count })
+                .collect(),
+            routes,
+            overhead,
+            spikes: spikes(&self.minutes),
+            timeline: self.minutes.iter().map(|(m, (a, r))| (*m, *a, *r)).collect(),
+        }
+    }
+}
+
+/// 401s by one client IP.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AuthFailures {
+    /// The client IP (`unknown` when the line had none).
+    pub ip: String,
+    /// How many 401s.
+    pub count: u64,
+    /// More than 100: a credential-stuffing suspect.
+    pub investigate: bool,
+}
+
+/// Upstream latency of one route.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RouteLatency {
+    /// The route name.
+    pub route: String,
+    /// Median, in milliseconds.
+    pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Samples.
+    pub n: u64,
+    /// `(upper bound ms, count)` in 20 equal-width bins, for the HTML page.
+    pub histogram: Vec<(f64, u64)>,
+}
+
+/// The gateway's own share of request latency.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Overhead {
+    /// Median, in milliseconds.
+    pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Mean.
+    pub mean: f64,
+    /// Samples.
+    pub n: u64,
+}
+
+/// A minute with far more 401s or 429s than the median minute.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Spike {
+    /// The minute, RFC 3339 (`2026-11-28T06:41:00Z`).
+    pub minute: String,
+    /// `401` or `429`.
+    pub status: u16,
+    /// Responses with that status in the minute.
+    pub count: u64,
+    /// The median count over every minute of the log's span.
+    pub median: f64,
+}
+
+/// The analysis of a log.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Report {
+    /// Lines read as JSON objects (inside the window).
+    pub parsed: u64,
+    /// Lines that were not JSON objects.
+    pub malformed: u64,
+    /// Lines outside `--since`/`--until`.
+    pub outside_window: u64,
+    /// Top 10 rate-limited consumers (consumer id, else client IP) with their 429 count.
+    pub top_rate_limited: Vec<(String, u64)>,
+    /// Top 10 client IPs by 401 count.
+    pub auth_failures: Vec<AuthFailures>,
+    /// Routes with at least 10 upstream samples, by name.
+    pub routes: Vec<RouteLatency>,
+    /// Gateway overhead, when at least two samples exist.
+    pub overhead: Option<Overhead>,
+    /// Minutes far above the median minute.
+    pub spikes: Vec<Spike>,
+    /// `(minute, 401s, 429s)` for every minute that had either.
+    pub timeline: Vec<(i64, u64, u64)>,
+}
+
+/// A minute is a spike when it has at least 10 of a status and more than 5 × the median minute
+/// (the median over every minute from the first to the last, quiet minutes included).
+fn spikes(minutes: &BTreeMap<i64, (u64, u64)>) -> Vec<Spike> {
+    let (Some(first), Some(last)) = (minutes.keys().next(), minutes.keys().next_back()) else {
+        return Vec::new();
+    };
+    let span = usize::try_from(last - first + 1).unwrap_or(usize::MAX).min(10_000_000);
+    let mut out = Vec::new();
+    for (status, pick) in [(401u16, 0usize), (429, 1)] {
+        let value = |counts: &(u64, u64)| if pick == 0 { counts.0 } else { counts.1 };
+        let mut counts: Vec<u64> = minutes.values().map(value).collect();
+        counts.resize(span.max(counts.len()), 0);
+        counts.sort_unstable();
+        let median = if counts.len() % 2 == 1 {
+            counts[counts.len() / 2] as f64
+        } else {
+            (counts[counts.len() / 2 - 1] + counts[counts.len() / 2]) as f64 / 2.0
+        };
+        for (minute, counts) in minutes {
+            let count = value(counts);
+            if count >= 10 && count as f64 > 5.0 * median {
+                let at = UNIX_EPOCH + Duration::from_secs(u64::try_from(*minute).unwrap_or(0) * 60);
+                out.push(Spike {
+                    minute: humantime::format_rfc3339_seconds(at).to_string(),
+                    status,
+                    count,
+                    median,
+                });
+            }
+        }
+    }
+    out
+}
+
+impl Report {
+    /// The seed script's text report, line for line (plus a spike section when there are spikes).
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "Parsed {} log entries\n", self.parsed);
+        let _ = writeln!(out, "=== Top Rate-Limited Consumers ===");
+        for (consumer, count) in &self.top_rate_limited {
+            let _ = writeln!(out, " {consumer}: {count} requests blocked");
+        }
+        let _ = writeln!(out, "\n=== Auth Failure Spikes by IP (top 10) ===");
+        for failures in &self.auth_failures {
+            let flag = if failures.investigate { " *** INVESTIGATE" } else { "" };
+            let _ = writeln!(out, " {}: {} 401s{flag}", failures.ip, failures.count);
+        }
+        let _ = writeln!(out, "\n=== Upstream Latency p50/p95/p99 by Route ===");
+        for r in &self.routes {
+            let _ = writeln!(
+                out,
+                " {}: p50={:.1}ms p95={:.1}ms p99={:.1}ms (n={})",
+                r.route, r.p50, r.p95, r.p99, r.n
+            );
+        }
+        if let Some(o) = &self.overhead {
+            let _ = writeln!(out, "\n=== Gateway Processing Overhead ===");
+            let _ = writeln!(
+                out,
+                " p50={:.1}ms p95={:.1}ms p99={:.1}ms mean={:.1}ms",
+                o.p50, o.p95, o.p99, o.mean
+            );
+        }
+        if !self.spikes.is_empty() {
+            let _ = writeln!(out, "\n=== 401/429 Spikes by Minute ===");
+            for s in &self.spikes {
+                let _ = writeln!(
+                    out,
+                    " {}: {} x {} (median minute {:.1}) *** SPIKE",
+                    s.minute, s.count, s.status, s.median
+                );
+            }
+        }
+        if self.malformed > 0 {
+            let _ = writeln!(out, "\n({} malformed lines skipped)", self.malformed);
+        }
+        out
+    }
+
+    /// The report as JSON (it round-trips through `serde_json::from_str::<Report>`).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|_| "{}".to_owned())
+    }
+
+    /// One self-contained HTML page: a latency histogram per route and a 401/429 timeline, as
+    /// inline SVG.
+    pub fn to_html(&self) -> String {
+        html::render(self)
+    }
+}

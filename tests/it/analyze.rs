@@ -1,0 +1,174 @@
+//! The analyzer against the seed's own script, on a log written by a real gateway run plus
+//! hand-made lines (malformed ones included).
+
+#![cfg(feature = "analyze")]
+
+use portcullis::observe::analyze::{Analyzer, Report, Window};
+
+use crate::support::*;
+
+const SEED_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/seed/analyze_gateway_logs.py");
+
+/// Hand-made lines: 429s by consumer and by IP (ties keep first-seen order), 401 storms, exact
+/// latencies, a null route, numbers as floats, and garbage.
+fn synthetic() -> String {
+    let mut lines = Vec::new();
+    let ts = |minute: u32, second: u32| format!("2026-11-28T06:{minute:02}:{second:02}.000Z");
+    for i in 0..150u32 {
+        lines.push(format!(
+            r#"{{"timestamp":"{}","status":401,"client_ip":"203.0.113.66","route_name":null,"upstream_latency_ms":null,"gateway_latency_ms":0.4}}"#,
+            ts(10, i % 60)
+        ));
+    }
+    for i in 0..30u32 {
+        let ip = if i % 3 == 0 { "198.51.100.1" } else { "198.51.100.2" };
+        lines.push(format!(r#"{{"timestamp":"{}","status":401,"client_ip":"{ip}"}}"#, ts(11 + i % 5, i)));
+    }
+    for i in 0..40u32 {
+        let who = match i % 4 {
+            0 => r#""consumer_id":"alice","#.to_owned(),
+            1 => r#""consumer_id":"bob","#.to_owned(),
+            2 => String::new(),
+            _ => r#""consumer_id":"carol","#.to_owned(),
+        };
+        lines.push(format!(
+            r#"{{"timestamp":"{}","status":429.0,{who}"client_ip":"192.0.2.{}","route_name":"orders","upstream_latency_ms":null}}"#,
+            ts(20, i),
+            i % 2
+        ));
+    }
+    for i in 0..57u32 {
+        let up = f64::from(i * 37 % 101) / 7.0 + 1.0;
+        let gw = up + f64::from(i % 5) * 0.125 + 0.25;
+        lines.push(format!(
+            r#"{{"timestamp":"{}","status":200,"client_ip":"10.0.0.{}","route_name":"users-v{}","upstream_latency_ms":{up},"gateway_latency_ms":{gw}}}"#,
+            ts(30, i),
+            i % 7,
+            1 + i % 2
+        ));
+    }
+    lines.push(
+        r#"{"status":200,"route_name":"tiny","upstream_latency_ms":1.0,"gateway_latency_ms":0.5}"#.into(),
+    );
+    lines.push("this is not json".into());
+    lines.push(r#"{"truncated": "#.into());
+    lines.push(String::new());
+    lines.join("\n") + "\n"
+}
+
+async fn real_gateway_lines() -> String {
+    let up = Upstream::start().await;
+    let yaml = format!(
+        "services:\n- name: s\n  url: {}\n  routes:\n  - name: real-route\n    paths: [/]\n",
+        up.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    for i in 0..25 {
+        assert_eq!(get(&gw.url(&format!("/item/{i}"))).await.status, 200);
+    }
+    gw.stop().await.iter().map(|l| format!("{l}\n")).collect()
+}
+
+fn python_report(path: &std::path::Path) -> String {
+    let out =
+        std::process::Command::new("python3").arg(SEED_SCRIPT).arg(path).output().expect("python3 runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn same_numbers_as_the_seed_script() {
+    let text = real_gateway_lines().await + &synthetic();
+    let path = temp_path("analyze.log");
+    std::fs::write(&path, &text).unwrap();
+
+    let mut analyzer = Analyzer::default();
+    analyzer.feed_reader(std::io::Cursor::new(text.as_bytes())).unwrap();
+    let report = analyzer.report();
+    let ours = report.to_text();
+    let python = python_report(&path);
+    let _ = std::fs::remove_file(&path);
+    // Python counts the malformed lines out of "Parsed" too; our report adds sections after its
+    // own, so the script's whole output is a prefix of ours.
+    assert!(ours.starts_with(&python), "--- python ---\n{python}\n--- portcullis ---\n{ours}");
+
+    assert_eq!(report.parsed, 25 + 150 + 30 + 40 + 57 + 1);
+    assert_eq!(report.malformed, 2);
+    assert_eq!(
+        report.top_rate_limited,
+        [("alice".to_owned(), 10), ("bob".into(), 10), ("192.0.2.0".into(), 10), ("carol".into(), 10)]
+    );
+    assert_eq!(report.auth_failures[0].ip, "203.0.113.66");
+    assert_eq!(report.auth_failures[0].count, 150);
+    assert!(report.auth_failures[0].investigate);
+    assert!(!report.auth_failures[1].investigate);
+    let routes: Vec<&str> = report.routes.iter().map(|r| r.route.as_str()).collect();
+    assert_eq!(routes, ["real-route", "users-v1", "users-v2"], "`tiny` has fewer than 10 samples");
+    assert!(ours.contains("*** INVESTIGATE"));
+    // 150 401s in one minute against a median minute of 0 (quiet minutes count).
+    assert!(
+        report.spikes.iter().any(|s| s.status == 401 && s.count == 150 && s.minute == "2026-11-28T06:10:00Z")
+    );
+    assert!(report.spikes.iter().any(|s| s.status == 429 && s.count == 40));
+}
+
+#[test]
+fn json_round_trips_and_html_has_one_svg_per_route() {
+    let mut analyzer = Analyzer::default();
+    analyzer.feed_reader(std::io::Cursor::new(synthetic())).unwrap();
+    let report = analyzer.report();
+    let back: Report = serde_json::from_str(&report.to_json()).unwrap();
+    assert_eq!(back, report);
+    let html = report.to_html();
+    assert!(html.starts_with("<!doctype html>"));
+    assert_eq!(html.matches("<svg class=\"histogram\"").count(), report.routes.len());
+    assert_eq!(report.routes.len(), 2);
+    assert_eq!(html.matches("<svg class=\"timeline\"").count(), 1);
+    assert!(!html.contains("<script"), "self-contained and static");
+}
+
+#[test]
+fn since_and_until_select_a_window() {
+    let window = Window {
+        since: Some(humantime::parse_rfc3339("2026-11-28T06:20:00Z").unwrap()),
+        until: Some(humantime::parse_rfc3339("2026-11-28T06:21:00Z").unwrap()),
+    };
+    let mut analyzer = Analyzer::with_window(window);
+    analyzer.feed_reader(std::io::Cursor::new(synthetic())).unwrap();
+    let report = analyzer.report();
+    assert_eq!(report.parsed, 40, "only the 429 minute");
+    assert!(report.auth_failures.is_empty());
+    assert_eq!(report.outside_window, 150 + 30 + 57 + 1);
+}
+
+#[test]
+fn the_example_binary_reads_files_gz_and_stdin() {
+    use std::io::Write;
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(|p| p.parent()).unwrap().join("examples/analyze_logs");
+    assert!(bin.exists(), "{} not built (cargo test --all-features builds examples)", bin.display());
+    let plain = temp_path("a.log");
+    std::fs::write(&plain, synthetic()).unwrap();
+    let gz = temp_path("b.log.gz");
+    let mut encoder =
+        flate2::write::GzEncoder::new(std::fs::File::create(&gz).unwrap(), flate2::Compression::fast());
+    encoder.write_all(synthetic().as_bytes()).unwrap();
+    encoder.finish().unwrap();
+    let out = std::process::Command::new(&bin).arg(&plain).arg(&gz).arg("--json").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Report = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report.parsed, 2 * (150 + 30 + 40 + 57 + 1));
+    let mut child = std::process::Command::new(&bin)
+        .arg("-")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(synthetic().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("Parsed 278 log entries"));
+    let bad = std::process::Command::new(&bin).arg("--since").arg("yesterday").output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let _ = std::fs::remove_file(&plain);
+    let _ = std::fs::remove_file(&gz);
+}
