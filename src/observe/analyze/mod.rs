@@ -40,12 +40,11 @@
 
 mod html;
 mod samples;
+mod scan;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use serde::Deserialize;
 
 pub use samples::Samples;
 
@@ -100,56 +99,105 @@ pub struct Analyzer {
     minutes: BTreeMap<i64, (u64, u64)>,
 }
 
-/// One log line: only the fields the report reads; everything else is skipped unparsed.
-#[derive(Deserialize)]
-struct Line<'a> {
-    #[serde(default, borrow)]
+/// A key field as Python's `dict.get` sees it.
+enum Key<'a> {
+    /// The key is not in the line.
+    Absent,
+    /// `null`: Python's `None`.
+    Null,
+    /// A string.
+    Str(std::borrow::Cow<'a, str>),
+    /// Any other value, as Python's `str()` would print it.
+    Other(String),
+}
+
+impl Key<'_> {
+    /// The dict key Python would use (`default` when absent, `None` for null).
+    fn label(&self, default: &'static str) -> std::borrow::Cow<'_, str> {
+        match self {
+            Self::Absent => default.into(),
+            Self::Null => "None".into(),
+            Self::Str(s) => s.as_ref().into(),
+            Self::Other(s) => s.as_str().into(),
+        }
+    }
+}
+
+/// The fields of one line the report reads.
+struct Entry<'a> {
     timestamp: Option<std::borrow::Cow<'a, str>>,
-    #[serde(default)]
-    status: Option<serde_json::Value>,
-    // `Some(None)`: the key is there with `null` (Python's `.get` then yields `None`).
-    #[serde(default, borrow, deserialize_with = "present")]
-    consumer_id: Option<Option<std::borrow::Cow<'a, str>>>,
-    #[serde(default, borrow, deserialize_with = "present")]
-    client_ip: Option<Option<std::borrow::Cow<'a, str>>>,
-    #[serde(default, borrow, deserialize_with = "present")]
-    route_name: Option<Option<std::borrow::Cow<'a, str>>>,
-    #[serde(default)]
-    upstream_latency_ms: Option<serde_json::Value>,
-    #[serde(default)]
-    gateway_latency_ms: Option<serde_json::Value>,
+    /// A numeric status (`status == 429` in Python is true for 429 and 429.0 only).
+    status: Option<f64>,
+    consumer_id: Key<'a>,
+    client_ip: Key<'a>,
+    route_name: Key<'a>,
+    /// Python's `float(x)` of a non-null value.
+    upstream: Option<f64>,
+    gateway: Option<f64>,
 }
 
-fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(deserializer).map(Some)
+/// Python's `float()` of a JSON value's text: numbers, numeric strings, booleans.
+fn float_of(text: &str) -> Option<f64> {
+    text.trim().parse().ok()
 }
 
-/// Python's `str()` of a JSON value used as a dict key (`None` for null).
-fn label(value: &Option<Option<std::borrow::Cow<'_, str>>>, default: &str) -> String {
-    match value {
-        None => default.to_owned(),
-        Some(None) => "None".to_owned(),
-        Some(Some(s)) => s.to_string(),
+impl<'a> Entry<'a> {
+    fn from_fields(f: &scan::Fields<'a>) -> Self {
+        use scan::Field;
+        let key = |field: &Field<'a>| match *field {
+            Field::Absent => Key::Absent,
+            Field::Null => Key::Null,
+            Field::Str(s) => Key::Str(s.into()),
+            Field::Num(n) => Key::Other(n.to_owned()),
+            // Escaped strings never reach here (the slow path takes those lines).
+            Field::Escaped | Field::Other => Key::Other("<value>".to_owned()),
+        };
+        let float = |field: &Field<'a>| match *field {
+            Field::Num(n) | Field::Str(n) => float_of(n),
+            _ => None,
+        };
+        Self {
+            timestamp: match f.timestamp {
+                Field::Str(t) => Some(t.into()),
+                _ => None,
+            },
+            status: match f.status {
+                Field::Num(n) => n.parse().ok(),
+                _ => None,
+            },
+            consumer_id: key(&f.consumer_id),
+            client_ip: key(&f.client_ip),
+            route_name: key(&f.route_name),
+            upstream: float(&f.upstream_latency_ms),
+            gateway: float(&f.gateway_latency_ms),
+        }
     }
-}
 
-/// `float(x)` for a number (or a numeric string, as Python accepts); `None` for null/absent.
-fn number(value: &Option<serde_json::Value>) -> Option<f64> {
-    match value.as_ref()? {
-        serde_json::Value::Number(n) => n.as_f64(),
-        serde_json::Value::String(s) => s.trim().parse().ok(),
-        serde_json::Value::Bool(b) => Some(f64::from(u8::from(*b))),
-        _ => None,
+    fn from_object(object: &'a serde_json::Map<String, serde_json::Value>) -> Self {
+        use serde_json::Value;
+        let key = |name: &str| match object.get(name) {
+            None => Key::Absent,
+            Some(Value::Null) => Key::Null,
+            Some(Value::String(s)) => Key::Str(s.as_str().into()),
+            Some(Value::Bool(b)) => Key::Other(if *b { "True" } else { "False" }.to_owned()),
+            Some(other) => Key::Other(other.to_string()),
+        };
+        let float = |name: &str| match object.get(name)? {
+            Value::Number(n) => n.as_f64(),
+            Value::String(s) => float_of(s),
+            Value::Bool(b) => Some(f64::from(u8::from(*b))),
+            _ => None,
+        };
+        Self {
+            timestamp: object.get("timestamp").and_then(Value::as_str).map(Into::into),
+            status: object.get("status").and_then(|s| if s.is_number() { s.as_f64() } else { None }),
+            consumer_id: key("consumer_id"),
+            client_ip: key("client_ip"),
+            route_name: key("route_name"),
+            upstream: float("upstream_latency_ms"),
+            gateway: float("gateway_latency_ms"),
+        }
     }
-}
-
-/// Python's `status == 429` for an int or float JSON number.
-fn status_is(value: &Option<serde_json::Value>, code: f64) -> bool {
-    matches!(value, Some(serde_json::Value::Number(n)) if n.as_f64() == Some(code))
 }
 
 impl Analyzer {
@@ -164,10 +212,20 @@ impl Analyzer {
         if line.is_empty() {
             return;
         }
-        let Ok(entry) = serde_json::from_slice::<Line<'_>>(line) else {
-            self.malformed += 1;
-            return;
-        };
+        match scan::scan(line) {
+            Ok(fields) => self.record(Entry::from_fields(&fields)),
+            Err(scan::Miss::Invalid) => self.malformed += 1,
+            // Escapes in a kept field, duplicate keys: let serde_json decode the line.
+            Err(scan::Miss::Unsure) => {
+                match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(line) {
+                    Ok(object) => self.record(Entry::from_object(&object)),
+                    Err(_) => self.malformed += 1,
+                }
+            }
+        }
+    }
+
+    fn record(&mut self, entry: Entry<'_>) {
         let at = entry.timestamp.as_deref().and_then(|t| humantime::parse_rfc3339_weak(t).ok());
         if self.window.since.is_some() || self.window.until.is_some() {
             let inside = at.is_some_and(|at| {
@@ -180,22 +238,22 @@ impl Analyzer {
             }
         }
         self.parsed += 1;
-        let client_ip = label(&entry.client_ip, "unknown");
-        let limited = status_is(&entry.status, 429.0);
-        let unauthorized = status_is(&entry.status, 401.0);
+        let client_ip = entry.client_ip.label("unknown");
+        let limited = entry.status == Some(429.0);
+        let unauthorized = entry.status == Some(401.0);
         if limited {
-            let consumer = match &entry.consumer_id {
-                None => client_ip.clone(),
-                present => label(present, "unknown"),
-            };
-            self.rate_limited.add(&consumer);
+            // Python: e.get("consumer_id", e.get("client_ip", "unknown"))
+            match entry.consumer_id {
+                Key::Absent => self.rate_limited.add(&client_ip),
+                ref present => self.rate_limited.add(&present.label("unknown")),
+            }
         }
         if unauthorized {
             self.auth_failures.add(&client_ip);
         }
         if limited || unauthorized {
-            if let Some(minute) = at.and_then(|t| t.duration_since(UNIX_EPOCH).ok()) {
-                let slot = self.minutes.entry((minute.as_secs() / 60) as i64).or_default();
+            if let Some(since_epoch) = at.and_then(|t| t.duration_since(UNIX_EPOCH).ok()) {
+                let slot = self.minutes.entry((since_epoch.as_secs() / 60) as i64).or_default();
                 if unauthorized {
                     slot.0 += 1;
                 } else {
@@ -203,14 +261,16 @@ impl Analyzer {
                 }
             }
         }
-        let upstream = number(&entry.upstream_latency_ms);
-        let route = label(&entry.route_name, "unknown");
-        if let Some(ms) = upstream {
+        if let Some(ms) = entry.upstream {
+            let route = entry.route_name.label("unknown");
             if route != "unknown" {
-                self.upstream.entry(route).or_default().push(ms);
+                match self.upstream.get_mut(route.as_ref()) {
+                    Some(samples) => samples.push(ms),
+                    None => self.upstream.entry(route.into_owned()).or_default().push(ms),
+                }
             }
         }
-        if let (Some(up), Some(total)) = (upstream, number(&entry.gateway_latency_ms)) {
+        if let (Some(up), Some(total)) = (entry.upstream, entry.gateway) {
             let overhead = total - up;
             if overhead >= 0.0 {
                 self.overhead.push(overhead);

@@ -1,15 +1,45 @@
 //! Exact order statistics over a count per distinct value.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// A multiset of latencies: memory grows with the number of *distinct* values, not of samples.
 #[derive(Debug, Default, Clone)]
 pub struct Samples {
-    counts: BTreeMap<u64, u64>,
+    // Hashed while reading (O(1) a sample); sorted only when a report is made.
+    counts: HashMap<u64, u64, BuildMix>,
     len: u64,
     // Neumaier-compensated sum, for the mean.
     sum: f64,
     compensation: f64,
+}
+
+/// The keys are float bits we produced ourselves, not attacker-chosen strings: a multiply-mix
+/// is enough, and SipHash was a tenth of the analyzer's time.
+#[derive(Debug, Default, Clone, Copy)]
+struct BuildMix;
+
+#[derive(Debug, Default)]
+struct Mix(u64);
+
+impl std::hash::BuildHasher for BuildMix {
+    type Hasher = Mix;
+    fn build_hasher(&self) -> Mix {
+        Mix(0)
+    }
+}
+
+impl std::hash::Hasher for Mix {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        self.0 = (self.0 ^ x).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
+    }
 }
 
 /// A key whose integer order is the float order (negative values included).
@@ -78,7 +108,7 @@ impl Samples {
         let mut at = BTreeMap::new();
         let mut wanted = ranks.iter().peekable();
         let mut seen = 0u64;
-        for (&k, &count) in &self.counts {
+        for (k, count) in self.sorted() {
             while let Some(&&rank) = wanted.peek() {
                 if rank < seen + count {
                     at.insert(rank, value(k));
@@ -98,17 +128,24 @@ impl Samples {
             .collect()
     }
 
+    /// `(key, count)` in value order.
+    fn sorted(&self) -> Vec<(u64, u64)> {
+        let mut sorted: Vec<(u64, u64)> = self.counts.iter().map(|(&k, &c)| (k, c)).collect();
+        sorted.sort_unstable_by_key(|&(k, _)| k);
+        sorted
+    }
+
     /// `bins` equal-width bins from the smallest to the largest sample: `(upper bound, count)`.
     pub fn histogram(&self, bins: usize) -> Vec<(f64, u64)> {
-        let (Some((&lo, _)), Some((&hi, _))) = (self.counts.first_key_value(), self.counts.last_key_value())
-        else {
+        let sorted = self.sorted();
+        let (Some(&(lo, _)), Some(&(hi, _))) = (sorted.first(), sorted.last()) else {
             return Vec::new();
         };
         let (lo, hi) = (value(lo), value(hi));
         let bins = bins.max(1);
         let width = if hi > lo { (hi - lo) / bins as f64 } else { 1.0 };
         let mut out: Vec<(f64, u64)> = (1..=bins).map(|b| (lo + width * b as f64, 0)).collect();
-        for (&k, &count) in &self.counts {
+        for (k, count) in sorted {
             let i = (((value(k) - lo) / width) as usize).min(bins - 1);
             out[i].1 += count;
         }
