@@ -15,7 +15,7 @@ pub struct PluginSpec {
 pub const PLUGINS: &[PluginSpec] = &[
     PluginSpec { name: "jwt", supported: false },
     PluginSpec { name: "key-auth", supported: true },
-    PluginSpec { name: "oauth2-introspection", supported: false },
+    PluginSpec { name: "oauth2-introspection", supported: true },
     PluginSpec { name: "acl", supported: true },
     PluginSpec { name: "rate-limiting", supported: false },
     PluginSpec { name: "request-transformer", supported: false },

@@ -2,6 +2,7 @@
 //! separately), one module per concern.
 
 mod access_log;
+mod auth_keys;
 mod config;
 mod proxy;
 mod routing;

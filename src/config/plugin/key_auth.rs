@@ -120,6 +120,8 @@ fn load_keys(ctx: &PluginContext<'_>, hasher: KeyHasher) -> Result<ApiKeys, Conf
     // Where each digest was written, for duplicate errors.
     let mut written: std::collections::HashMap<KeyDigest, String> = std::collections::HashMap::new();
     for (c, consumer) in ctx.config.consumers.iter().enumerate() {
+        // Every consumer's `acls` are checked, whether or not it has keys.
+        let identity = identity_with_groups(origin, c, consumer)?;
         let Some(value) = &consumer.keyauth_credentials else { continue };
         let at = format!("consumers[{c}].keyauth_credentials");
         let credentials: Vec<Credential> =
@@ -132,7 +134,6 @@ fn load_keys(ctx: &PluginContext<'_>, hasher: KeyHasher) -> Result<ApiKeys, Conf
                 };
                 ConfigError::invalid(origin, path, error.into_inner().to_string())
             })?;
-        let identity = identity_with_groups(origin, c, consumer)?;
         for (i, credential) in credentials.into_iter().enumerate() {
             let here = format!("{at}[{i}]");
             let digest = match (&credential.key, &credential.key_hash) {

@@ -8,6 +8,7 @@
 
 pub(crate) mod acl;
 pub(crate) mod key_auth;
+pub(crate) mod oauth2_introspection;
 
 use std::sync::Arc;
 
@@ -100,6 +101,7 @@ pub(crate) fn build(ctx: &PluginContext<'_>, plugin: &Plugin) -> Result<Wrap, Co
     match plugin.name.as_str() {
         "key-auth" => return key_auth::build(ctx, plugin),
         "acl" => return acl::build(ctx, plugin),
+        "oauth2-introspection" => return oauth2_introspection::build(ctx, plugin),
         _ => {}
     }
     Err(ConfigError::unsupported(
