@@ -567,6 +567,31 @@ impl Shared {
     }
 }
 
+/// Drops the in-flight cell of a call nobody is waiting for any more (every request for the token
+/// went away before it finished), so clients that disconnect mid-call cannot grow the map.
+struct Abandon<'a> {
+    shared: &'a Shared,
+    digest: [u8; 32],
+    cell: &'a Arc<OnceCell<Outcome>>,
+}
+
+impl Drop for Abandon<'_> {
+    fn drop(&mut self) {
+        if self.cell.initialized() {
+            return; // settled: `settle` already retired it
+        }
+        let mut state = self.shared.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Clones are only made under this lock: the map's and ours mean nobody else waits.
+        let unused = state
+            .in_flight
+            .get(&self.digest)
+            .is_some_and(|c| Arc::ptr_eq(c, self.cell) && Arc::strong_count(c) <= 2);
+        if unused {
+            state.in_flight.remove(&self.digest);
+        }
+    }
+}
+
 fn hide<B>(req: &mut Request<B>, source: Source) {
     match source {
         Source::Header => {
@@ -649,6 +674,7 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = self.shared.clone();
         ResponseFuture::boxed(Box::pin(async move {
+            let _abandon = Abandon { shared: &shared, digest, cell: &cell };
             let outcome = cell
                 .get_or_init(|| async {
                     let (outcome, lifetime) = shared.introspect(&token).await;
@@ -830,6 +856,24 @@ mod tests {
         let mut encoded = Vec::new();
         form_encode(b"a b+c/=", &mut encoded);
         assert_eq!(encoded, b"a%20b%2Bc%2F%3D");
+    }
+
+    #[tokio::test]
+    async fn abandoned_calls_leave_no_in_flight_entry() {
+        let layer = IntrospectionLayer::builder(Uri::from_static("http://127.0.0.1:9/")).build();
+        let svc = tower::ServiceBuilder::new().layer(layer.clone()).service_fn(|_req: Request<()>| async {
+            Ok::<_, std::convert::Infallible>(Response::new(Bytes::new()))
+        });
+        for i in 0..20 {
+            let req = Request::get("/").header(AUTHORIZATION, format!("Bearer t{i}")).body(()).unwrap();
+            let mut call = Box::pin(tower::ServiceExt::oneshot(svc.clone(), req));
+            // Started (the cell is registered, the call under way), then abandoned.
+            let polled = call.as_mut().poll(&mut Context::from_waker(std::task::Waker::noop()));
+            assert!(polled.is_pending());
+            assert_eq!(layer.shared.state.lock().unwrap().in_flight.len(), 1);
+            drop(call);
+        }
+        assert_eq!(layer.shared.state.lock().unwrap().in_flight.len(), 0);
     }
 
     #[tokio::test]
