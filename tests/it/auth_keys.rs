@@ -482,3 +482,18 @@ async fn spoofed_identity_headers_never_reach_the_upstream_on_any_route() {
     assert_eq!(header(&upstream.last(), "x-credential-sub"), Some("user-1"));
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn introspection_consumer_by_client_id_names_the_consumer_by_custom_id() {
+    let upstream = Upstream::start().await;
+    let endpoint = Endpoint::start(Duration::ZERO).await;
+    let yaml = introspection_yaml(&upstream.url(), &endpoint, ", consumer_by: client_id, ttl: 1m")
+        + "- username: app-owner\n  custom_id: app-1\n";
+    let gw = TestGateway::start(&yaml).await;
+    assert_eq!(send(bearer(&gw, "good-3")).await.status, 200);
+    let seen = upstream.last();
+    assert_eq!(header(&seen, "x-consumer-username"), Some("app-owner"));
+    assert_eq!(header(&seen, "x-consumer-custom-id"), Some("app-1"));
+    assert_eq!(header(&seen, "x-credential-client-id"), Some("app-1"));
+    gw.stop().await;
+}
