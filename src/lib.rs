@@ -53,6 +53,7 @@
 #![warn(missing_docs, unreachable_pub, rust_2018_idioms, missing_debug_implementations)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+pub mod auth;
 pub mod body;
 pub mod client_ip;
 #[cfg(feature = "config")]

@@ -14,9 +14,9 @@ pub struct PluginSpec {
 /// its `supported` flag when it lands.
 pub const PLUGINS: &[PluginSpec] = &[
     PluginSpec { name: "jwt", supported: false },
-    PluginSpec { name: "key-auth", supported: false },
-    PluginSpec { name: "oauth2-introspection", supported: false },
-    PluginSpec { name: "acl", supported: false },
+    PluginSpec { name: "key-auth", supported: true },
+    PluginSpec { name: "oauth2-introspection", supported: true },
+    PluginSpec { name: "acl", supported: true },
     PluginSpec { name: "rate-limiting", supported: false },
     PluginSpec { name: "request-transformer", supported: false },
     PluginSpec { name: "response-transformer", supported: false },

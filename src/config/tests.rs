@@ -388,14 +388,14 @@ fn plugins_are_checked_at_every_scope() {
     );
     assert_eq!(err.kind(), ConfigErrorKind::Unsupported);
     assert_error(
-        &service("  plugins:\n  - name: acl\n"),
+        &service("  plugins:\n  - name: response-transformer\n"),
         "services[0].plugins[0].name",
-        "plugin `acl` is not supported yet",
+        "plugin `response-transformer` is not supported yet",
     );
     assert_error(
-        "_format_version: \"3.0\"\nplugins:\n- name: key-auth\n",
+        "_format_version: \"3.0\"\nplugins:\n- name: request-transformer\n",
         "plugins[0].name",
-        "plugin `key-auth` is not supported yet",
+        "plugin `request-transformer` is not supported yet",
     );
     assert_error("_format_version: \"3.0\"\nplugins:\n- name: foo\n", "plugins[0].name", unknown);
     assert_error("_format_version: \"3.0\"\nplugins:\n- config: {}\n", "plugins[0]", "missing field `name`");
@@ -403,8 +403,7 @@ fn plugins_are_checked_at_every_scope() {
 
 #[test]
 fn every_known_plugin_is_rejected_until_implemented() {
-    for spec in PLUGINS {
-        assert!(!spec.supported, "{} is implemented: update this test", spec.name);
+    for spec in PLUGINS.iter().filter(|spec| !spec.supported) {
         let yaml = format!("_format_version: \"3.0\"\nplugins:\n- name: {}\n", spec.name);
         assert_error(&yaml, "plugins[0].name", &format!("plugin `{}` is not supported yet", spec.name));
     }

@@ -3,6 +3,7 @@
 
 mod access_log;
 mod analyze;
+mod auth_keys;
 mod config;
 mod proxy;
 mod routing;

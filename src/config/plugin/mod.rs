@@ -6,6 +6,10 @@
 //! returns how to wrap a route's stack. Mechanism stays in the layer modules; nothing here
 //! decides how a request is handled.
 
+pub(crate) mod acl;
+pub(crate) mod key_auth;
+pub(crate) mod oauth2_introspection;
+
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
@@ -94,7 +98,12 @@ pub(crate) fn priority(name: &str) -> i32 {
 /// Builds one plugin instance; the registry ([`super::PLUGINS`]) has already refused names that
 /// are unknown or not supported yet.
 pub(crate) fn build(ctx: &PluginContext<'_>, plugin: &Plugin) -> Result<Wrap, ConfigError> {
-    let _ = ctx;
+    match plugin.name.as_str() {
+        "key-auth" => return key_auth::build(ctx, plugin),
+        "acl" => return acl::build(ctx, plugin),
+        "oauth2-introspection" => return oauth2_introspection::build(ctx, plugin),
+        _ => {}
+    }
     Err(ConfigError::unsupported(
         ctx.origin,
         format!("{}.name", ctx.path),

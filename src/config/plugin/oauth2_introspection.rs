@@ -1,0 +1,132 @@
+//! `oauth2-introspection`: Kong's options into an [`IntrospectionLayer`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tower::Layer;
+use tower::util::BoxCloneSyncService;
+
+use super::acl::{anonymous_with_groups, identity_with_groups};
+use super::{PluginContext, Wrap};
+use crate::auth::introspection::{ConsumerBy, IntrospectionLayer};
+use crate::config::ConfigError;
+use crate::config::duration;
+use crate::config::schema::Plugin;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IntrospectionConfig {
+    introspection_url: String,
+    #[serde(default)]
+    authorization_value: Option<String>,
+    #[serde(default)]
+    token_type_hint: Option<String>,
+    /// Kong writes integer milliseconds (`10000`); `2s` works too.
+    #[serde(default = "default_timeout", deserialize_with = "duration::deserialize")]
+    timeout: Duration,
+    /// Kong writes seconds (`60`); `1m` works too.
+    #[serde(default)]
+    ttl: Option<Ttl>,
+    #[serde(default)]
+    consumer_by: ConsumerByName,
+    #[serde(default)]
+    hide_credentials: bool,
+    #[serde(default)]
+    anonymous: Option<String>,
+    #[serde(default = "yes")]
+    run_on_preflight: bool,
+    /// Kong's connection keep-alive in ms: accepted; the pooled client keeps connections anyway.
+    #[serde(default)]
+    #[allow(dead_code)]
+    keepalive: Option<u64>,
+    /// portcullis: at most this many active tokens cached (default 10 000).
+    #[serde(default)]
+    cache_size: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Ttl {
+    Seconds(f64),
+    Text(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ConsumerByName {
+    #[default]
+    Username,
+    ClientId,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn yes() -> bool {
+    true
+}
+
+pub(crate) fn build(ctx: &PluginContext<'_>, plugin: &Plugin) -> Result<Wrap, ConfigError> {
+    let config: IntrospectionConfig = ctx.parse(plugin)?;
+    let url: http::Uri = config
+        .introspection_url
+        .parse()
+        .ok()
+        .filter(|u: &http::Uri| u.scheme() == Some(&http::uri::Scheme::HTTP) && u.authority().is_some())
+        .ok_or_else(|| {
+            let why = if config.introspection_url.starts_with("https://") {
+                "https introspection endpoints are not supported yet: expected http://host[:port]/path"
+            } else {
+                "expected an absolute http://host[:port]/path URL"
+            };
+            ctx.error("introspection_url", why)
+        })?;
+    let ttl = match &config.ttl {
+        None => Duration::from_secs(60),
+        Some(Ttl::Seconds(s)) if s.is_finite() && *s >= 0.0 => Duration::from_secs_f64(*s),
+        Some(Ttl::Seconds(s)) => {
+            return Err(ctx.error("ttl", format!("invalid ttl `{s}`: expected seconds >= 0")));
+        }
+        Some(Ttl::Text(text)) => {
+            crate::config::parse_duration(text).map_err(|e| ctx.error("ttl", e.to_string()))?
+        }
+    };
+    let consumer_by = match config.consumer_by {
+        ConsumerByName::Username => ConsumerBy::Username,
+        ConsumerByName::ClientId => ConsumerBy::ClientId,
+    };
+    let mut builder = IntrospectionLayer::builder(url)
+        .timeout(config.timeout)
+        .ttl(ttl)
+        .consumer_by(consumer_by)
+        .hide_credentials(config.hide_credentials)
+        .run_on_preflight(config.run_on_preflight);
+    if let Some(value) = &config.authorization_value {
+        builder = builder
+            .authorization_value(value)
+            .map_err(|_| ctx.error("authorization_value", "not a valid header value"))?;
+    }
+    if let Some(hint) = config.token_type_hint {
+        builder = builder.token_type_hint(hint);
+    }
+    if let Some(size) = config.cache_size {
+        builder = builder.cache_capacity(size);
+    }
+    // Kong: `username` names a consumer's username, `client_id` its custom_id.
+    for (index, consumer) in ctx.config.consumers.iter().enumerate() {
+        let key = match consumer_by {
+            ConsumerBy::Username => &consumer.username,
+            ConsumerBy::ClientId => &consumer.custom_id,
+        };
+        if let Some(key) = key {
+            builder = builder.consumer(key.clone(), identity_with_groups(ctx.origin, index, consumer)?);
+        }
+    }
+    if let Some(name) = config.anonymous.as_deref().filter(|n| !n.is_empty()) {
+        builder = builder.anonymous(anonymous_with_groups(ctx, ctx.config, name)?);
+    }
+    let layer = builder.build();
+    Ok(Arc::new(move |inner| BoxCloneSyncService::new(layer.layer(inner))))
+}
