@@ -71,6 +71,7 @@ static HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 /// Removes the headers named in `Connection`, then the fixed hop-by-hop list.
+#[cfg(feature = "proxy")]
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     remove_where(headers, |_| false);
 }
