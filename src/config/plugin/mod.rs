@@ -6,6 +6,9 @@
 //! returns how to wrap a route's stack. Mechanism stays in the layer modules; nothing here
 //! decides how a request is handled.
 
+mod request_transformer;
+mod response_transformer;
+
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
@@ -17,7 +20,7 @@ use super::{ConfigError, RouteService};
 pub(crate) type Wrap = Arc<dyn Fn(RouteService) -> RouteService + Send + Sync>;
 
 /// Where a plugin instance is being built.
-#[allow(dead_code)] // Read by the plugin modules as they land (auth, rate limiting, transform).
+#[allow(dead_code)] // Read by the plugin modules as they land (auth, rate limiting).
 pub(crate) struct PluginContext<'a> {
     /// The file, for errors.
     pub(crate) origin: &'a str,
@@ -31,7 +34,6 @@ pub(crate) struct PluginContext<'a> {
     pub(crate) path: String,
 }
 
-#[allow(dead_code)] // Used by the plugin modules as they land.
 impl PluginContext<'_> {
     /// Parses `plugin.config` into `T` (use `#[serde(deny_unknown_fields)]` on it); errors name
     /// the path inside the config block.
@@ -94,7 +96,11 @@ pub(crate) fn priority(name: &str) -> i32 {
 /// Builds one plugin instance; the registry ([`super::PLUGINS`]) has already refused names that
 /// are unknown or not supported yet.
 pub(crate) fn build(ctx: &PluginContext<'_>, plugin: &Plugin) -> Result<Wrap, ConfigError> {
-    let _ = ctx;
+    match plugin.name.as_str() {
+        "request-transformer" => return request_transformer::build(ctx, plugin),
+        "response-transformer" => return response_transformer::build(ctx, plugin),
+        _ => {}
+    }
     Err(ConfigError::unsupported(
         ctx.origin,
         format!("{}.name", ctx.path),
