@@ -76,7 +76,11 @@ impl<'a> Pairs<'a> {
 
     /// Adds `name=value` at the end.
     pub(crate) fn append(&mut self, name: &str, value: &str) {
-        self.pairs.push(Pair { name: Cow::Owned(name.to_owned()), raw: None, value: Cow::Owned(value.to_owned()) });
+        self.pairs.push(Pair {
+            name: Cow::Owned(name.to_owned()),
+            raw: None,
+            value: Cow::Owned(value.to_owned()),
+        });
         self.changed = true;
     }
 
@@ -119,16 +123,14 @@ pub(crate) fn decode(text: &str) -> Cow<'_, str> {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    (Some(hi), Some(lo)) => {
-                        out.push(hi << 4 | lo);
-                        i += 3;
-                        continue;
-                    }
-                    _ => out.push(b'%'),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(hi), Some(lo)) => {
+                    out.push(hi << 4 | lo);
+                    i += 3;
+                    continue;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             b => out.push(b),
         }
         i += 1;

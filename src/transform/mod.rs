@@ -40,25 +40,27 @@
 //! segments past it); one that cannot be is answered 400.
 //!
 //! ```
+//! use http_body_util::BodyExt;
+//! use portcullis::Body;
 //! use portcullis::transform::{Action, RequestPart, ResponsePart, TransformLayer};
-//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower::{ServiceBuilder, ServiceExt};
 //!
-//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), portcullis::error::BoxError> {
 //! let transform = TransformLayer::builder()
 //!     .request(Action::Remove, RequestPart::Headers, ["X-Internal-Token"])
 //!     .request(Action::Add, RequestPart::Headers, ["X-Token-Seen:$(headers.x-internal-token or 'none')"])
 //!     .request(Action::Append, RequestPart::Querystring, ["source:gateway"])
 //!     .response(Action::Add, ResponsePart::Headers, ["X-Served-By:portcullis"])
 //!     .build()?;
-//! let svc = ServiceBuilder::new().layer(transform).service_fn(|req: http::Request<bytes::Bytes>| async move {
+//! let svc = ServiceBuilder::new().layer(transform).service_fn(|req: http::Request<Body>| async move {
 //!     assert!(req.headers().get("x-internal-token").is_none());
 //!     assert_eq!(req.headers()["x-token-seen"], "s3cret"); // rendered before `remove` ran
-//!     Ok::<_, std::convert::Infallible>(http::Response::new(bytes::Bytes::from(req.uri().to_string())))
+//!     Ok::<_, std::convert::Infallible>(http::Response::new(Body::from(req.uri().to_string())))
 //! });
-//! let req = http::Request::get("/orders?id=1").header("x-internal-token", "s3cret").body(bytes::Bytes::new())?;
+//! let req = http::Request::get("/orders?id=1").header("x-internal-token", "s3cret").body(Body::empty())?;
 //! let res = svc.oneshot(req).await?;
 //! assert_eq!(res.headers()["x-served-by"], "portcullis");
-//! assert_eq!(res.body(), "/orders?id=1&source=gateway");
+//! assert_eq!(res.into_body().collect().await?.to_bytes(), "/orders?id=1&source=gateway");
 //! # Ok(()) }
 //! ```
 //!
@@ -69,15 +71,17 @@
 //! each, `replace.uri: "/users/$(uri_captures.id)"`):
 //!
 //! ```
+//! use http_body_util::BodyExt;
+//! use portcullis::Body;
 //! use portcullis::router::{Route, Router};
 //! use portcullis::transform::{Action, RequestPart, TransformLayer};
 //! use tower::{Layer, ServiceExt, service_fn};
 //!
-//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let users = service_fn(|req: http::Request<bytes::Bytes>| async move {
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), portcullis::error::BoxError> {
+//! let users = service_fn(|req: http::Request<Body>| async move {
 //!     let version = req.headers()["x-api-version"].to_str().unwrap_or("").to_owned();
 //!     let body = format!("{} v{version}", req.uri().path());
-//!     Ok::<_, std::convert::Infallible>(http::Response::new(bytes::Bytes::from(body)))
+//!     Ok::<_, std::convert::Infallible>(http::Response::new(Body::from(body)))
 //! });
 //! let versioned = |version: &str| {
 //!     TransformLayer::builder()
@@ -89,10 +93,10 @@
 //!     .route(Route::new().paths(["~/v1/users/(?P<id>[^/]+)$"]).strip_path(false), versioned("1")?.layer(users))
 //!     .route(Route::new().paths(["~/v2/users/(?P<id>[^/]+)$"]).strip_path(false), versioned("2")?.layer(users))
 //!     .build()?;
-//! let res = router.clone().oneshot(http::Request::get("/v2/users/42").body(bytes::Bytes::new())?).await?;
-//! assert_eq!(res.body(), "/users/42 v2");
-//! let res = router.oneshot(http::Request::get("/v1/users/7").body(bytes::Bytes::new())?).await?;
-//! assert_eq!(res.body(), "/users/7 v1");
+//! for (path, answer) in [("/v2/users/42", "/users/42 v2"), ("/v1/users/7", "/users/7 v1")] {
+//!     let res = router.clone().oneshot(http::Request::get(path).body(Body::empty())?).await?;
+//!     assert_eq!(res.into_body().collect().await?.to_bytes(), answer);
+//! }
 //! # Ok(()) }
 //! ```
 
@@ -365,7 +369,12 @@ impl TransformBuilder {
 }
 
 impl Shared {
-    fn request_rule(&mut self, action: Action, part: RequestPart, entry: &str) -> Result<(), TransformErrorKind> {
+    fn request_rule(
+        &mut self,
+        action: Action,
+        part: RequestPart,
+        entry: &str,
+    ) -> Result<(), TransformErrorKind> {
         match action {
             Action::Remove => {
                 let name = entry.split(':').next().unwrap_or(entry);
@@ -378,9 +387,10 @@ impl Shared {
             Action::Rename => {
                 let (old, new) = rules::split_entry(entry)?;
                 match part {
-                    RequestPart::Headers => {
-                        self.req_headers.rename.push((rules::header_name(old)?, rules::settable_header(new, None)?))
-                    }
+                    RequestPart::Headers => self
+                        .req_headers
+                        .rename
+                        .push((rules::header_name(old)?, rules::settable_header(new, None)?)),
                     RequestPart::Querystring => self.req_query.rename.push((old.to_owned(), new.to_owned())),
                     RequestPart::Body => self.req_body.rename.push((old.to_owned(), new.to_owned())),
                 }
@@ -426,9 +436,10 @@ impl Shared {
             Action::Rename => {
                 let (old, new) = rules::split_entry(entry)?;
                 match part {
-                    ResponsePart::Headers => {
-                        self.res_headers.rename.push((rules::header_name(old)?, rules::settable_header(new, None)?))
-                    }
+                    ResponsePart::Headers => self
+                        .res_headers
+                        .rename
+                        .push((rules::header_name(old)?, rules::settable_header(new, None)?)),
                     ResponsePart::Json => self.res_json.rename.push((old.to_owned(), new.to_owned())),
                 }
             }
@@ -470,7 +481,9 @@ impl Shared {
         if text.is_empty() {
             return Ok(Val::Literal(None));
         }
-        HeaderValue::from_str(&text).map(|v| Val::Literal(Some(v))).map_err(|_| TransformErrorKind::HeaderValue(text))
+        HeaderValue::from_str(&text)
+            .map(|v| Val::Literal(Some(v)))
+            .map_err(|_| TransformErrorKind::HeaderValue(text))
     }
 
     fn touches_request(&self) -> bool {
@@ -547,9 +560,11 @@ impl<S> Transform<S> {
                 None => path.to_owned(),
             };
             let mut parts = req.uri().clone().into_parts();
-            parts.path_and_query =
-                Some(PathAndQuery::try_from(pq).map_err(|_| Rejection::bad_request("invalid rewritten URI"))?);
-            *req.uri_mut() = Uri::from_parts(parts).map_err(|_| Rejection::bad_request("invalid rewritten URI"))?;
+            parts.path_and_query = Some(
+                PathAndQuery::try_from(pq).map_err(|_| Rejection::bad_request("invalid rewritten URI"))?,
+            );
+            *req.uri_mut() =
+                Uri::from_parts(parts).map_err(|_| Rejection::bad_request("invalid rewritten URI"))?;
             #[cfg(feature = "proxy")]
             if let Some(path) = new_path {
                 req.extensions_mut().insert(crate::proxy::UpstreamPath(path));
@@ -774,11 +789,14 @@ where
                     };
                 }
                 StateProj::ReadRequest { body, parts, inner, buf, rendered, kind } => {
-                    let rejection = match ready!(poll_read(body, buf, shared.max_body_bytes, is_too_large, cx)) {
-                        Ok(()) => None,
-                        Err(ReadError::TooLarge) => Some(Rejection::payload_too_large()),
-                        Err(ReadError::Failed) => Some(Rejection::bad_request("failed to read the request body")),
-                    };
+                    let rejection =
+                        match ready!(poll_read(body, buf, shared.max_body_bytes, is_too_large, cx)) {
+                            Ok(()) => None,
+                            Err(ReadError::TooLarge) => Some(Rejection::payload_too_large()),
+                            Err(ReadError::Failed) => {
+                                Some(Rejection::bad_request("failed to read the request body"))
+                            }
+                        };
                     if let Some(rejection) = rejection {
                         let response = Some(rejection.into_response(this.request_id.as_ref()));
                         this.state.set(State::Rejected { response });
@@ -789,9 +807,11 @@ where
                     };
                     let original = std::mem::take(buf);
                     let rewritten = match kind {
-                        BodyKind::Json => rules::apply_json(&shared.req_body, &original, |v: &Val<String>| {
-                            v.text(rendered).map(|t| serde_json::Value::String(t.to_owned()))
-                        }),
+                        BodyKind::Json => {
+                            rules::apply_json(&shared.req_body, &original, |v: &Val<String>| {
+                                v.text(rendered).map(|t| serde_json::Value::String(t.to_owned()))
+                            })
+                        }
                         BodyKind::Form => {
                             let text = String::from_utf8_lossy(&original);
                             let mut pairs = Pairs::parse(&text);
@@ -807,9 +827,12 @@ where
                 StateProj::Inner { future } => {
                     let mut response = ready!(future.poll(cx))?;
                     rules::apply_headers(&shared.res_headers, response.headers_mut(), &[]);
-                    let wants_body = !shared.res_json.is_empty() && rules::is_json(response.headers().get(CONTENT_TYPE));
-                    let declared =
-                        response.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                    let wants_body =
+                        !shared.res_json.is_empty() && rules::is_json(response.headers().get(CONTENT_TYPE));
+                    let declared = response
+                        .headers()
+                        .get(CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
                     if !wants_body || declared.is_some_and(|len| len > shared.max_body_bytes) {
                         return Poll::Ready(Ok(response));
                     }
@@ -823,7 +846,8 @@ where
                             ReadError::TooLarge => "upstream response body over the transform limit",
                             ReadError::Failed => "upstream response body failed",
                         };
-                        let response = Some(Rejection::bad_gateway(message).into_response(this.request_id.as_ref()));
+                        let response =
+                            Some(Rejection::bad_gateway(message).into_response(this.request_id.as_ref()));
                         this.state.set(State::Rejected { response });
                         continue;
                     }

@@ -51,7 +51,13 @@ pub(crate) struct Ops<N, V> {
 
 impl<N, V> Default for Ops<N, V> {
     fn default() -> Self {
-        Self { remove: Vec::new(), rename: Vec::new(), replace: Vec::new(), add: Vec::new(), append: Vec::new() }
+        Self {
+            remove: Vec::new(),
+            rename: Vec::new(),
+            replace: Vec::new(),
+            add: Vec::new(),
+            append: Vec::new(),
+        }
     }
 }
 
@@ -86,9 +92,12 @@ pub(crate) fn split_entry(entry: &str) -> Result<(&str, &str), TransformErrorKin
 /// A header name a rule may set: not hop-by-hop, not framing (`Content-Length`, `Host`, which
 /// the gateway computes), and not owned by the gateway — except an owned consumer header whose
 /// value is exactly the verified consumer field it names (`X-Consumer-ID:$(consumer.id)`).
-pub(crate) fn settable_header(name: &str, value: Option<&Template>) -> Result<HeaderName, TransformErrorKind> {
-    let header =
-        HeaderName::from_bytes(name.as_bytes()).map_err(|_| TransformErrorKind::HeaderName(name.to_owned()))?;
+pub(crate) fn settable_header(
+    name: &str,
+    value: Option<&Template>,
+) -> Result<HeaderName, TransformErrorKind> {
+    let header = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| TransformErrorKind::HeaderName(name.to_owned()))?;
     let framing = header == http::header::CONTENT_LENGTH || header == http::header::HOST;
     if crate::sanitize::is_hop_by_hop(&header) || framing {
         return Err(TransformErrorKind::Forbidden(name.to_owned(), "hop-by-hop or framing"));
@@ -179,7 +188,11 @@ pub(crate) fn apply_pairs(ops: &Ops<String, Val<String>>, pairs: &mut Pairs<'_>,
 /// A JSON body's top-level object with the rules applied, `None` when the body is not a JSON
 /// object (it then passes through unchanged). An empty body counts as `{}`, so `add` and
 /// `append` still apply (Kong).
-pub(crate) fn apply_json<V>(ops: &Ops<String, V>, body: &[u8], value: impl Fn(&V) -> Option<Value>) -> Option<Vec<u8>> {
+pub(crate) fn apply_json<V>(
+    ops: &Ops<String, V>,
+    body: &[u8],
+    value: impl Fn(&V) -> Option<Value>,
+) -> Option<Vec<u8>> {
     let mut object = if body.iter().all(u8::is_ascii_whitespace) {
         Map::new()
     } else {
@@ -270,7 +283,16 @@ mod tests {
 
     #[test]
     fn forbidden_headers() {
-        for name in ["Connection", "Transfer-Encoding", "TE", "Content-Length", "Host", "X-Real-IP", "X-Portcullis-Foo", "X_Consumer_ID"] {
+        for name in [
+            "Connection",
+            "Transfer-Encoding",
+            "TE",
+            "Content-Length",
+            "Host",
+            "X-Real-IP",
+            "X-Portcullis-Foo",
+            "X_Consumer_ID",
+        ] {
             assert!(matches!(settable_header(name, None), Err(TransformErrorKind::Forbidden(..))), "{name}");
         }
         let verified = Template::parse("$(consumer.id)").unwrap();

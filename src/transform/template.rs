@@ -159,7 +159,8 @@ fn parse_expr(expr: &str) -> Result<Vec<Alt>, TemplateError> {
         if after.is_empty() {
             return Ok(alts);
         }
-        let next = after.strip_prefix("or").filter(|r| r.starts_with(char::is_whitespace)).ok_or_else(unknown)?;
+        let next =
+            after.strip_prefix("or").filter(|r| r.starts_with(char::is_whitespace)).ok_or_else(unknown)?;
         rest = next.trim_start();
     }
 }
@@ -285,13 +286,23 @@ mod tests {
         assert_eq!(render(r#"$(uri_captures["id"])-$(uri_captures[1])"#, &req), "42-42");
         assert_eq!(render("$(headers.x-name)|$(headers['x-name'])|$(headers.x-multi)", &req), "n1|n1|a, b");
         assert_eq!(render("$(query_params.q)|$(query_params.flag)|", &req), "a b||");
-        assert_eq!(render("$(route.name)/$(service.name)/$(request_id)/$(client_ip)", &req), "users-v1/users/rid-1/203.0.113.7");
+        assert_eq!(
+            render("$(route.name)/$(service.name)/$(request_id)/$(client_ip)", &req),
+            "users-v1/users/rid-1/203.0.113.7"
+        );
         assert_eq!(render("$(consumer.id or 'anon')", &req), "anon");
         assert_eq!(render(r#"$(headers.x-none or query_params.none or "d)x")!"#, &req), "d)x!");
         assert_eq!(render("$(consumer.username)", &req), "");
         assert_eq!(render("cost: $5", &req), "cost: $5");
-        req.extensions_mut().insert(Consumer { id: "c-1".into(), username: Some("alice".into()), ..Consumer::default() });
-        assert_eq!(render("$(consumer.id):$(consumer.username):$(consumer.custom_id or '-')", &req), "c-1:alice:-");
+        req.extensions_mut().insert(Consumer {
+            id: "c-1".into(),
+            username: Some("alice".into()),
+            ..Consumer::default()
+        });
+        assert_eq!(
+            render("$(consumer.id):$(consumer.username):$(consumer.custom_id or '-')", &req),
+            "c-1:alice:-"
+        );
     }
 
     #[test]
@@ -307,7 +318,10 @@ mod tests {
         ] {
             assert!(matches!(Template::parse(bad), Err(TemplateError::Unknown(_))), "{bad}");
         }
-        assert_eq!(Template::parse("/a/$(uri_captures.id"), Err(TemplateError::Unclosed("/a/$(uri_captures.id".into())));
+        assert_eq!(
+            Template::parse("/a/$(uri_captures.id"),
+            Err(TemplateError::Unclosed("/a/$(uri_captures.id".into()))
+        );
         assert!(Template::parse("plain").unwrap().is_literal());
         assert_eq!(Template::parse("$(consumer.id)").unwrap().only_source(), Some(&Source::ConsumerId));
     }

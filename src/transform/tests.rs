@@ -23,11 +23,7 @@ struct Seen {
 
 /// Runs `req` through `layer` in front of a service that records the request and answers
 /// `answer` (headers and body).
-async fn run(
-    layer: TransformLayer,
-    req: Request<Body>,
-    answer: Response<Body>,
-) -> (Seen, Response<Body>) {
+async fn run(layer: TransformLayer, req: Request<Body>, answer: Response<Body>) -> (Seen, Response<Body>) {
     let seen = Arc::new(Mutex::new(Seen::default()));
     let answer = Arc::new(Mutex::new(Some(answer)));
     let recorder = seen.clone();
@@ -100,16 +96,24 @@ async fn templates_see_the_original_request() {
     let layer = TransformLayer::builder()
         .request(Action::Remove, RequestPart::Headers, ["X-Secret"])
         .request(Action::Remove, RequestPart::Querystring, ["q"])
-        .request(Action::Add, RequestPart::Headers, [
-            "X-Was-Secret:$(headers.x-secret)",
-            "X-Q:$(query_params.q or 'none')",
-            "X-Consumer-ID:$(consumer.id)",
-            "X-Who:$(consumer.username)-$(request_id)",
-        ])
+        .request(
+            Action::Add,
+            RequestPart::Headers,
+            [
+                "X-Was-Secret:$(headers.x-secret)",
+                "X-Q:$(query_params.q or 'none')",
+                "X-Consumer-ID:$(consumer.id)",
+                "X-Who:$(consumer.username)-$(request_id)",
+            ],
+        )
         .build()
         .unwrap();
     let mut req = get("/p?q=hello%20world&x=1").header("x-secret", "s3").body(Body::empty()).unwrap();
-    req.extensions_mut().insert(Consumer { id: "c-9".into(), username: Some("ann".into()), ..Consumer::default() });
+    req.extensions_mut().insert(Consumer {
+        id: "c-9".into(),
+        username: Some("ann".into()),
+        ..Consumer::default()
+    });
     req.extensions_mut().insert(RequestId::from_static("rid"));
     let (seen, _) = run(layer.clone(), req, Response::default()).await;
     assert_eq!(seen.headers["x-was-secret"], "s3");
@@ -145,13 +149,17 @@ async fn replace_uri_method_and_upstream_path() {
         .http_method(Method::POST)
         .build()
         .unwrap();
-    let (seen, _) = run(layer.clone(), get("/v1/x?id=42").body(Body::empty()).unwrap(), Response::default()).await;
+    let (seen, _) =
+        run(layer.clone(), get("/v1/x?id=42").body(Body::empty()).unwrap(), Response::default()).await;
     assert_eq!((seen.method.as_str(), seen.uri.as_str()), ("POST", "/users/42?id=42"));
     assert_eq!(seen.upstream_path.as_deref(), Some("/users/42"));
     // A value cannot climb out of the rewritten path.
-    let (seen, _) =
-        run(layer.clone(), get("/v1/x?id=..%2F..%2Fadmin%20x").body(Body::empty()).unwrap(), Response::default())
-            .await;
+    let (seen, _) = run(
+        layer.clone(),
+        get("/v1/x?id=..%2F..%2Fadmin%20x").body(Body::empty()).unwrap(),
+        Response::default(),
+    )
+    .await;
     assert_eq!(seen.upstream_path.as_deref(), Some("/admin%20x"));
     // The expression finds nothing: it renders empty, the literal part stays (as in Kong).
     let (seen, _) = run(layer, get("/v1/x").body(Body::empty()).unwrap(), Response::default()).await;
@@ -192,7 +200,10 @@ async fn json_and_form_bodies() {
         .body(Body::from("name=al&x=1+2"))
         .unwrap();
     let (seen, _) = run(layer.clone(), req, Response::default()).await;
-    assert_eq!(seen.body, "name=al&x=1+2&source=gw", "x-name is absent: replace renders empty and is skipped");
+    assert_eq!(
+        seen.body, "name=al&x=1+2&source=gw",
+        "x-name is absent: replace renders empty and is skipped"
+    );
 
     let req = Request::post("/m")
         .header("content-type", "multipart/form-data; boundary=b")
@@ -225,7 +236,11 @@ fn futures_stream(chunks: Vec<Bytes>) -> Body {
         tx.send(chunk).unwrap();
     }
     drop(tx);
-    Body::new(Lazy { next: Box::new(move || rx.try_recv().ok()), live: Arc::new(AtomicUsize::new(0)), max: None })
+    Body::new(Lazy {
+        next: Box::new(move || rx.try_recv().ok()),
+        live: Arc::new(AtomicUsize::new(0)),
+        max: None,
+    })
 }
 
 #[tokio::test]
@@ -252,7 +267,8 @@ async fn response_headers_and_typed_json() {
     assert_eq!(res.headers()["content-length"], expected.len().to_string().as_str());
     assert_eq!(body_of(res).await, expected);
 
-    let text = Response::builder().header("content-type", "text/plain").body(Body::from("{\"id\":1}")).unwrap();
+    let text =
+        Response::builder().header("content-type", "text/plain").body(Body::from("{\"id\":1}")).unwrap();
     let (_, res) = run(layer, get("/").body(Body::empty()).unwrap(), text).await;
     assert_eq!(body_of(res).await, "{\"id\":1}", "not JSON by its type: untouched");
 }
@@ -339,7 +355,8 @@ impl From<Bytes> for Lazy {
 
 #[test]
 fn clones_share_one_compiled_rule_set() {
-    let layer = TransformLayer::builder().request(Action::Add, RequestPart::Headers, ["X-A:1"]).build().unwrap();
+    let layer =
+        TransformLayer::builder().request(Action::Add, RequestPart::Headers, ["X-A:1"]).build().unwrap();
     let a = layer.layer(());
     let b = layer.clone().layer(());
     assert!(Arc::ptr_eq(&a.shared, &b.shared));
@@ -348,20 +365,29 @@ fn clones_share_one_compiled_rule_set() {
 #[test]
 fn bad_rules_name_their_location() {
     let err = |b: TransformBuilder| b.build().unwrap_err();
-    let e = err(TransformLayer::builder()
-        .request(Action::Add, RequestPart::Headers, ["X-A:1", "X-B:$(nope)"]));
+    let e =
+        err(TransformLayer::builder().request(Action::Add, RequestPart::Headers, ["X-A:1", "X-B:$(nope)"]));
     assert_eq!(e.location(), "add.headers[1]");
     assert!(e.to_string().contains("unknown template expression `nope`"), "{e}");
     let e = err(TransformLayer::builder().replace_uri("/u/$(uri_captures.id"));
     assert_eq!(e.location(), "replace.uri");
-    let e = err(TransformLayer::builder().request(Action::Append, RequestPart::Headers, ["Connection:close"]));
-    assert_eq!(e.to_string(), "append.headers[0]: `Connection` is a hop-by-hop or framing header; a transform rule may not set it");
+    let e =
+        err(TransformLayer::builder().request(Action::Append, RequestPart::Headers, ["Connection:close"]));
+    assert_eq!(
+        e.to_string(),
+        "append.headers[0]: `Connection` is a hop-by-hop or framing header; a transform rule may not set it"
+    );
     let e = err(TransformLayer::builder().request(Action::Rename, RequestPart::Headers, ["X-A:X-Real-IP"]));
     assert_eq!(e.location(), "rename.headers[0]");
     assert!(matches!(e.kind(), TransformErrorKind::Forbidden(_, "gateway-owned")));
-    let e = err(TransformLayer::builder().request(Action::Add, RequestPart::Headers, ["X-Consumer-ID:$(headers.x)"]));
+    let e = err(TransformLayer::builder().request(
+        Action::Add,
+        RequestPart::Headers,
+        ["X-Consumer-ID:$(headers.x)"],
+    ));
     assert!(matches!(e.kind(), TransformErrorKind::Forbidden(..)));
-    let e = err(TransformLayer::builder().response(Action::Add, ResponsePart::Headers, ["X-A:$(request_id)"]));
+    let e =
+        err(TransformLayer::builder().response(Action::Add, ResponsePart::Headers, ["X-A:$(request_id)"]));
     assert!(matches!(e.kind(), TransformErrorKind::ResponseTemplate(_)));
     let e = err(TransformLayer::builder().response_json_typed(Action::Append, "n:x", JsonType::Number));
     assert_eq!(e.location(), "append.json[0]");

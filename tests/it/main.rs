@@ -7,3 +7,4 @@ mod proxy;
 mod routing;
 mod server;
 mod support;
+mod transform;

@@ -53,14 +53,17 @@ enum Type {
 }
 
 fn names(builder: TransformBuilder, action: Action, lists: &Names) -> TransformBuilder {
-    builder
-        .response(action, ResponsePart::Headers, lists.headers.clone().unwrap_or_default())
-        .response(action, ResponsePart::Json, lists.json.clone().unwrap_or_default())
+    builder.response(action, ResponsePart::Headers, lists.headers.clone().unwrap_or_default()).response(
+        action,
+        ResponsePart::Json,
+        lists.json.clone().unwrap_or_default(),
+    )
 }
 
 /// `json[i]` is written as `json_types[i]` (a string when there is none).
 fn values(builder: TransformBuilder, action: Action, lists: &Values) -> TransformBuilder {
-    let mut builder = builder.response(action, ResponsePart::Headers, lists.headers.clone().unwrap_or_default());
+    let mut builder =
+        builder.response(action, ResponsePart::Headers, lists.headers.clone().unwrap_or_default());
     let types = lists.json_types.as_deref().unwrap_or_default();
     for (i, entry) in lists.json.iter().flatten().enumerate() {
         let ty = match types.get(i) {
