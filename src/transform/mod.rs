@@ -531,7 +531,7 @@ impl<S> Transform<S> {
     /// body rules still need them) or the rejection.
     fn rewrite<B>(&self, req: &mut Request<B>) -> Result<Vec<String>, Rejection> {
         let shared = &*self.shared;
-        let rendered: Vec<String> = if shared.templates.is_empty() {
+        let mut rendered: Vec<String> = if shared.templates.is_empty() {
             Vec::new()
         } else {
             let env = Env { headers: req.headers(), query: req.uri().query(), extensions: req.extensions() };
@@ -544,7 +544,7 @@ impl<S> Transform<S> {
         if let Some(method) = &shared.method {
             *req.method_mut() = method.clone();
         }
-        rules::apply_headers(&shared.req_headers, req.headers_mut(), &rendered);
+        rules::apply_headers(&shared.req_headers, req.headers_mut(), &mut rendered);
         let new_query = if shared.req_query.is_empty() {
             None
         } else {
@@ -826,7 +826,7 @@ where
                 }
                 StateProj::Inner { future } => {
                     let mut response = ready!(future.poll(cx))?;
-                    rules::apply_headers(&shared.res_headers, response.headers_mut(), &[]);
+                    rules::apply_headers(&shared.res_headers, response.headers_mut(), &mut []);
                     let wants_body =
                         !shared.res_json.is_empty() && rules::is_json(response.headers().get(CONTENT_TYPE));
                     let declared = response

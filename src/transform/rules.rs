@@ -27,13 +27,19 @@ impl Val<String> {
 }
 
 impl Val<Option<HeaderValue>> {
-    /// The value as a header; `None` when empty or not a valid header value.
-    fn header(&self, rendered: &[String]) -> Option<HeaderValue> {
+    /// The value as a header; `None` when empty or not a valid header value. A rendered value
+    /// is taken out of `rendered` (each slot belongs to one rule), so its buffer becomes the
+    /// header's without a copy.
+    fn header(&self, rendered: &mut [String]) -> Option<HeaderValue> {
         match self {
             Val::Literal(value) => value.clone(),
             Val::Slot(i) => {
-                let text = rendered.get(*i).map_or("", String::as_str);
-                if text.is_empty() { None } else { HeaderValue::from_str(text).ok() }
+                let text = std::mem::take(rendered.get_mut(*i)?);
+                if text.is_empty() {
+                    None
+                } else {
+                    HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).ok()
+                }
             }
         }
     }
@@ -124,13 +130,18 @@ pub(crate) fn header_name(name: &str) -> Result<HeaderName, TransformErrorKind> 
 pub(crate) fn apply_headers(
     ops: &Ops<HeaderName, Val<Option<HeaderValue>>>,
     headers: &mut HeaderMap,
-    rendered: &[String],
+    rendered: &mut [String],
 ) {
     for name in &ops.remove {
         headers.remove(name);
     }
     for (old, new) in &ops.rename {
-        if headers.contains_key(old) {
+        let count = headers.get_all(old).iter().count();
+        if count == 1 {
+            if let Some(value) = headers.remove(old) {
+                headers.insert(new.clone(), value);
+            }
+        } else if count > 1 {
             let values: Vec<HeaderValue> = headers.get_all(old).iter().cloned().collect();
             headers.remove(old);
             headers.remove(new);

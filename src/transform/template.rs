@@ -219,8 +219,10 @@ impl Source {
         let route = || ext.get::<RouteMatch>();
         let consumer = || ext.get::<Consumer>();
         match self {
-            Source::Capture(name) => route()?.captures.get(name).map(|v| Cow::Owned(v.to_owned())),
-            Source::CaptureIndex(i) => route()?.captures.positional.get(*i).map(|v| Cow::Owned(v.clone())),
+            Source::Capture(name) => route()?.captures.get(name).map(Cow::Borrowed),
+            Source::CaptureIndex(i) => {
+                route()?.captures.positional.get(*i).map(|v| Cow::Borrowed(v.as_str()))
+            }
             Source::Header(name) => {
                 let mut values = env.headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
                 let first = values.next()?;
@@ -238,12 +240,12 @@ impl Source {
                 }
             }
             Source::Query(name) => super::form::first_value(env.query?, name),
-            Source::ConsumerId => Some(Cow::Owned(consumer()?.id.to_string())),
-            Source::ConsumerUsername => consumer()?.username.as_deref().map(|v| Cow::Owned(v.to_owned())),
-            Source::ConsumerCustomId => consumer()?.custom_id.as_deref().map(|v| Cow::Owned(v.to_owned())),
-            Source::RouteName => route()?.route.name.as_deref().map(|v| Cow::Owned(v.to_owned())),
-            Source::ServiceName => route()?.route.service_name.as_deref().map(|v| Cow::Owned(v.to_owned())),
-            Source::RequestId => ext.get::<RequestId>().map(|id| Cow::Owned(id.as_str().to_owned())),
+            Source::ConsumerId => Some(Cow::Borrowed(&*consumer()?.id)),
+            Source::ConsumerUsername => consumer()?.username.as_deref().map(Cow::Borrowed),
+            Source::ConsumerCustomId => consumer()?.custom_id.as_deref().map(Cow::Borrowed),
+            Source::RouteName => route()?.route.name.as_deref().map(Cow::Borrowed),
+            Source::ServiceName => route()?.route.service_name.as_deref().map(Cow::Borrowed),
+            Source::RequestId => ext.get::<RequestId>().map(|id| Cow::Borrowed(id.as_str())),
             Source::ClientIp => ext
                 .get::<ClientIp>()
                 .map(|ip| ip.0)
