@@ -616,9 +616,10 @@ where
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let shared = self.shared.clone();
         let request_id = req.extensions().get::<RequestId>().cloned();
+        let head = req.method() == Method::HEAD;
         if !shared.touches_request() {
             let future = self.inner.call(req);
-            return ResponseFuture { state: State::Inner { future }, shared, request_id };
+            return ResponseFuture { state: State::Inner { future }, shared, request_id, head };
         }
         // Kong reads the body's type from the request as it arrived.
         let body_kind = if shared.req_body.is_empty() {
@@ -634,17 +635,17 @@ where
             Ok(rendered) => rendered,
             Err(rejection) => {
                 let response = Some(rejection.into_response(request_id.as_ref()));
-                return ResponseFuture { state: State::Rejected { response }, shared, request_id };
+                return ResponseFuture { state: State::Rejected { response }, shared, request_id, head };
             }
         };
         let Some(kind) = body_kind else {
             let future = self.inner.call(req);
-            return ResponseFuture { state: State::Inner { future }, shared, request_id };
+            return ResponseFuture { state: State::Inner { future }, shared, request_id, head };
         };
         let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|len| len > shared.max_body_bytes) {
             let response = Some(Rejection::payload_too_large().into_response(request_id.as_ref()));
-            return ResponseFuture { state: State::Rejected { response }, shared, request_id };
+            return ResponseFuture { state: State::Rejected { response }, shared, request_id, head };
         }
         // The clone that was driven ready goes with the request; this one waits for the next.
         let clone = self.inner.clone();
@@ -661,6 +662,7 @@ where
             },
             shared,
             request_id,
+            head,
         }
     }
 }
@@ -675,6 +677,8 @@ pin_project! {
         state: State<S, ReqBody, ResBody>,
         shared: Arc<Shared>,
         request_id: Option<RequestId>,
+        // A HEAD answer has no body to rewrite (and its Content-Length describes the GET's).
+        head: bool,
     }
 }
 
@@ -853,7 +857,14 @@ where
                     }
                     let Some(mut parts) = parts.take() else { return Poll::Pending };
                     let original = std::mem::take(buf);
-                    let rewritten = rules::apply_json(&shared.res_json, &original, |v| Some(v.clone()));
+                    // Unlike a request (Kong adds fields to an empty one), an empty response body
+                    // stays empty: there is no object to change.
+                    let empty = original.iter().all(u8::is_ascii_whitespace);
+                    let rewritten = if empty {
+                        None
+                    } else {
+                        rules::apply_json(&shared.res_json, &original, |v| Some(v.clone()))
+                    };
                     let body = Bytes::from(rewritten.unwrap_or(original));
                     set_length(&mut parts.headers, body.len());
                     return Poll::Ready(Ok(Response::from_parts(parts, ResBody::from(body))));
