@@ -1,6 +1,7 @@
 //! Compiled rules and how each applies: headers, `name=value` lists and JSON objects, always in
 //! Kong's order remove → rename → replace (only if present) → add (only if absent) → append.
 
+use http::header::Entry;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
@@ -150,17 +151,18 @@ pub(crate) fn apply_headers(
             }
         }
     }
+    // `entry` hashes the name once for the presence test and the write.
     for (name, value) in &ops.replace {
-        if headers.contains_key(name) {
+        if let Entry::Occupied(mut present) = headers.entry(name) {
             if let Some(value) = value.header(rendered) {
-                headers.insert(name.clone(), value);
+                present.insert(value);
             }
         }
     }
     for (name, value) in &ops.add {
-        if !headers.contains_key(name) {
+        if let Entry::Vacant(absent) = headers.entry(name) {
             if let Some(value) = value.header(rendered) {
-                headers.insert(name.clone(), value);
+                absent.insert(value);
             }
         }
     }
