@@ -69,6 +69,7 @@ pub mod router;
 pub mod sanitize;
 #[cfg(feature = "proxy")]
 pub mod timeout;
+pub mod transform;
 
 pub use body::Body;
 pub use error::Rejection;

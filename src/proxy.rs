@@ -55,6 +55,13 @@ pub struct UpstreamInfo {
     pub latency: Duration,
 }
 
+/// The whole upstream path for this request, in request extensions: set by a layer that rewrites
+/// the path (`replace.uri` of [`TransformLayer`](crate::transform::TransformLayer)), used by
+/// [`Proxy`] as is instead of joining its base path with the request path (Kong's
+/// `kong.service.request.set_path`). The query string is still the request URI's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamPath(pub String);
+
 /// An upstream URL the proxy cannot use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProxyError {
@@ -179,9 +186,13 @@ impl Proxy {
 
 impl<B> Proxy<B> {
     fn upstream_uri<T>(&self, req: &Request<T>) -> Result<Uri, Rejection> {
-        let path = req.uri().path();
-        let strip_len = req.extensions().get::<RouteMatch>().map_or(0, |m| m.strip_len);
-        let mut path = upstream_path(&self.upstream.base_path, path, strip_len);
+        let mut path = match req.extensions().get::<UpstreamPath>() {
+            Some(rewritten) => rewritten.0.clone(),
+            None => {
+                let strip_len = req.extensions().get::<RouteMatch>().map_or(0, |m| m.strip_len);
+                upstream_path(&self.upstream.base_path, req.uri().path(), strip_len)
+            }
+        };
         if let Some(query) = req.uri().query() {
             path.push('?');
             path.push_str(query);

@@ -70,6 +70,11 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     http::header::PROXY_AUTHENTICATE,
 ];
 
+/// Whether `name` is on the fixed hop-by-hop list (transform rules may not set these).
+pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
+}
+
 /// Removes the headers named in `Connection`, then the fixed hop-by-hop list.
 #[cfg(feature = "proxy")]
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {

@@ -18,8 +18,8 @@ pub const PLUGINS: &[PluginSpec] = &[
     PluginSpec { name: "oauth2-introspection", supported: true },
     PluginSpec { name: "acl", supported: true },
     PluginSpec { name: "rate-limiting", supported: false },
-    PluginSpec { name: "request-transformer", supported: false },
-    PluginSpec { name: "response-transformer", supported: false },
+    PluginSpec { name: "request-transformer", supported: true },
+    PluginSpec { name: "response-transformer", supported: true },
 ];
 
 /// Looks a plugin name up in `registry`.

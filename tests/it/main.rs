@@ -9,3 +9,4 @@ mod proxy;
 mod routing;
 mod server;
 mod support;
+mod transform;

@@ -9,6 +9,8 @@
 pub(crate) mod acl;
 pub(crate) mod key_auth;
 pub(crate) mod oauth2_introspection;
+mod request_transformer;
+mod response_transformer;
 
 use std::sync::Arc;
 
@@ -21,7 +23,7 @@ use super::{ConfigError, RouteService};
 pub(crate) type Wrap = Arc<dyn Fn(RouteService) -> RouteService + Send + Sync>;
 
 /// Where a plugin instance is being built.
-#[allow(dead_code)] // Read by the plugin modules as they land (auth, rate limiting, transform).
+#[allow(dead_code)] // Read by the plugin modules as they land (auth, rate limiting).
 pub(crate) struct PluginContext<'a> {
     /// The file, for errors.
     pub(crate) origin: &'a str,
@@ -35,7 +37,6 @@ pub(crate) struct PluginContext<'a> {
     pub(crate) path: String,
 }
 
-#[allow(dead_code)] // Used by the plugin modules as they land.
 impl PluginContext<'_> {
     /// Parses `plugin.config` into `T` (use `#[serde(deny_unknown_fields)]` on it); errors name
     /// the path inside the config block.
@@ -102,6 +103,8 @@ pub(crate) fn build(ctx: &PluginContext<'_>, plugin: &Plugin) -> Result<Wrap, Co
         "key-auth" => return key_auth::build(ctx, plugin),
         "acl" => return acl::build(ctx, plugin),
         "oauth2-introspection" => return oauth2_introspection::build(ctx, plugin),
+        "request-transformer" => return request_transformer::build(ctx, plugin),
+        "response-transformer" => return response_transformer::build(ctx, plugin),
         _ => {}
     }
     Err(ConfigError::unsupported(

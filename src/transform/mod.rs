@@ -1,0 +1,878 @@
+//! Request and response transformation: Kong's `request-transformer` and `response-transformer`
+//! as one tower layer.
+//!
+//! [`TransformLayer`] rewrites, on the way in, the URI path (`replace.uri`), the method, the
+//! headers, the query string and the body (JSON objects and `application/x-www-form-urlencoded`);
+//! on the way back, the headers and the JSON body. Rules are Kong's `name:value` entries (the
+//! value runs from the first `:` on, so `p1:anything:1` sets `p1` to `anything:1`). They run in
+//! Kong's order — uri → method → headers → body → querystring, and inside each part remove →
+//! rename → replace (only if present) → add (only if absent) → append — and an empty value makes
+//! a rule do nothing.
+//!
+//! **Templates.** Request values may hold `$(...)` expressions: `uri_captures.id` (or
+//! `uri_captures["id"]`, `uri_captures[1]`), `headers.x-name`, `query_params.q`, `consumer.id`,
+//! `consumer.username`, `consumer.custom_id`, `route.name`, `service.name`, `request_id`,
+//! `client_ip`, and `a or b or 'default'`. They are parsed when the layer is built (an unknown
+//! expression is a [`TransformError`]) and rendered against the request *as it arrived*, so a
+//! template reading a header that `remove` deletes still sees its value. An expression that finds
+//! nothing renders empty. Response values are literal (as in Kong); an expression there is an
+//! error rather than a silent literal.
+//!
+//! **Headers a rule may not set**: hop-by-hop headers, `Content-Length` and `Host` (the gateway
+//! computes them), and gateway-owned headers (`X-Consumer-*`, `X-Real-IP`, `X-Portcullis-*`,
+//! ...), except an owned consumer header set to exactly its verified field
+//! (`X-Consumer-ID:$(consumer.id)`, as in Kong's seed configurations): that renders verified
+//! state, never a client's.
+//!
+//! **Bodies** are read only when a body rule exists and the body's `Content-Type` is one the rules
+//! apply to, and only up to [`max_body_bytes`](TransformBuilder::max_body_bytes): a request body
+//! over it is answered 413, a response body over it is a 502 (a response whose `Content-Length`
+//! already says it is too large passes through untransformed). Otherwise the body streams
+//! through untouched, chunk by chunk. A body that is not a JSON object passes through unchanged;
+//! multipart bodies pass through untouched. `Content-Length` is recomputed whenever a body is
+//! rewritten.
+//!
+//! **`replace.uri`** sets the whole upstream path, as Kong's `kong.service.request.set_path`
+//! does: the service's path is not prepended. The layer rewrites the request URI (so a router
+//! behind it sees the new path) and, with the `proxy` feature, records it in
+//! [`UpstreamPath`](crate::proxy::UpstreamPath) so the [`Proxy`](crate::proxy::Proxy) sends it as
+//! is. The rendered path is normalized like every request path (a template cannot smuggle `..`
+//! segments past it); one that cannot be is answered 400.
+//!
+//! ```
+//! use http_body_util::BodyExt;
+//! use portcullis::Body;
+//! use portcullis::transform::{Action, RequestPart, ResponsePart, TransformLayer};
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), portcullis::error::BoxError> {
+//! let transform = TransformLayer::builder()
+//!     .request(Action::Remove, RequestPart::Headers, ["X-Internal-Token"])
+//!     .request(Action::Add, RequestPart::Headers, ["X-Token-Seen:$(headers.x-internal-token or 'none')"])
+//!     .request(Action::Append, RequestPart::Querystring, ["source:gateway"])
+//!     .response(Action::Add, ResponsePart::Headers, ["X-Served-By:portcullis"])
+//!     .build()?;
+//! let svc = ServiceBuilder::new().layer(transform).service_fn(|req: http::Request<Body>| async move {
+//!     assert!(req.headers().get("x-internal-token").is_none());
+//!     assert_eq!(req.headers()["x-token-seen"], "s3cret"); // rendered before `remove` ran
+//!     Ok::<_, std::convert::Infallible>(http::Response::new(Body::from(req.uri().to_string())))
+//! });
+//! let req = http::Request::get("/orders?id=1").header("x-internal-token", "s3cret").body(Body::empty())?;
+//! let res = svc.oneshot(req).await?;
+//! assert_eq!(res.headers()["x-served-by"], "portcullis");
+//! assert_eq!(res.into_body().collect().await?.to_bytes(), "/orders?id=1&source=gateway");
+//! # Ok(()) }
+//! ```
+//!
+//! # API versioning by rewrite
+//!
+//! `/v1/users/{id}` and `/v2/users/{id}` served by one `/users/{id}` backend, which learns the
+//! version from `X-API-Version` (in a config file: two regex routes with a `request-transformer`
+//! each, `replace.uri: "/users/$(uri_captures.id)"`):
+//!
+//! ```
+//! use http_body_util::BodyExt;
+//! use portcullis::Body;
+//! use portcullis::router::{Route, Router};
+//! use portcullis::transform::{Action, RequestPart, TransformLayer};
+//! use tower::{Layer, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), portcullis::error::BoxError> {
+//! let users = service_fn(|req: http::Request<Body>| async move {
+//!     let version = req.headers()["x-api-version"].to_str().unwrap_or("").to_owned();
+//!     let body = format!("{} v{version}", req.uri().path());
+//!     Ok::<_, std::convert::Infallible>(http::Response::new(Body::from(body)))
+//! });
+//! let versioned = |version: &str| {
+//!     TransformLayer::builder()
+//!         .replace_uri("/users/$(uri_captures.id)")
+//!         .request(Action::Add, RequestPart::Headers, [format!("X-API-Version:{version}")])
+//!         .build()
+//! };
+//! let router = Router::builder()
+//!     .route(Route::new().paths(["~/v1/users/(?P<id>[^/]+)$"]).strip_path(false), versioned("1")?.layer(users))
+//!     .route(Route::new().paths(["~/v2/users/(?P<id>[^/]+)$"]).strip_path(false), versioned("2")?.layer(users))
+//!     .build()?;
+//! for (path, answer) in [("/v2/users/42", "/users/42 v2"), ("/v1/users/7", "/users/7 v1")] {
+//!     let res = router.clone().oneshot(http::Request::get(path).body(Body::empty())?).await?;
+//!     assert_eq!(res.into_body().collect().await?.to_bytes(), answer);
+//! }
+//! # Ok(()) }
+//! ```
+
+mod form;
+mod rules;
+mod template;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
+use http::uri::PathAndQuery;
+use http::{HeaderName, HeaderValue, Method, Request, Response, Uri};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+pub use template::TemplateError;
+
+use crate::error::{BoxError, Rejection};
+use crate::observe::request_id::RequestId;
+use form::Pairs;
+use rules::{Ops, Val};
+use template::{Env, Template};
+
+/// What a rule does; Kong's config keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// `remove`: drop every value of the name.
+    Remove,
+    /// `rename`: `old:new`, keeping the values.
+    Rename,
+    /// `replace`: set the value, only if the name is present.
+    Replace,
+    /// `add`: set the value, only if the name is absent.
+    Add,
+    /// `append`: add one more value.
+    Append,
+}
+
+/// The part of a request a rule changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestPart {
+    /// `headers`.
+    Headers,
+    /// `querystring`.
+    Querystring,
+    /// `body`: the top-level fields of a JSON object, or form fields.
+    Body,
+}
+
+/// The part of a response a rule changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponsePart {
+    /// `headers`.
+    Headers,
+    /// `json`: the top-level fields of a JSON object body.
+    Json,
+}
+
+/// Kong's `json_types`: how a response `json` value is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum JsonType {
+    /// A JSON string (the default).
+    #[default]
+    String,
+    /// A JSON number; the value must parse as one.
+    Number,
+    /// `true` when the value is `true`, else `false`.
+    Boolean,
+}
+
+/// A rule the layer cannot be built with, and where it was (`add.headers[1]`, `replace.uri`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{location}: {kind}")]
+pub struct TransformError {
+    location: String,
+    kind: TransformErrorKind,
+}
+
+impl TransformError {
+    /// Where the rule is, in Kong's config keys (`add.headers[1]`, `replace.uri`, `http_method`).
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// What is wrong with it.
+    pub fn kind(&self) -> &TransformErrorKind {
+        &self.kind
+    }
+}
+
+/// What is wrong with a rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransformErrorKind {
+    /// Not a `name:value` entry.
+    #[error("invalid entry `{0}`, expected `name:value`")]
+    Entry(String),
+    /// Not a valid header name.
+    #[error("invalid header name `{0}`")]
+    HeaderName(String),
+    /// Not a valid header value.
+    #[error("invalid header value `{0}`")]
+    HeaderValue(String),
+    /// A header no rule may set.
+    #[error("`{0}` is a {1} header; a transform rule may not set it")]
+    Forbidden(String, &'static str),
+    /// A template that does not parse.
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    /// A response value with an expression (response values are literal).
+    #[error("templates are not supported in response rules: `{0}`")]
+    ResponseTemplate(String),
+    /// A `json_types: number` value that is not a number.
+    #[error("`{0}` is not a number")]
+    Number(String),
+}
+
+/// Builds a [`TransformLayer`]; rules are checked and templates parsed by [`build`](Self::build).
+#[derive(Debug, Clone)]
+pub struct TransformBuilder {
+    request: Vec<(Action, RequestPart, String)>,
+    response: Vec<(Action, ResponsePart, String, JsonType)>,
+    uri: Option<String>,
+    method: Option<Method>,
+    max_body_bytes: u64,
+}
+
+/// Rewrites requests and responses; see the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct TransformLayer {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    templates: Vec<Template>,
+    uri: Option<usize>,
+    method: Option<Method>,
+    req_headers: Ops<HeaderName, Val<Option<HeaderValue>>>,
+    req_query: Ops<String, Val<String>>,
+    req_body: Ops<String, Val<String>>,
+    res_headers: Ops<HeaderName, Val<Option<HeaderValue>>>,
+    res_json: Ops<String, serde_json::Value>,
+    max_body_bytes: u64,
+}
+
+// === impl TransformBuilder ===
+
+impl Default for TransformBuilder {
+    fn default() -> Self {
+        Self { request: Vec::new(), response: Vec::new(), uri: None, method: None, max_body_bytes: 10 << 20 }
+    }
+}
+
+fn label(action: Action) -> &'static str {
+    match action {
+        Action::Remove => "remove",
+        Action::Rename => "rename",
+        Action::Replace => "replace",
+        Action::Add => "add",
+        Action::Append => "append",
+    }
+}
+
+impl TransformBuilder {
+    /// Request rules: Kong `name:value` entries (`remove` takes names, `rename` `old:new`).
+    pub fn request<I>(mut self, action: Action, part: RequestPart, entries: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.request.extend(entries.into_iter().map(|e| (action, part, e.into())));
+        self
+    }
+
+    /// Response rules; `json` values are strings (see [`response_json_typed`](Self::response_json_typed)).
+    pub fn response<I>(mut self, action: Action, part: ResponsePart, entries: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.response.extend(entries.into_iter().map(|e| (action, part, e.into(), JsonType::String)));
+        self
+    }
+
+    /// One response `json` rule whose value is written as `ty` (Kong's `json_types`).
+    pub fn response_json_typed(mut self, action: Action, entry: impl Into<String>, ty: JsonType) -> Self {
+        self.response.push((action, ResponsePart::Json, entry.into(), ty));
+        self
+    }
+
+    /// `replace.uri`: the whole upstream path, a template (`/users/$(uri_captures.id)`).
+    pub fn replace_uri(mut self, template: impl Into<String>) -> Self {
+        self.uri = Some(template.into());
+        self
+    }
+
+    /// `http_method`: the method the request continues with.
+    pub fn http_method(mut self, method: Method) -> Self {
+        self.method = Some(method);
+        self
+    }
+
+    /// Reads at most this many body bytes for body rules (default 10 MiB; the gateway passes its
+    /// `max_body_bytes`).
+    pub fn max_body_bytes(mut self, limit: u64) -> Self {
+        self.max_body_bytes = limit;
+        self
+    }
+
+    /// Checks every rule and parses every template.
+    pub fn build(self) -> Result<TransformLayer, TransformError> {
+        let mut shared = Shared {
+            templates: Vec::new(),
+            uri: None,
+            method: self.method,
+            req_headers: Ops::default(),
+            req_query: Ops::default(),
+            req_body: Ops::default(),
+            res_headers: Ops::default(),
+            res_json: Ops::default(),
+            max_body_bytes: self.max_body_bytes,
+        };
+        if let Some(uri) = &self.uri {
+            let template = Template::parse(uri)
+                .map_err(|e| TransformError { location: "replace.uri".into(), kind: e.into() })?;
+            shared.uri = Some(shared.templates.len());
+            shared.templates.push(template);
+        }
+        let mut counts: Vec<(String, usize)> = Vec::new();
+        let mut location = |key: String| {
+            let n = match counts.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, n)) => {
+                    *n += 1;
+                    *n
+                }
+                None => {
+                    counts.push((key.clone(), 0));
+                    0
+                }
+            };
+            format!("{key}[{n}]")
+        };
+        for (action, part, entry) in &self.request {
+            let key = match part {
+                RequestPart::Headers => "headers",
+                RequestPart::Querystring => "querystring",
+                RequestPart::Body => "body",
+            };
+            let at = location(format!("{}.{key}", label(*action)));
+            shared
+                .request_rule(*action, *part, entry)
+                .map_err(|kind| TransformError { location: at, kind })?;
+        }
+        for (action, part, entry, ty) in &self.response {
+            let key = match part {
+                ResponsePart::Headers => "headers",
+                ResponsePart::Json => "json",
+            };
+            let at = location(format!("{}.{key}", label(*action)));
+            shared
+                .response_rule(*action, *part, entry, *ty)
+                .map_err(|kind| TransformError { location: at, kind })?;
+        }
+        Ok(TransformLayer { shared: Arc::new(shared) })
+    }
+}
+
+impl Shared {
+    fn request_rule(
+        &mut self,
+        action: Action,
+        part: RequestPart,
+        entry: &str,
+    ) -> Result<(), TransformErrorKind> {
+        match action {
+            Action::Remove => {
+                let name = entry.split(':').next().unwrap_or(entry);
+                match part {
+                    RequestPart::Headers => self.req_headers.remove.push(rules::header_name(name)?),
+                    RequestPart::Querystring => self.req_query.remove.push(name.to_owned()),
+                    RequestPart::Body => self.req_body.remove.push(name.to_owned()),
+                }
+            }
+            Action::Rename => {
+                let (old, new) = rules::split_entry(entry)?;
+                match part {
+                    RequestPart::Headers => self
+                        .req_headers
+                        .rename
+                        .push((rules::header_name(old)?, rules::settable_header(new, None)?)),
+                    RequestPart::Querystring => self.req_query.rename.push((old.to_owned(), new.to_owned())),
+                    RequestPart::Body => self.req_body.rename.push((old.to_owned(), new.to_owned())),
+                }
+            }
+            Action::Replace | Action::Add | Action::Append => {
+                let (name, value) = rules::split_entry(entry)?;
+                let template = Template::parse(value)?;
+                match part {
+                    RequestPart::Headers => {
+                        let header = rules::settable_header(name, Some(&template))?;
+                        let value = self.header_value(template)?;
+                        self.req_headers.push_value(action, header, value);
+                    }
+                    RequestPart::Querystring => {
+                        let value = self.text_value(template);
+                        self.req_query.push_value(action, name.to_owned(), value);
+                    }
+                    RequestPart::Body => {
+                        let value = self.text_value(template);
+                        self.req_body.push_value(action, name.to_owned(), value);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn response_rule(
+        &mut self,
+        action: Action,
+        part: ResponsePart,
+        entry: &str,
+        ty: JsonType,
+    ) -> Result<(), TransformErrorKind> {
+        match action {
+            Action::Remove => {
+                let name = entry.split(':').next().unwrap_or(entry);
+                match part {
+                    ResponsePart::Headers => self.res_headers.remove.push(rules::header_name(name)?),
+                    ResponsePart::Json => self.res_json.remove.push(name.to_owned()),
+                }
+            }
+            Action::Rename => {
+                let (old, new) = rules::split_entry(entry)?;
+                match part {
+                    ResponsePart::Headers => self
+                        .res_headers
+                        .rename
+                        .push((rules::header_name(old)?, rules::settable_header(new, None)?)),
+                    ResponsePart::Json => self.res_json.rename.push((old.to_owned(), new.to_owned())),
+                }
+            }
+            Action::Replace | Action::Add | Action::Append => {
+                let (name, value) = rules::split_entry(entry)?;
+                if !Template::parse(value)?.is_literal() {
+                    return Err(TransformErrorKind::ResponseTemplate(value.to_owned()));
+                }
+                match part {
+                    ResponsePart::Headers => {
+                        let header = rules::settable_header(name, None)?;
+                        let value = self.header_value(Template::parse(value)?)?;
+                        self.res_headers.push_value(action, header, value);
+                    }
+                    ResponsePart::Json if value.is_empty() => {}
+                    ResponsePart::Json => {
+                        self.res_json.push_value(action, name.to_owned(), rules::typed_json(value, ty)?);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn text_value(&mut self, template: Template) -> Val<String> {
+        if template.is_literal() {
+            return Val::Literal(template.text());
+        }
+        self.templates.push(template);
+        Val::Slot(self.templates.len() - 1)
+    }
+
+    fn header_value(&mut self, template: Template) -> Result<Val<Option<HeaderValue>>, TransformErrorKind> {
+        if !template.is_literal() {
+            self.templates.push(template);
+            return Ok(Val::Slot(self.templates.len() - 1));
+        }
+        let text = template.text();
+        if text.is_empty() {
+            return Ok(Val::Literal(None));
+        }
+        HeaderValue::from_str(&text)
+            .map(|v| Val::Literal(Some(v)))
+            .map_err(|_| TransformErrorKind::HeaderValue(text))
+    }
+
+    fn touches_request(&self) -> bool {
+        self.uri.is_some()
+            || self.method.is_some()
+            || !self.req_headers.is_empty()
+            || !self.req_query.is_empty()
+            || !self.req_body.is_empty()
+    }
+}
+
+// === impl TransformLayer ===
+
+impl TransformLayer {
+    /// Starts a layer with no rules.
+    pub fn builder() -> TransformBuilder {
+        TransformBuilder::default()
+    }
+}
+
+impl<S> Layer<S> for TransformLayer {
+    type Service = Transform<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Transform { inner, shared: self.shared.clone() }
+    }
+}
+
+/// The service made by [`TransformLayer`].
+#[derive(Debug, Clone)]
+pub struct Transform<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+/// Which body rules apply to this request's body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyKind {
+    Json,
+    Form,
+}
+
+impl<S> Transform<S> {
+    /// Applies uri, method, header and querystring rules; returns the rendered templates (the
+    /// body rules still need them) or the rejection.
+    fn rewrite<B>(&self, req: &mut Request<B>) -> Result<Vec<String>, Rejection> {
+        let shared = &*self.shared;
+        let mut rendered: Vec<String> = if shared.templates.is_empty() {
+            Vec::new()
+        } else {
+            let env = Env { headers: req.headers(), query: req.uri().query(), extensions: req.extensions() };
+            shared.templates.iter().map(|t| t.render(&env)).collect()
+        };
+        let new_path = match shared.uri.and_then(|slot| rendered.get(slot)).filter(|p| !p.is_empty()) {
+            Some(path) => Some(upstream_path(path)?),
+            None => None,
+        };
+        if let Some(method) = &shared.method {
+            *req.method_mut() = method.clone();
+        }
+        rules::apply_headers(&shared.req_headers, req.headers_mut(), &mut rendered);
+        let new_query = if shared.req_query.is_empty() {
+            None
+        } else {
+            let mut pairs = Pairs::parse(req.uri().query().unwrap_or(""));
+            rules::apply_pairs(&shared.req_query, &mut pairs, &rendered);
+            pairs.changed().then(|| pairs.encode())
+        };
+        if new_path.is_some() || new_query.is_some() {
+            let path = new_path.as_deref().unwrap_or(req.uri().path());
+            let query = new_query.as_deref().or(req.uri().query()).filter(|q| !q.is_empty());
+            let pq = match query {
+                Some(query) => format!("{path}?{query}"),
+                None => path.to_owned(),
+            };
+            let mut parts = req.uri().clone().into_parts();
+            parts.path_and_query = Some(
+                PathAndQuery::try_from(pq).map_err(|_| Rejection::bad_request("invalid rewritten URI"))?,
+            );
+            *req.uri_mut() =
+                Uri::from_parts(parts).map_err(|_| Rejection::bad_request("invalid rewritten URI"))?;
+            #[cfg(feature = "proxy")]
+            if let Some(path) = new_path {
+                req.extensions_mut().insert(crate::proxy::UpstreamPath(path));
+            }
+        }
+        Ok(rendered)
+    }
+}
+
+/// A rendered `replace.uri`: a leading `/`, characters a path cannot hold percent-encoded, then
+/// normalized like every request path.
+fn upstream_path(rendered: &str) -> Result<String, Rejection> {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut path = String::with_capacity(rendered.len() + 1);
+    if !rendered.starts_with('/') {
+        path.push('/');
+    }
+    for b in rendered.bytes() {
+        let keep = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/%".contains(&b);
+        if keep {
+            path.push(b as char);
+        } else {
+            path.push('%');
+            path.push(HEX[usize::from(b >> 4)] as char);
+            path.push(HEX[usize::from(b & 15)] as char);
+        }
+    }
+    match crate::sanitize::normalize_path(&path) {
+        Ok(normal) => Ok(normal.into_owned()),
+        Err(e) => Err(Rejection::bad_request(format!("rewritten path: {e}"))),
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Transform<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    ReqBody: http_body::Body<Data = Bytes> + From<Bytes>,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: http_body::Body<Data = Bytes> + From<Bytes>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, ReqBody, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let shared = self.shared.clone();
+        let request_id = req.extensions().get::<RequestId>().cloned();
+        let head = req.method() == Method::HEAD;
+        if !shared.touches_request() {
+            let future = self.inner.call(req);
+            return ResponseFuture { state: State::Inner { future }, shared, request_id, head };
+        }
+        // Kong reads the body's type from the request as it arrived.
+        let body_kind = if shared.req_body.is_empty() {
+            None
+        } else if rules::is_json(req.headers().get(CONTENT_TYPE)) {
+            Some(BodyKind::Json)
+        } else if rules::is_form(req.headers().get(CONTENT_TYPE)) {
+            Some(BodyKind::Form)
+        } else {
+            None
+        };
+        let rendered = match self.rewrite(&mut req) {
+            Ok(rendered) => rendered,
+            Err(rejection) => {
+                let response = Some(rejection.into_response(request_id.as_ref()));
+                return ResponseFuture { state: State::Rejected { response }, shared, request_id, head };
+            }
+        };
+        let Some(kind) = body_kind else {
+            let future = self.inner.call(req);
+            return ResponseFuture { state: State::Inner { future }, shared, request_id, head };
+        };
+        let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > shared.max_body_bytes) {
+            let response = Some(Rejection::payload_too_large().into_response(request_id.as_ref()));
+            return ResponseFuture { state: State::Rejected { response }, shared, request_id, head };
+        }
+        // The clone that was driven ready goes with the request; this one waits for the next.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let (parts, body) = req.into_parts();
+        ResponseFuture {
+            state: State::ReadRequest {
+                body,
+                parts: Some(parts),
+                inner: Some(inner),
+                buf: Vec::new(),
+                rendered,
+                kind,
+            },
+            shared,
+            request_id,
+            head,
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`Transform`].
+    pub struct ResponseFuture<S, ReqBody, ResBody>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    {
+        #[pin]
+        state: State<S, ReqBody, ResBody>,
+        shared: Arc<Shared>,
+        request_id: Option<RequestId>,
+        // A HEAD answer has no body to rewrite (and its Content-Length describes the GET's).
+        head: bool,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, ReqBody, ResBody>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    {
+        Rejected { response: Option<Response<ResBody>> },
+        ReadRequest {
+            #[pin]
+            body: ReqBody,
+            parts: Option<http::request::Parts>,
+            inner: Option<S>,
+            buf: Vec<u8>,
+            rendered: Vec<String>,
+            kind: BodyKind,
+        },
+        Inner { #[pin] future: S::Future },
+        ReadResponse {
+            #[pin]
+            body: ResBody,
+            parts: Option<http::response::Parts>,
+            buf: Vec<u8>,
+        },
+    }
+}
+
+impl<S, ReqBody, ResBody> std::fmt::Debug for ResponseFuture<S, ReqBody, ResBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+/// Why a body could not be read whole.
+enum ReadError {
+    /// Over the layer's limit, or the body's own limit (`BodyTooLarge`).
+    TooLarge,
+    Failed,
+}
+
+/// Reads `body` into `buf`, failing once it passes `limit`; `too_large` says whether a body
+/// error is a size limit.
+fn poll_read<B>(
+    mut body: Pin<&mut B>,
+    buf: &mut Vec<u8>,
+    limit: u64,
+    too_large: impl Fn(B::Error) -> bool,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), ReadError>>
+where
+    B: http_body::Body<Data = Bytes>,
+{
+    loop {
+        match ready!(body.as_mut().poll_frame(cx)) {
+            None => return Poll::Ready(Ok(())),
+            Some(Err(e)) => {
+                return Poll::Ready(Err(if too_large(e) { ReadError::TooLarge } else { ReadError::Failed }));
+            }
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    if (buf.len() + data.len()) as u64 > limit {
+                        return Poll::Ready(Err(ReadError::TooLarge));
+                    }
+                    buf.extend_from_slice(&data);
+                }
+            }
+        }
+    }
+}
+
+/// Whether a body error is the gateway's own size limit (413) rather than a broken read.
+fn is_too_large(error: impl Into<BoxError>) -> bool {
+    let error: BoxError = error.into();
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&*error);
+    while let Some(e) = source {
+        if e.is::<crate::body::BodyTooLarge>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+fn set_length(headers: &mut http::HeaderMap, len: usize) {
+    headers.remove(TRANSFER_ENCODING);
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+}
+
+impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody, ResBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ReqBody: http_body::Body<Data = Bytes> + From<Bytes>,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: http_body::Body<Data = Bytes> + From<Bytes>,
+{
+    type Output = Result<Response<ResBody>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let shared = &**this.shared;
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Rejected { response } => {
+                    return match response.take() {
+                        Some(response) => Poll::Ready(Ok(response)),
+                        None => Poll::Pending,
+                    };
+                }
+                StateProj::ReadRequest { body, parts, inner, buf, rendered, kind } => {
+                    let rejection =
+                        match ready!(poll_read(body, buf, shared.max_body_bytes, is_too_large, cx)) {
+                            Ok(()) => None,
+                            Err(ReadError::TooLarge) => Some(Rejection::payload_too_large()),
+                            Err(ReadError::Failed) => {
+                                Some(Rejection::bad_request("failed to read the request body"))
+                            }
+                        };
+                    if let Some(rejection) = rejection {
+                        let response = Some(rejection.into_response(this.request_id.as_ref()));
+                        this.state.set(State::Rejected { response });
+                        continue;
+                    }
+                    let (Some(mut parts), Some(mut inner)) = (parts.take(), inner.take()) else {
+                        return Poll::Pending;
+                    };
+                    let original = std::mem::take(buf);
+                    let rewritten = match kind {
+                        BodyKind::Json => {
+                            rules::apply_json(&shared.req_body, &original, |v: &Val<String>| {
+                                v.text(rendered).map(|t| serde_json::Value::String(t.to_owned()))
+                            })
+                        }
+                        BodyKind::Form => {
+                            let text = String::from_utf8_lossy(&original);
+                            let mut pairs = Pairs::parse(&text);
+                            rules::apply_pairs(&shared.req_body, &mut pairs, rendered);
+                            pairs.changed().then(|| pairs.encode().into_bytes())
+                        }
+                    };
+                    let body = Bytes::from(rewritten.unwrap_or(original));
+                    set_length(&mut parts.headers, body.len());
+                    let future = inner.call(Request::from_parts(parts, ReqBody::from(body)));
+                    this.state.set(State::Inner { future });
+                }
+                StateProj::Inner { future } => {
+                    let mut response = ready!(future.poll(cx))?;
+                    rules::apply_headers(&shared.res_headers, response.headers_mut(), &mut []);
+                    let wants_body =
+                        !shared.res_json.is_empty() && rules::is_json(response.headers().get(CONTENT_TYPE));
+                    let declared = response
+                        .headers()
+                        .get(CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                    if !wants_body || declared.is_some_and(|len| len > shared.max_body_bytes) {
+                        return Poll::Ready(Ok(response));
+                    }
+                    let (parts, body) = response.into_parts();
+                    this.state.set(State::ReadResponse { body, parts: Some(parts), buf: Vec::new() });
+                }
+                StateProj::ReadResponse { body, parts, buf } => {
+                    let read = ready!(poll_read(body, buf, shared.max_body_bytes, |_| false, cx));
+                    if let Err(e) = read {
+                        let message = match e {
+                            ReadError::TooLarge => "upstream response body over the transform limit",
+                            ReadError::Failed => "upstream response body failed",
+                        };
+                        let response =
+                            Some(Rejection::bad_gateway(message).into_response(this.request_id.as_ref()));
+                        this.state.set(State::Rejected { response });
+                        continue;
+                    }
+                    let Some(mut parts) = parts.take() else { return Poll::Pending };
+                    let original = std::mem::take(buf);
+                    // Unlike a request (Kong adds fields to an empty one), an empty response body
+                    // stays empty: there is no object to change.
+                    let empty = original.iter().all(u8::is_ascii_whitespace);
+                    let rewritten = if empty {
+                        None
+                    } else {
+                        rules::apply_json(&shared.res_json, &original, |v| Some(v.clone()))
+                    };
+                    let body = Bytes::from(rewritten.unwrap_or(original));
+                    set_length(&mut parts.headers, body.len());
+                    return Poll::Ready(Ok(Response::from_parts(parts, ResBody::from(body))));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,330 @@
+//! `$(...)` templates: parsed once when the layer is built, rendered per request against the
+//! request as it arrived (before any rule of the layer changed it).
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use http::{Extensions, HeaderMap, HeaderName};
+
+use crate::client_ip::{ClientIp, PeerAddr};
+use crate::consumer::Consumer;
+use crate::observe::request_id::RequestId;
+use crate::router::RouteMatch;
+
+/// Why a template could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    /// A `$(` without its closing `)`.
+    #[error("unclosed `$(` in template `{0}`")]
+    Unclosed(String),
+    /// An expression that is not one of the supported ones.
+    #[error(
+        "unknown template expression `{0}`; expected uri_captures.NAME, headers.NAME, query_params.NAME, consumer.id, consumer.username, consumer.custom_id, route.name, service.name, request_id, client_ip or a quoted string, joined by `or`"
+    )]
+    Unknown(String),
+}
+
+/// A value read from the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Source {
+    Capture(Arc<str>),
+    CaptureIndex(usize),
+    Header(HeaderName),
+    Query(String),
+    ConsumerId,
+    ConsumerUsername,
+    ConsumerCustomId,
+    RouteName,
+    ServiceName,
+    RequestId,
+    ClientIp,
+}
+
+/// One alternative of `a or b or 'default'`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Alt {
+    Source(Source),
+    Literal(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Text(String),
+    Expr(Vec<Alt>),
+}
+
+/// A parsed template: literal text and `$(...)` expressions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Template {
+    pieces: Vec<Piece>,
+}
+
+/// What a template reads: the original request's headers, query and extensions.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Env<'a> {
+    pub(crate) headers: &'a HeaderMap,
+    pub(crate) query: Option<&'a str>,
+    pub(crate) extensions: &'a Extensions,
+}
+
+impl Template {
+    /// Parses `text`; `$` not followed by `(` is literal.
+    pub(crate) fn parse(text: &str) -> Result<Self, TemplateError> {
+        let mut pieces = Vec::new();
+        let mut rest = text;
+        while let Some(start) = rest.find("$(") {
+            if start > 0 {
+                pieces.push(Piece::Text(rest[..start].to_owned()));
+            }
+            let body = &rest[start + 2..];
+            let end = closing_paren(body).ok_or_else(|| TemplateError::Unclosed(text.to_owned()))?;
+            pieces.push(Piece::Expr(parse_expr(&body[..end])?));
+            rest = &body[end + 1..];
+        }
+        if !rest.is_empty() {
+            pieces.push(Piece::Text(rest.to_owned()));
+        }
+        Ok(Self { pieces })
+    }
+
+    /// Whether the template has no expression (its text is its value).
+    pub(crate) fn is_literal(&self) -> bool {
+        self.pieces.iter().all(|p| matches!(p, Piece::Text(_)))
+    }
+
+    /// The literal text (only meaningful when [`is_literal`](Self::is_literal)).
+    pub(crate) fn text(&self) -> String {
+        self.pieces.iter().map(|p| if let Piece::Text(t) = p { t.as_str() } else { "" }).collect()
+    }
+
+    /// `Some(source)` when the template is exactly one expression reading exactly `source`.
+    pub(crate) fn only_source(&self) -> Option<&Source> {
+        match self.pieces.as_slice() {
+            [Piece::Expr(alts)] => match alts.as_slice() {
+                [Alt::Source(source)] => Some(source),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Renders against `env`; an expression that finds nothing renders as the empty string.
+    pub(crate) fn render(&self, env: &Env<'_>) -> String {
+        let mut out = String::new();
+        for piece in &self.pieces {
+            match piece {
+                Piece::Text(text) => out.push_str(text),
+                Piece::Expr(alts) => {
+                    for alt in alts {
+                        let value = match alt {
+                            Alt::Literal(text) => Some(Cow::Borrowed(text.as_str())),
+                            Alt::Source(source) => source.read(env),
+                        };
+                        if let Some(value) = value {
+                            out.push_str(&value);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The index of the `)` closing an expression, skipping quoted strings.
+fn closing_paren(body: &str) -> Option<usize> {
+    let mut quote: Option<char> = None;
+    for (i, c) in body.char_indices() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, ')') => return Some(i),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// `a or b or 'default'`.
+fn parse_expr(expr: &str) -> Result<Vec<Alt>, TemplateError> {
+    let unknown = || TemplateError::Unknown(expr.trim().to_owned());
+    let mut alts = Vec::new();
+    let mut rest = expr.trim();
+    loop {
+        let (alt, after) = parse_alt(rest).ok_or_else(unknown)?;
+        alts.push(alt);
+        let after = after.trim_start();
+        if after.is_empty() {
+            return Ok(alts);
+        }
+        let next =
+            after.strip_prefix("or").filter(|r| r.starts_with(char::is_whitespace)).ok_or_else(unknown)?;
+        rest = next.trim_start();
+    }
+}
+
+/// One alternative and what follows it.
+fn parse_alt(s: &str) -> Option<(Alt, &str)> {
+    if let Some(q) = s.chars().next().filter(|c| matches!(c, '\'' | '"')) {
+        let end = s[1..].find(q)? + 1;
+        return Some((Alt::Literal(s[1..end].to_owned()), &s[end + 1..]));
+    }
+    let ident_end = s.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(s.len());
+    let (ident, rest) = s.split_at(ident_end);
+    let (key, rest) = if let Some(r) = rest.strip_prefix('.') {
+        // Dotted keys may contain `-` (`headers.x-name`), unlike Lua.
+        let end = r.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-')).unwrap_or(r.len());
+        (Some(Key::Name(&r[..end])), &r[end..])
+    } else if let Some(r) = rest.strip_prefix('[') {
+        let close = r.find(']')?;
+        let inner = r[..close].trim();
+        let key = match inner.chars().next() {
+            Some(q @ ('\'' | '"')) if inner.len() >= 2 && inner.ends_with(q) => {
+                Key::Name(&inner[1..inner.len() - 1])
+            }
+            _ => Key::Index(inner.parse().ok()?),
+        };
+        (Some(key), &r[close + 1..])
+    } else {
+        (None, rest)
+    };
+    let source = match (ident, key) {
+        ("uri_captures", Some(Key::Name(n))) if !n.is_empty() => Source::Capture(n.into()),
+        ("uri_captures", Some(Key::Index(i))) => Source::CaptureIndex(i),
+        ("headers", Some(Key::Name(n))) => Source::Header(HeaderName::from_bytes(n.as_bytes()).ok()?),
+        ("query_params", Some(Key::Name(n))) if !n.is_empty() => Source::Query(n.to_owned()),
+        ("consumer", Some(Key::Name("id"))) => Source::ConsumerId,
+        ("consumer", Some(Key::Name("username"))) => Source::ConsumerUsername,
+        ("consumer", Some(Key::Name("custom_id"))) => Source::ConsumerCustomId,
+        ("route", Some(Key::Name("name"))) => Source::RouteName,
+        ("service", Some(Key::Name("name"))) => Source::ServiceName,
+        ("request_id", None) => Source::RequestId,
+        ("client_ip", None) => Source::ClientIp,
+        _ => return None,
+    };
+    Some((Alt::Source(source), rest))
+}
+
+enum Key<'a> {
+    Name(&'a str),
+    Index(usize),
+}
+
+impl Source {
+    /// The value in `env`, `None` when the request has none.
+    fn read<'a>(&self, env: &Env<'a>) -> Option<Cow<'a, str>> {
+        let ext = env.extensions;
+        let route = || ext.get::<RouteMatch>();
+        let consumer = || ext.get::<Consumer>();
+        match self {
+            Source::Capture(name) => route()?.captures.get(name).map(Cow::Borrowed),
+            Source::CaptureIndex(i) => {
+                route()?.captures.positional.get(*i).map(|v| Cow::Borrowed(v.as_str()))
+            }
+            Source::Header(name) => {
+                let mut values = env.headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
+                let first = values.next()?;
+                // Repeated fields read as one, the way HTTP combines them.
+                match values.next() {
+                    None => Some(Cow::Borrowed(first)),
+                    Some(second) => {
+                        let mut joined = format!("{first}, {second}");
+                        for v in values {
+                            joined.push_str(", ");
+                            joined.push_str(v);
+                        }
+                        Some(Cow::Owned(joined))
+                    }
+                }
+            }
+            Source::Query(name) => super::form::first_value(env.query?, name),
+            Source::ConsumerId => Some(Cow::Borrowed(&*consumer()?.id)),
+            Source::ConsumerUsername => consumer()?.username.as_deref().map(Cow::Borrowed),
+            Source::ConsumerCustomId => consumer()?.custom_id.as_deref().map(Cow::Borrowed),
+            Source::RouteName => route()?.route.name.as_deref().map(Cow::Borrowed),
+            Source::ServiceName => route()?.route.service_name.as_deref().map(Cow::Borrowed),
+            Source::RequestId => ext.get::<RequestId>().map(|id| Cow::Borrowed(id.as_str())),
+            Source::ClientIp => ext
+                .get::<ClientIp>()
+                .map(|ip| ip.0)
+                .or_else(|| ext.get::<PeerAddr>().map(|p| p.0.ip()))
+                .map(|ip| Cow::Owned(ip.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(text: &str, req: &http::Request<()>) -> String {
+        let env = Env { headers: req.headers(), query: req.uri().query(), extensions: req.extensions() };
+        Template::parse(text).unwrap().render(&env)
+    }
+
+    #[test]
+    fn expressions_defaults_and_literals() {
+        let mut req = http::Request::get("/v1/users/42?q=a%20b&q=2&flag")
+            .header("x-name", "n1")
+            .header("x-multi", "a")
+            .header("x-multi", "b")
+            .body(())
+            .unwrap();
+        let captures = crate::router::UriCaptures {
+            named: vec![("id".into(), "42".into())],
+            positional: vec!["/v1/users/42".into(), "42".into()],
+        };
+        let route = Arc::new(crate::router::RouteInfo {
+            name: Some("users-v1".into()),
+            service_name: Some("users".into()),
+            preserve_host: false,
+        });
+        req.extensions_mut().insert(RouteMatch { route, captures, strip_len: 0 });
+        req.extensions_mut().insert(RequestId::from_static("rid-1"));
+        req.extensions_mut().insert(ClientIp("203.0.113.7".parse().unwrap()));
+        assert_eq!(render("/users/$(uri_captures.id)", &req), "/users/42");
+        assert_eq!(render(r#"$(uri_captures["id"])-$(uri_captures[1])"#, &req), "42-42");
+        assert_eq!(render("$(headers.x-name)|$(headers['x-name'])|$(headers.x-multi)", &req), "n1|n1|a, b");
+        assert_eq!(render("$(query_params.q)|$(query_params.flag)|", &req), "a b||");
+        assert_eq!(
+            render("$(route.name)/$(service.name)/$(request_id)/$(client_ip)", &req),
+            "users-v1/users/rid-1/203.0.113.7"
+        );
+        assert_eq!(render("$(consumer.id or 'anon')", &req), "anon");
+        assert_eq!(render(r#"$(headers.x-none or query_params.none or "d)x")!"#, &req), "d)x!");
+        assert_eq!(render("$(consumer.username)", &req), "");
+        assert_eq!(render("cost: $5", &req), "cost: $5");
+        req.extensions_mut().insert(Consumer {
+            id: "c-1".into(),
+            username: Some("alice".into()),
+            ..Consumer::default()
+        });
+        assert_eq!(
+            render("$(consumer.id):$(consumer.username):$(consumer.custom_id or '-')", &req),
+            "c-1:alice:-"
+        );
+    }
+
+    #[test]
+    fn unknown_expressions_are_errors() {
+        for bad in [
+            "$(nope)",
+            "$(consumer.password)",
+            "$(headers)",
+            "$(uri_captures.id or)",
+            "$(uri_captures.id and 'x')",
+            "$(headers.bad name)",
+            "$(os.execute('x'))",
+        ] {
+            assert!(matches!(Template::parse(bad), Err(TemplateError::Unknown(_))), "{bad}");
+        }
+        assert_eq!(
+            Template::parse("/a/$(uri_captures.id"),
+            Err(TemplateError::Unclosed("/a/$(uri_captures.id".into()))
+        );
+        assert!(Template::parse("plain").unwrap().is_literal());
+        assert_eq!(Template::parse("$(consumer.id)").unwrap().only_source(), Some(&Source::ConsumerId));
+    }
+}
