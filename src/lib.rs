@@ -45,7 +45,8 @@
 //!
 //! - `proxy`: [`proxy::Proxy`] and [`timeout::RouteTimeoutLayer`] (hyper, hyper-util, tokio).
 //! - `config`: the YAML loader.
-//! - `gateway` (default, implies both): [`gateway::Gateway`] and its server.
+//! - `jwt`: [`auth::jwt::JwtAuthLayer`] (jsonwebtoken on aws-lc-rs; implies `proxy` for JWKS).
+//! - `gateway` (default, implies all three): [`gateway::Gateway`] and its server.
 //!
 //! With `default-features = false`, the request id, access log, sanitizing and routing layers come
 //! with no runtime and no YAML dependency.
@@ -53,6 +54,7 @@
 #![warn(missing_docs, unreachable_pub, rust_2018_idioms, missing_debug_implementations)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+pub mod auth;
 pub mod body;
 pub mod client_ip;
 #[cfg(feature = "config")]

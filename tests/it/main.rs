@@ -3,6 +3,8 @@
 
 mod access_log;
 mod config;
+#[cfg(feature = "jwt")]
+mod jwt;
 mod proxy;
 mod routing;
 mod server;
