@@ -8,7 +8,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::{HeaderValue, Request, StatusCode};
 use jsonwebtoken::{Algorithm, DecodingKey};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::{JwtCredential, KeyMaterial, MAX_TOKEN_LEN, Shared};
@@ -186,12 +186,100 @@ fn check_times(shared: &Shared, exp: Option<f64>, nbf: Option<f64>) -> Result<()
     Ok(())
 }
 
-fn decode_json(segment: &str) -> Option<Map<String, Value>> {
-    let bytes = URL_SAFE_NO_PAD.decode(segment).ok()?;
-    match serde_json::from_slice(&bytes).ok()? {
-        Value::Object(map) => Some(map),
-        _ => None,
+/// The members of one token segment (JOSE header or payload) that the layer reads; the others
+/// are skipped without being built (no map of every claim per request).
+#[derive(Default)]
+struct Segment {
+    key: Option<Value>,
+    alg: Option<Value>,
+    typ: Option<Value>,
+    kid: Option<Value>,
+    crit: bool,
+    exp: Option<Value>,
+    nbf: Option<Value>,
+}
+
+struct SegmentSeed<'n> {
+    key_name: &'n str,
+    header: bool,
+}
+
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> serde::de::Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
     }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for SegmentSeed<'_> {
+    type Value = Segment;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Segment, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for SegmentSeed<'_> {
+    type Value = Segment;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Segment, A::Error> {
+        let mut segment = Segment::default();
+        while let Some(Key(name)) = map.next_key::<Key<'de>>()? {
+            let is_key = *name == *self.key_name;
+            let slot = match (self.header, &*name) {
+                (true, "alg") => Some(&mut segment.alg),
+                (true, "typ") => Some(&mut segment.typ),
+                (true, "kid") => Some(&mut segment.kid),
+                (true, "crit") => {
+                    segment.crit = true;
+                    None
+                }
+                (false, "exp") => Some(&mut segment.exp),
+                (false, "nbf") => Some(&mut segment.nbf),
+                _ => None,
+            };
+            match (slot, is_key) {
+                (Some(slot), true) => {
+                    let value: Value = map.next_value()?;
+                    segment.key = Some(value.clone());
+                    *slot = Some(value);
+                }
+                (Some(slot), false) => *slot = Some(map.next_value()?),
+                (None, true) => segment.key = Some(map.next_value()?),
+                (None, false) => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(segment)
+    }
+}
+
+fn decode_segment(segment: &str, key_name: &str, header: bool) -> Option<Segment> {
+    use serde::de::DeserializeSeed;
+    let bytes = URL_SAFE_NO_PAD.decode(segment).ok()?;
+    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    let parsed = SegmentSeed { key_name, header }.deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    Some(parsed)
 }
 
 fn algorithm(name: &str) -> Option<Algorithm> {
@@ -214,8 +302,8 @@ fn algorithm(name: &str) -> Option<Algorithm> {
 }
 
 /// A registered time claim: absent, or a JSON number (a string `"exp"` is refused).
-fn time_claim(claims: &Map<String, Value>, name: &'static str) -> Result<Option<f64>, Rejection> {
-    match claims.get(name) {
+fn time_claim(value: Option<Value>, name: &'static str) -> Result<Option<f64>, Rejection> {
+    match value {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => Ok(n.as_f64()),
         Some(_) => {
@@ -232,21 +320,21 @@ fn parse(shared: &Shared, token: &str) -> Result<(Parsed, Arc<JwtCredential>), R
     else {
         return Err(bad_json());
     };
-    let header = decode_json(header).ok_or_else(bad_json)?;
-    let claims = decode_json(payload).ok_or_else(bad_json)?;
-    if let Some(typ) = header.get("typ") {
+    let name = &*shared.key_claim_name;
+    let header = decode_segment(header, name, true).ok_or_else(bad_json)?;
+    let claims = decode_segment(payload, name, false).ok_or_else(bad_json)?;
+    if let Some(typ) = &header.typ {
         if !typ.as_str().is_some_and(|t| t.eq_ignore_ascii_case("JWT")) {
             return Err(invalid("Bad token; invalid typ"));
         }
     }
-    let alg = header.get("alg").and_then(Value::as_str).and_then(algorithm);
+    let alg = header.alg.as_ref().and_then(Value::as_str).and_then(algorithm);
     let alg = alg.ok_or_else(|| invalid("Bad token; invalid alg"))?;
     // RFC 7515 §4.1.11: extensions listed in `crit` must be understood; none are.
-    if header.contains_key("crit") {
+    if header.crit {
         return Err(invalid("Bad token; unsupported critical header"));
     }
-    let name = &*shared.key_claim_name;
-    let key = match claims.get(name).or_else(|| header.get(name)) {
+    let key = match claims.key.as_ref().or(header.key.as_ref()) {
         None | Some(Value::Null) => return Err(shared.messages.no_key_claim.clone()),
         Some(Value::String(key)) if !key.is_empty() => key.as_str(),
         Some(_) => return Err(shared.messages.invalid_key_claim.clone()),
@@ -255,10 +343,10 @@ fn parse(shared: &Shared, token: &str) -> Result<(Parsed, Arc<JwtCredential>), R
     if alg != credential.algorithm {
         return Err(invalid("Invalid algorithm"));
     }
-    let exp = time_claim(&claims, "exp")?;
-    let nbf = time_claim(&claims, "nbf")?;
-    let kid = match header.get("kid") {
-        Some(Value::String(kid)) => Some(kid.clone()),
+    let exp = time_claim(claims.exp, "exp")?;
+    let nbf = time_claim(claims.nbf, "nbf")?;
+    let kid = match header.kid {
+        Some(Value::String(kid)) => Some(kid),
         _ => None,
     };
     let message_len = token.rfind('.').unwrap_or_default();
