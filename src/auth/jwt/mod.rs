@@ -11,6 +11,12 @@
 //! Failures are 401 JSON bodies with Kong's messages and `WWW-Authenticate: Bearer` (plus
 //! `error="invalid_token"` when a token was presented), unless `anonymous` is configured.
 //!
+//! Credentials hold a shared secret, a PEM public key, or a JWKS URL ([`JwtCredential::jwks`]:
+//! keys cached by `kid`, at most one refresh per interval, stale keys kept when the endpoint
+//! fails; token-supplied `jku`/`x5u` are never fetched). An optional verified-token cache
+//! ([`JwtAuthLayerBuilder::verified_token_cache`]) skips the signature check for a token seen
+//! before. Every clone of the layer shares both caches.
+//!
 //! ```
 //! use portcullis::auth::jwt::{Algorithm, JwtAuthLayer, JwtCredential};
 //! use portcullis::consumer::Consumer;
@@ -205,7 +211,8 @@ impl JwtCredential {
     /// A public-key credential whose keys come from a JWKS endpoint (selected by the token's
     /// `kid`). Keys are cached; an unknown `kid` refreshes the set at most once per
     /// `refresh_interval`; when the endpoint fails the cached keys keep being served.
-    /// `jku` / `x5u` token headers are never fetched: only this URL is.
+    /// `jku` / `x5u` token headers are never fetched: only this URL is. Fetching needs a tokio
+    /// runtime (the request that meets an unknown `kid` waits for the fetch).
     pub fn jwks(
         consumer: Consumer,
         key: &str,
