@@ -45,7 +45,8 @@
 //!
 //! - `proxy`: [`proxy::Proxy`] and [`timeout::RouteTimeoutLayer`] (hyper, hyper-util, tokio).
 //! - `config`: the YAML loader.
-//! - `gateway` (default, implies both): [`gateway::Gateway`] and its server.
+//! - `jwt`: [`auth::jwt::JwtAuthLayer`] (jsonwebtoken on aws-lc-rs; implies `proxy` for JWKS).
+//! - `gateway` (default, implies all three): [`gateway::Gateway`] and its server.
 //!
 //! With `default-features = false`, the request id, access log, sanitizing and routing layers come
 //! with no runtime and no YAML dependency.

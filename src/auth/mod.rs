@@ -7,3 +7,5 @@ pub mod acl;
 pub mod api_key;
 #[cfg(feature = "proxy")]
 pub mod introspection;
+#[cfg(feature = "jwt")]
+pub mod jwt;

@@ -13,7 +13,7 @@ pub struct PluginSpec {
 /// Every plugin the config knows, in the order error messages list them. A plugin's issue flips
 /// its `supported` flag when it lands.
 pub const PLUGINS: &[PluginSpec] = &[
-    PluginSpec { name: "jwt", supported: false },
+    PluginSpec { name: "jwt", supported: cfg!(feature = "jwt") },
     PluginSpec { name: "key-auth", supported: true },
     PluginSpec { name: "oauth2-introspection", supported: true },
     PluginSpec { name: "acl", supported: true },

@@ -5,6 +5,8 @@ mod access_log;
 mod analyze;
 mod auth_keys;
 mod config;
+#[cfg(feature = "jwt")]
+mod jwt;
 mod proxy;
 mod routing;
 mod server;

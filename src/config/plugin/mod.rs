@@ -14,6 +14,9 @@ mod response_transformer;
 
 use std::sync::Arc;
 
+#[cfg(feature = "jwt")]
+pub(crate) mod jwt;
+
 use serde::de::DeserializeOwned;
 
 use super::schema::{Config, Plugin, Route, Service};
@@ -60,7 +63,7 @@ impl PluginContext<'_> {
 /// The identity of config consumer `c` as auth layers hand it on: `id` is the configured id, else
 /// the username, else the custom id (Kong generates a UUID; a stable name is more useful in
 /// logs and limits).
-#[allow(dead_code)] // Used by the auth plugin modules as they land.
+#[cfg_attr(not(feature = "jwt"), allow(dead_code))] // Used by the auth plugins.
 pub(crate) fn consumer_identity(c: &super::schema::Consumer) -> crate::consumer::Consumer {
     let id = c.id.as_deref().or(c.username.as_deref()).or(c.custom_id.as_deref()).unwrap_or_default();
     crate::consumer::Consumer {
@@ -73,7 +76,7 @@ pub(crate) fn consumer_identity(c: &super::schema::Consumer) -> crate::consumer:
 
 /// The consumer that a plugin's `anonymous` setting names (by id, username or custom id), marked
 /// anonymous.
-#[allow(dead_code)] // Used by the auth plugin modules as they land.
+#[cfg_attr(not(feature = "jwt"), allow(dead_code))] // Used by the auth plugins.
 pub(crate) fn anonymous_consumer(config: &Config, name: &str) -> Option<crate::consumer::Consumer> {
     config
         .consumers
@@ -105,6 +108,8 @@ pub(crate) fn build(ctx: &PluginContext<'_>, plugin: &Plugin) -> Result<Wrap, Co
         "oauth2-introspection" => return oauth2_introspection::build(ctx, plugin),
         "request-transformer" => return request_transformer::build(ctx, plugin),
         "response-transformer" => return response_transformer::build(ctx, plugin),
+        #[cfg(feature = "jwt")]
+        "jwt" => return jwt::build(ctx, plugin),
         _ => {}
     }
     Err(ConfigError::unsupported(
