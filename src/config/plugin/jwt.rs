@@ -6,7 +6,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use tower::Layer;
 
-use super::{PluginContext, Wrap, anonymous_consumer, consumer_identity};
+use super::acl::{anonymous_with_groups, identity_with_groups};
+use super::{PluginContext, Wrap};
 use crate::auth::jwt::{
     Algorithm, DEFAULT_JWKS_REFRESH_INTERVAL, JwtAuthLayer, JwtCredential, RegisteredClaim,
 };
@@ -136,7 +137,8 @@ pub(crate) fn credentials(
             let path = path.replace("jwt_secrets.[", "jwt_secrets[");
             ConfigError::invalid(origin, path, error.into_inner().to_string())
         })?;
-        let identity = consumer_identity(consumer);
+        // With its ACL groups, so an `acl` plugin after `jwt` judges the right groups.
+        let identity = identity_with_groups(origin, c, consumer)?;
         for (i, secret) in secrets.into_iter().enumerate() {
             let at = |key: &str| format!("{base}[{i}].{key}");
             let invalid = |key: &str, message: String| ConfigError::invalid(origin, at(key), message);
@@ -215,13 +217,7 @@ pub(crate) fn layer(ctx: &PluginContext<'_>, config: JwtPluginConfig) -> Result<
         .verified_token_cache(config.verified_token_cache_size)
         .credentials(credentials);
     if let Some(name) = &config.anonymous {
-        let consumer = anonymous_consumer(ctx.config, name).ok_or_else(|| {
-            ctx.error(
-                "anonymous",
-                format!("unknown consumer `{name}`, expected a consumer defined in this file"),
-            )
-        })?;
-        builder = builder.anonymous(consumer);
+        builder = builder.anonymous(anonymous_with_groups(ctx, ctx.config, name)?);
     }
     Ok(builder.build())
 }

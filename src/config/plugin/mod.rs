@@ -26,7 +26,7 @@ use super::{ConfigError, RouteService};
 pub(crate) type Wrap = Arc<dyn Fn(RouteService) -> RouteService + Send + Sync>;
 
 /// Where a plugin instance is being built.
-#[allow(dead_code)] // Read by the plugin modules as they land (auth, rate limiting).
+#[allow(dead_code)] // `service` and `route`: for plugins that key on them (rate limiting).
 pub(crate) struct PluginContext<'a> {
     /// The file, for errors.
     pub(crate) origin: &'a str,
@@ -63,7 +63,6 @@ impl PluginContext<'_> {
 /// The identity of config consumer `c` as auth layers hand it on: `id` is the configured id, else
 /// the username, else the custom id (Kong generates a UUID; a stable name is more useful in
 /// logs and limits).
-#[cfg_attr(not(feature = "jwt"), allow(dead_code))] // Used by the auth plugins.
 pub(crate) fn consumer_identity(c: &super::schema::Consumer) -> crate::consumer::Consumer {
     let id = c.id.as_deref().or(c.username.as_deref()).or(c.custom_id.as_deref()).unwrap_or_default();
     crate::consumer::Consumer {
@@ -72,17 +71,6 @@ pub(crate) fn consumer_identity(c: &super::schema::Consumer) -> crate::consumer:
         custom_id: c.custom_id.as_deref().map(Into::into),
         ..crate::consumer::Consumer::default()
     }
-}
-
-/// The consumer that a plugin's `anonymous` setting names (by id, username or custom id), marked
-/// anonymous.
-#[cfg_attr(not(feature = "jwt"), allow(dead_code))] // Used by the auth plugins.
-pub(crate) fn anonymous_consumer(config: &Config, name: &str) -> Option<crate::consumer::Consumer> {
-    config
-        .consumers
-        .iter()
-        .find(|c| [&c.id, &c.username, &c.custom_id].iter().any(|v| v.as_deref() == Some(name)))
-        .map(|c| crate::consumer::Consumer { anonymous: true, ..consumer_identity(c) })
 }
 
 /// Kong's plugin priorities: higher runs first (outermost in the stack).
