@@ -278,7 +278,7 @@ mod tests {
             (with(c, "{realm: x}"), "services[0].routes[0].plugins[0].config.realm: unknown field `realm`"),
             (
                 with(c, "{anonymous: nobody}"),
-                "services[0].routes[0].plugins[0].config.anonymous: unknown consumer `nobody`",
+                "services[0].routes[0].plugins[0].config.anonymous: no consumer with id, username or custom_id `nobody`",
             ),
             (
                 with(c, "{header_names: [\"bad header\"]}"),
