@@ -45,7 +45,8 @@
 //!
 //! - `proxy`: [`proxy::Proxy`] and [`timeout::RouteTimeoutLayer`] (hyper, hyper-util, tokio).
 //! - `config`: the YAML loader.
-//! - `gateway` (default, implies both): [`gateway::Gateway`] and its server.
+//! - `ratelimit`: [`ratelimit`], the rate-limit layers (tokio).
+//! - `gateway` (default, implies all three): [`gateway::Gateway`] and its server.
 //!
 //! With `default-features = false`, the request id, access log, sanitizing and routing layers come
 //! with no runtime and no YAML dependency.
@@ -64,6 +65,8 @@ pub mod gateway;
 pub mod observe;
 #[cfg(feature = "proxy")]
 pub mod proxy;
+#[cfg(feature = "ratelimit")]
+pub mod ratelimit;
 pub mod router;
 pub mod sanitize;
 #[cfg(feature = "proxy")]
