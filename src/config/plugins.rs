@@ -17,7 +17,7 @@ pub const PLUGINS: &[PluginSpec] = &[
     PluginSpec { name: "key-auth", supported: false },
     PluginSpec { name: "oauth2-introspection", supported: false },
     PluginSpec { name: "acl", supported: false },
-    PluginSpec { name: "rate-limiting", supported: false },
+    PluginSpec { name: "rate-limiting", supported: true },
     PluginSpec { name: "request-transformer", supported: false },
     PluginSpec { name: "response-transformer", supported: false },
 ];

@@ -403,7 +403,7 @@ fn plugins_are_checked_at_every_scope() {
 
 #[test]
 fn every_known_plugin_is_rejected_until_implemented() {
-    for spec in PLUGINS {
+    for spec in PLUGINS.iter().filter(|spec| spec.name != "rate-limiting") {
         assert!(!spec.supported, "{} is implemented: update this test", spec.name);
         let yaml = format!("_format_version: \"3.0\"\nplugins:\n- name: {}\n", spec.name);
         assert_error(&yaml, "plugins[0].name", &format!("plugin `{}` is not supported yet", spec.name));

@@ -4,6 +4,7 @@
 mod access_log;
 mod config;
 mod proxy;
+mod ratelimit;
 mod routing;
 mod server;
 mod support;

@@ -6,6 +6,8 @@
 //! returns how to wrap a route's stack. Mechanism stays in the layer modules; nothing here
 //! decides how a request is handled.
 
+mod rate_limiting;
+
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
@@ -31,7 +33,6 @@ pub(crate) struct PluginContext<'a> {
     pub(crate) path: String,
 }
 
-#[allow(dead_code)] // Used by the plugin modules as they land.
 impl PluginContext<'_> {
     /// Parses `plugin.config` into `T` (use `#[serde(deny_unknown_fields)]` on it); errors name
     /// the path inside the config block.
@@ -94,7 +95,9 @@ pub(crate) fn priority(name: &str) -> i32 {
 /// Builds one plugin instance; the registry ([`super::PLUGINS`]) has already refused names that
 /// are unknown or not supported yet.
 pub(crate) fn build(ctx: &PluginContext<'_>, plugin: &Plugin) -> Result<Wrap, ConfigError> {
-    let _ = ctx;
+    if plugin.name == "rate-limiting" {
+        return rate_limiting::build(ctx, plugin);
+    }
     Err(ConfigError::unsupported(
         ctx.origin,
         format!("{}.name", ctx.path),
