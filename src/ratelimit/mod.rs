@@ -64,6 +64,8 @@ mod layer;
 pub mod leaky_bucket;
 mod limit_by;
 mod policy;
+#[cfg(feature = "redis")]
+mod redis;
 mod service;
 mod store;
 pub mod token_bucket;
@@ -74,6 +76,8 @@ pub use future::ResponseFuture;
 pub use layer::{LeakyBucketLayer, RateLimitLayer, RateLimitStats, SlidingWindowLayer, TokenBucketLayer};
 pub use limit_by::LimitBy;
 pub use policy::{KeyState, Period, Policy, Verdict};
+#[cfg(feature = "redis")]
+pub use redis::{InvalidRedisUrl, RedisStore};
 pub use service::RateLimit;
 pub use store::{Decided, MemoryStore, PendingVerdict, Store, StoreError};
 

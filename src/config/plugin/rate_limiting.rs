@@ -123,17 +123,7 @@ fn layer(ctx: &PluginContext<'_>, c: &RateLimitingConfig) -> Result<RateLimitLay
             .filter(|s| s.is_client_error() || s.is_server_error())
             .ok_or_else(|| ctx.error("error_code", "expected an HTTP error status (400-599)"))?,
     };
-    if c.policy == PolicyName::Redis {
-        if c.redis_host.as_deref().is_none_or(str::is_empty) {
-            return Err(ctx.error("redis_host", "required when `policy` is `redis`"));
-        }
-        let _ = (&c.redis_port, &c.redis_database, &c.redis_username, &c.redis_password, &c.redis_timeout);
-        return Err(ConfigError::unsupported(
-            ctx.origin,
-            format!("{}.config.policy", ctx.path),
-            "`policy: redis` is not supported yet (use `policy: local`)",
-        ));
-    }
+    let store = redis_store(ctx, c)?;
 
     macro_rules! common {
         ($layer:expr) => {{
@@ -144,6 +134,9 @@ fn layer(ctx: &PluginContext<'_>, c: &RateLimitingConfig) -> Result<RateLimitLay
                 .fault_tolerant(c.fault_tolerant);
             if let Some(message) = &c.error_message {
                 layer = layer.error_message(message.clone());
+            }
+            if let Some(store) = store.clone() {
+                layer = layer.shared_store(store);
             }
             RateLimitLayer::from(layer)
         }};
@@ -243,5 +236,48 @@ fn positive_rate(ctx: &PluginContext<'_>, key: &str, value: Option<f64>) -> Resu
         Some(v) if v > 0.0 && v.is_finite() => Ok(v),
         Some(_) => Err(ctx.error(key, "expected a rate > 0")),
         None => Err(ctx.error(key, "required by this algorithm")),
+    }
+}
+
+/// The Redis store of `policy: redis`, keyed by the route so that every gateway sharing the
+/// Redis shares the limit; `None` for `policy: local`.
+fn redis_store(
+    ctx: &PluginContext<'_>,
+    c: &RateLimitingConfig,
+) -> Result<Option<Arc<dyn crate::ratelimit::Store>>, ConfigError> {
+    if c.policy == PolicyName::Local {
+        return Ok(None);
+    }
+    let Some(host) = c.redis_host.as_deref().filter(|h| !h.is_empty()) else {
+        return Err(ctx.error("redis_host", "required when `policy` is `redis`"));
+    };
+    #[cfg(feature = "redis")]
+    {
+        let auth = match (&c.redis_username, &c.redis_password) {
+            (Some(user), Some(password)) => format!("{user}:{password}@"),
+            (None, Some(password)) => format!(":{password}@"),
+            _ => String::new(),
+        };
+        let url = format!(
+            "redis://{auth}{host}:{}/{}",
+            c.redis_port.unwrap_or(6379),
+            c.redis_database.unwrap_or(0)
+        );
+        let route = ctx.route.name.clone().unwrap_or_else(|| ctx.path.clone());
+        let prefix = format!("portcullis:rl:{}:{route}", ctx.service.name);
+        let store = crate::ratelimit::RedisStore::new(&url, prefix)
+            .map_err(|e| ctx.error("redis_host", e.to_string()))?
+            .timeout(std::time::Duration::from_millis(c.redis_timeout.unwrap_or(2000).max(1)));
+        Ok(Some(Arc::new(Arc::new(store))))
+    }
+    #[cfg(not(feature = "redis"))]
+    {
+        let _ =
+            (host, &c.redis_port, &c.redis_database, &c.redis_username, &c.redis_password, &c.redis_timeout);
+        Err(ConfigError::unsupported(
+            ctx.origin,
+            format!("{}.config.policy", ctx.path),
+            "`policy: redis` needs portcullis built with the `redis` feature",
+        ))
     }
 }
