@@ -35,11 +35,32 @@
 //! # Local or shared state
 //!
 //! The [`MemoryStore`] (the default) keeps state in the gateway process: no network hop, a
-//! decision costs a hash and an uncontended shard lock. With `N` gateway replicas behind a load
-//! balancer each one counts alone, so a client gets up to `N ×` the limit. A shared store (Redis,
-//! through the [`Store`] trait) makes the limit exact across replicas at the price of a round
-//! trip per decision; when it fails, `fault_tolerant` chooses between admitting (no headers,
-//! logged as `bypassed`) and answering 503.
+//! decision costs a hash and an uncontended shard lock, and memory is bounded (idle keys are
+//! dropped; at the bound the least recently seen of a sample is evicted). With `N` gateway
+//! replicas behind a load balancer each one counts alone, so a client gets up to `N ×` the
+//! limit. `RedisStore` (feature `redis`, Kong's `policy: redis`) makes the limit exact across
+//! replicas at the price of one round trip per decision; when Redis fails, `fault_tolerant`
+//! chooses between admitting (no headers, logged as `bypassed`) and answering 503, and a breaker
+//! keeps an outage from costing every request a timeout. Prefer the memory store for a single
+//! replica or for limits that protect the gateway itself; Redis for per-customer quotas that
+//! must hold across replicas.
+//!
+//! ```no_run
+//! # #[cfg(feature = "redis")] {
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use portcullis::ratelimit::{LimitBy, RedisStore, SlidingWindowLayer};
+//!
+//! let store = RedisStore::new("redis://127.0.0.1:6379/0", "orders-api")
+//!     .unwrap()
+//!     .timeout(Duration::from_millis(100));
+//! let layer = SlidingWindowLayer::new()
+//!     .hour(1000)
+//!     .limit_by(LimitBy::Credential)
+//!     .store(Arc::new(store))
+//!     .fault_tolerant(true);
+//! # let _ = layer; }
+//! ```
 //!
 //! # Responses
 //!

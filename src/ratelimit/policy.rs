@@ -53,18 +53,6 @@ impl Period {
             Period::Year => "year",
         }
     }
-
-    /// The header suffix (`Minute` in `X-RateLimit-Limit-Minute`).
-    pub fn title(self) -> &'static str {
-        match self {
-            Period::Second => "Second",
-            Period::Minute => "Minute",
-            Period::Hour => "Hour",
-            Period::Day => "Day",
-            Period::Month => "Month",
-            Period::Year => "Year",
-        }
-    }
 }
 
 /// What one rate limiter enforces.
@@ -78,7 +66,7 @@ pub enum Policy {
     LeakyBucket(LeakyBucket),
 }
 
-/// The state one key keeps under a [`Policy`]. `Default` is a key never seen.
+/// The state one key keeps under a [`Policy`] ([`Policy::initial_state`] is a key never seen).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyState {
     /// One counter pair per window, in the policy's order.
