@@ -1,11 +1,12 @@
 //! Where per-key state lives: the [`Store`] trait and the in-memory [`MemoryStore`].
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+
+use hashbrown::{DefaultHashBuilder, HashTable};
 
 use super::core::{Clock, Micros, SECOND, SystemClock};
 use super::policy::{KeyState, Policy, Verdict};
@@ -59,18 +60,21 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 /// limiter forget, never grow.
 pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
-    hasher: RandomState,
+    /// Randomly seeded: clients cannot aim their keys at one shard or one bucket.
+    hasher: DefaultHashBuilder,
     max_keys_per_shard: usize,
     clock: Arc<dyn Clock>,
 }
 
 struct Shard {
-    map: HashMap<Box<str>, Entry, RandomState>,
+    table: HashTable<Slot>,
     last_sweep: Micros,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Entry {
+/// One key: its hash is kept so the table never rehashes a string.
+struct Slot {
+    hash: u64,
+    key: Box<str>,
     state: KeyState,
     last_seen: Micros,
 }
@@ -105,10 +109,9 @@ impl MemoryStore {
         // Enough shards that 2-16 threads rarely meet on one lock; a small store needs none.
         let shards = (max_keys / 1024).clamp(1, 64);
         let per_shard = max_keys.div_ceil(shards).max(1);
-        let shards = (0..shards)
-            .map(|_| Mutex::new(Shard { map: HashMap::with_hasher(RandomState::new()), last_sweep: 0 }))
-            .collect();
-        Self { shards, hasher: RandomState::new(), max_keys_per_shard: per_shard, clock }
+        let shards =
+            (0..shards).map(|_| Mutex::new(Shard { table: HashTable::new(), last_sweep: 0 })).collect();
+        Self { shards, hasher: DefaultHashBuilder::default(), max_keys_per_shard: per_shard, clock }
     }
 
     /// The key bound (rounded up to a multiple of the shard count).
@@ -118,7 +121,7 @@ impl MemoryStore {
 
     /// How many keys are held now.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).map.len()).sum()
+        self.shards.iter().map(|s| lock(s).table.len()).sum()
     }
 
     /// Whether no key is held.
@@ -128,19 +131,23 @@ impl MemoryStore {
 
     /// Decides one request for `key` at `now` (the synchronous core of [`Store::decide`]).
     pub fn decide_at(&self, key: &str, policy: &Policy, now: Micros) -> Verdict {
-        let index = (self.hasher.hash_one(key) as usize) % self.shards.len();
+        let hash = self.hasher.hash_one(key);
+        // Middle bits pick the shard: the table uses the low bits and the top seven.
+        let index = ((hash >> 32) as usize) % self.shards.len();
         let mut shard = lock(&self.shards[index]);
-        if let Some(entry) = shard.map.get_mut(key) {
-            entry.last_seen = now;
-            return policy.decide(&mut entry.state, now);
+        if let Some(slot) = shard.table.find_mut(hash, |s| *s.key == *key) {
+            slot.last_seen = now;
+            return policy.decide(&mut slot.state, now);
         }
         let mut state = policy.initial_state();
         let verdict = policy.decide(&mut state, now);
         if !policy.is_idle(&state, now) {
-            if shard.map.len() >= self.max_keys_per_shard {
+            if shard.table.len() >= self.max_keys_per_shard {
                 shard.make_room(policy, now, self.max_keys_per_shard);
             }
-            shard.map.insert(key.into(), Entry { state, last_seen: now });
+            shard
+                .table
+                .insert_unique(hash, Slot { hash, key: key.into(), state, last_seen: now }, |s| s.hash);
         }
         verdict
     }
@@ -153,14 +160,15 @@ impl Shard {
         // insertion pay for it.
         if now.saturating_sub(self.last_sweep) >= SECOND {
             self.last_sweep = now;
-            self.map.retain(|_, e| !policy.is_idle(&e.state, now));
+            self.table.retain(|s| !policy.is_idle(&s.state, now));
         }
-        while self.map.len() >= max {
-            let oldest = self.map.iter().take(8).min_by_key(|(_, e)| e.last_seen).map(|(k, _)| k.clone());
-            match oldest {
-                Some(key) => self.map.remove(&key),
-                None => break,
-            };
+        while self.table.len() >= max {
+            let oldest =
+                self.table.iter().take(8).min_by_key(|s| s.last_seen).map(|s| (s.hash, s.key.clone()));
+            let Some((hash, key)) = oldest else { break };
+            if let Ok(entry) = self.table.find_entry(hash, |s| s.key == key) {
+                entry.remove();
+            }
         }
     }
 }

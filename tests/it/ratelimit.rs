@@ -428,4 +428,21 @@ mod on_redis {
         assert!(started.elapsed() < Duration::from_millis(150), "{:?}", started.elapsed());
         redis.signal("-CONT");
     }
+
+    #[tokio::test]
+    async fn a_script_error_is_reported_apart_from_unavailable() {
+        use portcullis::ratelimit::{Decided, RedisStore, SlidingWindowLayer, Store, StoreError};
+        let Some(redis) = RedisServer::start().await else { return };
+        let url = format!("redis://127.0.0.1:{}/0", redis.port);
+        let store = std::sync::Arc::new(RedisStore::new(&url, "t").unwrap());
+        let policy = std::sync::Arc::new(SlidingWindowLayer::new().minute(5).policy().clone());
+        // A key of the wrong type makes the script fail (WRONGTYPE): a script error.
+        let mut conn = redis.connection().await;
+        let _: () = redis::cmd("SET").arg("{t:k}").arg("x").query_async(&mut conn).await.unwrap();
+        let Decided::Pending(pending) = store.decide("k", &policy) else { panic!("not pending") };
+        assert!(matches!(pending.await, Err(StoreError::Script(_))));
+        // Another key still works: a script error does not open the breaker.
+        let Decided::Pending(pending) = store.decide("other", &policy) else { panic!("breaker opened") };
+        assert!(pending.await.unwrap().allowed());
+    }
 }
