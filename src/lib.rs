@@ -46,6 +46,7 @@
 //! - `proxy`: [`proxy::Proxy`] and [`timeout::RouteTimeoutLayer`] (hyper, hyper-util, tokio).
 //! - `config`: the YAML loader.
 //! - `jwt`: [`auth::jwt::JwtAuthLayer`] (jsonwebtoken on aws-lc-rs; implies `proxy` for JWKS).
+//! - `ratelimit`: [`ratelimit`], the rate-limit layers (tokio).
 //! - `gateway` (default, implies all three): [`gateway::Gateway`] and its server.
 //!
 //! With `default-features = false`, the request id, access log, sanitizing and routing layers come
@@ -66,6 +67,8 @@ pub mod gateway;
 pub mod observe;
 #[cfg(feature = "proxy")]
 pub mod proxy;
+#[cfg(feature = "ratelimit")]
+pub mod ratelimit;
 pub mod router;
 pub mod sanitize;
 #[cfg(feature = "proxy")]

@@ -17,7 +17,7 @@ pub const PLUGINS: &[PluginSpec] = &[
     PluginSpec { name: "key-auth", supported: true },
     PluginSpec { name: "oauth2-introspection", supported: true },
     PluginSpec { name: "acl", supported: true },
-    PluginSpec { name: "rate-limiting", supported: false },
+    PluginSpec { name: "rate-limiting", supported: cfg!(feature = "ratelimit") },
     PluginSpec { name: "request-transformer", supported: true },
     PluginSpec { name: "response-transformer", supported: true },
 ];

@@ -8,6 +8,7 @@ mod config;
 #[cfg(feature = "jwt")]
 mod jwt;
 mod proxy;
+mod ratelimit;
 mod routing;
 mod server;
 mod support;

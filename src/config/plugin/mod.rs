@@ -9,6 +9,8 @@
 pub(crate) mod acl;
 pub(crate) mod key_auth;
 pub(crate) mod oauth2_introspection;
+#[cfg(feature = "ratelimit")]
+mod rate_limiting;
 mod request_transformer;
 mod response_transformer;
 
@@ -98,6 +100,8 @@ pub(crate) fn build(ctx: &PluginContext<'_>, plugin: &Plugin) -> Result<Wrap, Co
         "response-transformer" => return response_transformer::build(ctx, plugin),
         #[cfg(feature = "jwt")]
         "jwt" => return jwt::build(ctx, plugin),
+        #[cfg(feature = "ratelimit")]
+        "rate-limiting" => return rate_limiting::build(ctx, plugin),
         _ => {}
     }
     Err(ConfigError::unsupported(

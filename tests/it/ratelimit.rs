@@ -1,0 +1,448 @@
+//! Rate limiting through real gateways: Kong's `minute: 6` sequence, exact counting under
+//! concurrency, client-IP keys that a spoofed `X-Forwarded-For` cannot multiply, and config errors.
+
+use http::Request;
+use http_body_util::Full;
+use portcullis::gateway::Gateway;
+
+use crate::support::*;
+
+fn service(upstream: &str, plugin_config: &str) -> String {
+    format!(
+        r#"services:
+- name: orders
+  url: {upstream}
+  routes:
+  - name: orders-v1
+    paths: [/v1/orders]
+    plugins:
+    - name: rate-limiting
+      config: {plugin_config}
+"#
+    )
+}
+
+#[tokio::test]
+async fn kong_minute_6_sequence_end_to_end() {
+    let upstream = Upstream::start().await;
+    let gw = TestGateway::start(&service(&upstream.url(), "{minute: 6, limit_by: ip}")).await;
+    let mut remaining = Vec::new();
+    let mut statuses = Vec::new();
+    let mut last = None;
+    for _ in 0..7 {
+        let res = get(&gw.url("/v1/orders")).await;
+        statuses.push(res.status.as_u16());
+        remaining.push(res.headers["x-ratelimit-remaining"].to_str().unwrap().to_owned());
+        assert_eq!(res.headers["x-ratelimit-limit"], "6");
+        assert_eq!(res.headers["x-ratelimit-limit-minute"], "6");
+        assert_eq!(res.headers["ratelimit-limit"], "6");
+        assert_eq!(res.headers["x-ratelimit-remaining-minute"], res.headers["x-ratelimit-remaining"]);
+        let reset: u64 = res.headers["ratelimit-reset"].to_str().unwrap().parse().unwrap();
+        assert!((1..=60).contains(&reset), "RateLimit-Reset is seconds from now: {reset}");
+        let epoch: u64 = res.headers["x-ratelimit-reset"].to_str().unwrap().parse().unwrap();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        assert!(epoch >= now && epoch <= now + 61, "X-RateLimit-Reset is epoch seconds: {epoch}");
+        last = Some(res);
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 200, 429]);
+    assert_eq!(remaining, ["5", "4", "3", "2", "1", "0", "0"]);
+    assert_eq!(upstream.seen().len(), 6, "the rejected request never reached the upstream");
+    let rejected = last.unwrap();
+    assert_eq!(rejected.headers["content-type"], "application/json");
+    let retry: u64 = rejected.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry >= 1);
+    let body = rejected.json();
+    assert_eq!(body["error"], "rate_limit_exceeded");
+    assert_eq!(body["message"], format!("Request limit of 6/minute exceeded. Retry after {retry} seconds."));
+    assert_eq!(body["request_id"], rejected.headers["x-request-id"].to_str().unwrap());
+
+    let log = gw.stop().await;
+    let outcomes: Vec<_> =
+        log.iter().map(|line| line["rate_limit"].as_str().unwrap_or("-").to_owned()).collect();
+    assert_eq!(outcomes, ["allowed", "allowed", "allowed", "allowed", "allowed", "allowed", "limited"]);
+}
+
+#[tokio::test]
+async fn configured_status_message_and_hidden_headers() {
+    let upstream = Upstream::start().await;
+    let config = r#"{minute: 1, limit_by: ip, hide_client_headers: true, error_code: 403, error_message: "API rate limit exceeded"}"#;
+    let gw = TestGateway::start(&service(&upstream.url(), config)).await;
+    let res = get(&gw.url("/v1/orders")).await;
+    assert_eq!(res.status, 200);
+    assert!(res.headers.get("x-ratelimit-limit").is_none());
+    assert!(res.headers.get("ratelimit-limit").is_none());
+    let res = get(&gw.url("/v1/orders")).await;
+    assert_eq!(res.status, 403);
+    assert!(res.headers.get("x-ratelimit-remaining").is_none());
+    assert_eq!(res.json()["message"], "API rate limit exceeded");
+    assert_eq!(res.json()["error"], "rate_limit_exceeded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_requests_admit_exactly_the_limit() {
+    let upstream = Upstream::start().await;
+    let gw = TestGateway::start(&service(&upstream.url(), "{minute: 100, limit_by: ip}")).await;
+    let client = client();
+    let url = gw.url("/v1/orders");
+    let tasks: Vec<_> = (0..1000)
+        .map(|_| {
+            let client = client.clone();
+            let url = url.clone();
+            tokio::spawn(async move {
+                let res = client.request(Request::get(&url).body(Full::default()).unwrap()).await.unwrap();
+                res.status().as_u16()
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    let mut limited = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            200 => admitted += 1,
+            429 => limited += 1,
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!((admitted, limited), (100, 900));
+    assert_eq!(upstream.seen().len(), 100);
+}
+
+#[tokio::test]
+async fn spoofed_forwarded_for_from_an_untrusted_peer_creates_no_new_key() {
+    let upstream = Upstream::start().await;
+    // No trusted proxies: the socket peer is the client, whatever X-Forwarded-For says.
+    let gw = TestGateway::start(&service(&upstream.url(), "{second: 2, minute: 2, limit_by: ip}")).await;
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        let req = Request::get(gw.url("/v1/orders"))
+            .header("x-forwarded-for", format!("198.51.100.{i}"))
+            .body(Full::default())
+            .unwrap();
+        statuses.push(send(req).await.status.as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 429, 429]);
+}
+
+#[tokio::test]
+async fn token_bucket_and_leaky_bucket_from_config() {
+    let upstream = Upstream::start().await;
+    let gw = TestGateway::start(&service(
+        &upstream.url(),
+        "{algorithm: token-bucket, capacity: 2, refill_per_second: 0.01, limit_by: ip}",
+    ))
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(get(&gw.url("/v1/orders")).await.status.as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+
+    let gw = TestGateway::start(&service(
+        &upstream.url(),
+        "{algorithm: leaky-bucket, capacity: 2, drain_per_second: 20, limit_by: ip}",
+    ))
+    .await;
+    let started = std::time::Instant::now();
+    let url = gw.url("/v1/orders");
+    let (a, b) = tokio::join!(get(&url), get(&url));
+    assert_eq!((a.status.as_u16(), b.status.as_u16()), (200, 200));
+    // The second waited for its slot, 1/20 s after the first.
+    assert!(started.elapsed() >= std::time::Duration::from_millis(50));
+}
+
+fn build_error(plugin_config: &str) -> String {
+    let yaml = format!("_format_version: \"3.0\"\n{}", service("http://127.0.0.1:1", plugin_config));
+    match Gateway::from_yaml(&yaml, "gw.yaml") {
+        Ok(_) => panic!("accepted: {plugin_config}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    let at = "services[0].routes[0].plugins[0].config";
+    let e = build_error("{minute: 0}");
+    assert!(e.contains(&format!("{at}.minute")) && e.contains("≥ 1"), "{e}");
+    let e = build_error("{minute: 60, hour: 10}");
+    assert!(
+        e.contains(&format!("{at}.hour")) && e.contains("cannot be lower than the limit for minute (60)"),
+        "{e}"
+    );
+    let e = build_error("{}");
+    assert!(e.contains("at least one of"), "{e}");
+    let e = build_error("{minute: 5, algorithm: token-bucket, capacity: 3, refill_per_second: 1}");
+    assert!(e.contains(&format!("{at}.minute")), "{e}");
+    let e = build_error("{algorithm: leaky-bucket, capacity: 3}");
+    assert!(e.contains(&format!("{at}.drain_per_second")), "{e}");
+    let e = build_error("{minute: 5, algorithm: sideways}");
+    assert!(e.contains(&format!("{at}.algorithm")), "{e}");
+    let e = build_error("{minute: 5, limit_by: header}");
+    assert!(e.contains(&format!("{at}.header_name")), "{e}");
+}
+
+const SEED_BLOCK: &str = r#"{minute: ~, hour: 1000, day: ~, policy: redis, redis_host: redis.internal, redis_port: 6379, redis_database: 0, limit_by: credential, fault_tolerant: true, hide_client_headers: false, error_code: 429, error_message: "API rate limit exceeded"}"#;
+
+#[test]
+fn the_seed_rate_limiting_block_parses() {
+    // The seed's block (kong-plugins.yaml), `~` windows included.
+    let yaml = format!("_format_version: \"3.0\"\n{}", service("http://127.0.0.1:1", SEED_BLOCK));
+    if cfg!(feature = "redis") {
+        // Nothing connects before the first request.
+        Gateway::from_yaml(&yaml, "gw.yaml").unwrap();
+    } else {
+        let e = build_error(SEED_BLOCK);
+        assert!(e.contains("config.policy") && e.contains("`redis` feature"), "{e}");
+    }
+    let local = SEED_BLOCK.replace("policy: redis", "policy: local");
+    let yaml = format!("_format_version: \"3.0\"\n{}", service("http://127.0.0.1:1", &local));
+    Gateway::from_yaml(&yaml, "gw.yaml").unwrap();
+}
+
+/// Fires `n` concurrent GETs at each URL in turn (round robin) and counts the statuses.
+async fn burst(urls: &[String], n: usize) -> std::collections::BTreeMap<u16, usize> {
+    let client = client();
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let client = client.clone();
+            let url = urls[i % urls.len()].clone();
+            tokio::spawn(async move {
+                let res = client.request(Request::get(&url).body(Full::default()).unwrap()).await.unwrap();
+                res.status().as_u16()
+            })
+        })
+        .collect();
+    let mut counts = std::collections::BTreeMap::new();
+    for task in tasks {
+        *counts.entry(task.await.unwrap()).or_default() += 1;
+    }
+    counts
+}
+
+#[cfg(feature = "redis")]
+mod on_redis {
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// A `redis-server` of our own on a free loopback port, killed by pid on drop.
+    pub(super) struct RedisServer {
+        child: Option<Child>,
+        pub(super) port: u16,
+    }
+
+    impl RedisServer {
+        /// `None` (a skip) when `redis-server` is missing, unless `PORTCULLIS_REQUIRE_REDIS=1`.
+        pub(super) async fn start() -> Option<RedisServer> {
+            let port = closed_port().await.port();
+            let server = RedisServer { child: Self::spawn(port), port };
+            if server.child.is_none() {
+                assert!(
+                    std::env::var("PORTCULLIS_REQUIRE_REDIS").as_deref() != Ok("1"),
+                    "redis-server is required (PORTCULLIS_REQUIRE_REDIS=1) but could not be started"
+                );
+                eprintln!("skipped: redis-server not found");
+                return None;
+            }
+            server.wait_up().await;
+            Some(server)
+        }
+
+        fn spawn(port: u16) -> Option<Child> {
+            Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .ok()
+        }
+
+        async fn wait_up(&self) {
+            for _ in 0..200 {
+                if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("redis-server did not come up on {}", self.port);
+        }
+
+        pub(super) fn kill(&mut self) {
+            if let Some(mut child) = self.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+
+        pub(super) async fn restart(&mut self) {
+            self.kill();
+            self.child = Self::spawn(self.port);
+            self.wait_up().await;
+        }
+
+        pub(super) fn signal(&self, signal: &str) {
+            let pid = self.child.as_ref().expect("running").id().to_string();
+            let status = Command::new("kill").args([signal, &pid]).status().unwrap();
+            assert!(status.success());
+        }
+
+        pub(super) async fn connection(&self) -> redis::aio::MultiplexedConnection {
+            let client = redis::Client::open(format!("redis://127.0.0.1:{}/", self.port)).unwrap();
+            client.get_multiplexed_async_connection().await.unwrap()
+        }
+    }
+
+    impl Drop for RedisServer {
+        fn drop(&mut self) {
+            if let Some(child) = &self.child {
+                // A stopped server ignores SIGKILL's cleanup until continued; continue it first.
+                let _ = Command::new("kill").args(["-CONT", &child.id().to_string()]).status();
+            }
+            self.kill();
+        }
+    }
+
+    /// Exactness tests must never time out (a timeout bypasses, which would admit extra
+    /// requests): on two shared cores 1,000 in-flight debug-build requests can be slow.
+    const SLOW_MACHINE: &str = ", redis_timeout: 10000";
+
+    /// `minute: 100` per IP on the Redis at `port`; `extra` adds keys (`, redis_timeout: 200`).
+    fn redis_service(upstream: &str, port: u16, extra: &str) -> String {
+        let config = format!(
+            "{{minute: 100, limit_by: ip, policy: redis, redis_host: 127.0.0.1, redis_port: {port}{extra}}}"
+        );
+        service(upstream, &config)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn exactly_the_limit_of_a_thousand_concurrent_every_key_with_a_ttl_and_script_flush() {
+        let Some(redis) = RedisServer::start().await else { return };
+        let upstream = Upstream::start().await;
+        let gw = TestGateway::start(&redis_service(&upstream.url(), redis.port, SLOW_MACHINE)).await;
+        let counts = burst(&[gw.url("/v1/orders")], 1000).await;
+        assert_eq!(counts.get(&200), Some(&100), "{counts:?}");
+        assert_eq!(counts.get(&429), Some(&900), "{counts:?}");
+
+        let mut conn = redis.connection().await;
+        let keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut conn).await.unwrap();
+        assert!(!keys.is_empty());
+        for key in &keys {
+            assert!(key.starts_with('{') && key.ends_with('}'), "hash-tagged key: {key}");
+            let ttl: i64 = redis::cmd("PTTL").arg(key).query_async(&mut conn).await.unwrap();
+            assert!(ttl > 0, "{key} has no TTL ({ttl})");
+        }
+
+        // After SCRIPT FLUSH the next EVALSHA gets NOSCRIPT; the script is reloaded and the
+        // limit still holds.
+        let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut conn).await.unwrap();
+        let res = get(&gw.url("/v1/orders")).await;
+        assert_eq!(res.status, 429);
+        assert_eq!(res.json()["error"], "rate_limit_exceeded");
+        assert_eq!(res.headers["x-ratelimit-remaining"], "0");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_gateways_sharing_one_redis_admit_exactly_the_limit_in_total() {
+        let Some(redis) = RedisServer::start().await else { return };
+        let upstream = Upstream::start().await;
+        let a = TestGateway::start(&redis_service(&upstream.url(), redis.port, SLOW_MACHINE)).await;
+        let b = TestGateway::start(&redis_service(&upstream.url(), redis.port, SLOW_MACHINE)).await;
+        let counts = burst(&[a.url("/v1/orders"), b.url("/v1/orders")], 1000).await;
+        assert_eq!(counts.get(&200), Some(&100), "{counts:?}");
+        assert_eq!(upstream.seen().len(), 100);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_killed_fails_open_or_closed_and_limiting_resumes() {
+        let Some(mut redis) = RedisServer::start().await else { return };
+        let upstream = Upstream::start().await;
+        let open =
+            TestGateway::start(&redis_service(&upstream.url(), redis.port, ", redis_timeout: 200")).await;
+        let closed = TestGateway::start(&redis_service(
+            &upstream.url(),
+            redis.port,
+            ", redis_timeout: 200, fault_tolerant: false",
+        ))
+        .await;
+        assert_eq!(get(&open.url("/v1/orders")).await.headers["x-ratelimit-remaining"], "99");
+        assert_eq!(get(&closed.url("/v1/orders")).await.headers["x-ratelimit-remaining"], "98");
+
+        redis.kill();
+        for _ in 0..20 {
+            let started = Instant::now();
+            let res = get(&open.url("/v1/orders")).await;
+            assert_eq!(res.status, 200);
+            assert!(res.headers.get("x-ratelimit-limit").is_none(), "no rate-limit headers when bypassed");
+            assert!(started.elapsed() < Duration::from_secs(1), "bounded by redis_timeout");
+            let res = get(&closed.url("/v1/orders")).await;
+            assert_eq!(res.status, 503);
+            assert_eq!(res.json()["error"], "rate_limit_unavailable");
+        }
+
+        redis.restart().await;
+        // The breaker lets a probe through once its cooldown (1 s) has passed.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let mut resumed = false;
+        for _ in 0..50 {
+            let res = get(&closed.url("/v1/orders")).await;
+            if res.status == 200 {
+                assert!(res.headers.contains_key("x-ratelimit-remaining"));
+                resumed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(resumed, "limiting resumed after Redis came back");
+        let log = open.stop().await;
+        assert!(log.iter().any(|line| line["rate_limit"] == "bypassed"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_redis_costs_at_most_the_timeout() {
+        let Some(redis) = RedisServer::start().await else { return };
+        let upstream = Upstream::start().await;
+        let gw =
+            TestGateway::start(&redis_service(&upstream.url(), redis.port, ", redis_timeout: 200")).await;
+        assert_eq!(get(&gw.url("/v1/orders")).await.status, 200);
+        redis.signal("-STOP");
+        let started = Instant::now();
+        let res = get(&gw.url("/v1/orders")).await;
+        let first = started.elapsed();
+        assert_eq!(res.status, 200);
+        assert!(res.headers.get("x-ratelimit-limit").is_none());
+        assert!(first >= Duration::from_millis(150) && first < Duration::from_millis(900), "{first:?}");
+        // The breaker is open now: the next requests do not wait for Redis at all.
+        let started = Instant::now();
+        for _ in 0..5 {
+            assert_eq!(get(&gw.url("/v1/orders")).await.status, 200);
+        }
+        assert!(started.elapsed() < Duration::from_millis(150), "{:?}", started.elapsed());
+        redis.signal("-CONT");
+    }
+
+    #[tokio::test]
+    async fn a_script_error_is_reported_apart_from_unavailable() {
+        use portcullis::ratelimit::{Decided, RedisStore, SlidingWindowLayer, Store, StoreError};
+        let Some(redis) = RedisServer::start().await else { return };
+        let url = format!("redis://127.0.0.1:{}/0", redis.port);
+        let store = std::sync::Arc::new(RedisStore::new(&url, "t").unwrap());
+        let policy = std::sync::Arc::new(SlidingWindowLayer::new().minute(5).policy().clone());
+        // A key of the wrong type makes the script fail (WRONGTYPE): a script error.
+        let mut conn = redis.connection().await;
+        let _: () = redis::cmd("SET").arg("{t:k}").arg("x").query_async(&mut conn).await.unwrap();
+        let Decided::Pending(pending) = store.decide("k", &policy) else { panic!("not pending") };
+        assert!(matches!(pending.await, Err(StoreError::Script(_))));
+        // Another key still works: a script error does not open the breaker.
+        let Decided::Pending(pending) = store.decide("other", &policy) else { panic!("breaker opened") };
+        assert!(pending.await.unwrap().allowed());
+    }
+}
