@@ -10,6 +10,7 @@ mod jwt;
 mod proxy;
 mod ratelimit;
 mod routing;
+mod seed;
 mod server;
 mod support;
 mod transform;

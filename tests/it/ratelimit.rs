@@ -219,21 +219,21 @@ async fn burst(urls: &[String], n: usize) -> std::collections::BTreeMap<u16, usi
 }
 
 #[cfg(feature = "redis")]
-mod on_redis {
+pub(crate) mod on_redis {
     use std::process::{Child, Command, Stdio};
     use std::time::{Duration, Instant};
 
     use super::*;
 
     /// A `redis-server` of our own on a free loopback port, killed by pid on drop.
-    pub(super) struct RedisServer {
+    pub(crate) struct RedisServer {
         child: Option<Child>,
-        pub(super) port: u16,
+        pub(crate) port: u16,
     }
 
     impl RedisServer {
         /// `None` (a skip) when `redis-server` is missing, unless `PORTCULLIS_REQUIRE_REDIS=1`.
-        pub(super) async fn start() -> Option<RedisServer> {
+        pub(crate) async fn start() -> Option<RedisServer> {
             let port = closed_port().await.port();
             let server = RedisServer { child: Self::spawn(port), port };
             if server.child.is_none() {
@@ -295,7 +295,7 @@ mod on_redis {
             assert!(status.success());
         }
 
-        pub(super) async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        pub(crate) async fn connection(&self) -> redis::aio::MultiplexedConnection {
             let client = redis::Client::open(format!("redis://127.0.0.1:{}/", self.port)).unwrap();
             client.get_multiplexed_async_connection().await.unwrap()
         }
