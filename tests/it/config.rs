@@ -7,10 +7,15 @@ use std::process::Command;
 use crate::support::*;
 
 pub(crate) fn example_binary() -> PathBuf {
-    // target/<profile>/deps/it-<hash> → target/<profile>/examples/gateway
+    example("gateway")
+}
+
+/// An example binary that `cargo test` built beside this test binary.
+pub(crate) fn example(name: &str) -> PathBuf {
+    // target/<profile>/deps/it-<hash> → target/<profile>/examples/<name>
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(|p| p.parent()).unwrap();
-    let bin = dir.join("examples").join(format!("gateway{}", std::env::consts::EXE_SUFFIX));
+    let bin = dir.join("examples").join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(bin.exists(), "{} not built (cargo test builds examples)", bin.display());
     bin
 }
@@ -106,4 +111,22 @@ async fn example_without_arguments_serves_the_demo_route() {
     assert_eq!(res.status, 200);
     assert_eq!(res.json()["path"], "/users/42");
     child.kill().await.unwrap();
+}
+
+/// The axum examples serve requests to themselves and assert on the answers; they must pass.
+#[test]
+fn the_axum_examples_run_and_check_themselves() {
+    let mut names = vec!["transform_axum"];
+    if cfg!(feature = "jwt") {
+        names.push("auth_axum");
+    }
+    for name in names {
+        let out = Command::new(example(name)).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
