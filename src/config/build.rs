@@ -19,10 +19,49 @@ use crate::timeout::RouteTimeoutLayer;
 pub type RouteService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
 
 impl Config {
+    /// Per-consumer plugin instances (a consumer's own rate-limiting quota) are not wired yet:
+    /// refuse them rather than ignore them silently.
+    fn refuse_consumer_scoped_plugins(&self, origin: &str) -> Result<(), ConfigError> {
+        let not_yet = "consumer-scoped plugins are not supported yet";
+        for (c, consumer) in self.consumers.iter().enumerate() {
+            let has_plugins = match &consumer.plugins {
+                None | Some(serde_yaml_ng::Value::Null) => false,
+                Some(serde_yaml_ng::Value::Sequence(list)) => !list.is_empty(),
+                Some(_) => true,
+            };
+            if has_plugins {
+                return Err(ConfigError::unsupported(origin, format!("consumers[{c}].plugins"), not_yet));
+            }
+        }
+        let scoped = self.services.iter().enumerate().flat_map(|(s, service)| {
+            let on_service = service
+                .plugins
+                .iter()
+                .enumerate()
+                .map(move |(i, p)| (format!("services[{s}].plugins[{i}]"), p));
+            let on_routes = service.routes.iter().enumerate().flat_map(move |(r, route)| {
+                route
+                    .plugins
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, p)| (format!("services[{s}].routes[{r}].plugins[{i}]"), p))
+            });
+            on_service.chain(on_routes)
+        });
+        let global = self.plugins.iter().enumerate().map(|(i, p)| (format!("plugins[{i}]"), p));
+        for (at, plugin) in global.chain(scoped) {
+            if plugin.consumer.is_some() {
+                return Err(ConfigError::unsupported(origin, format!("{at}.consumer"), not_yet));
+            }
+        }
+        Ok(())
+    }
+
     /// Builds the router with one proxying stack per route.
     ///
     /// `origin` names the file in errors, as [`Config::from_file`] does.
     pub fn build_router(&self, origin: &str) -> Result<Router<RouteService>, ConfigError> {
+        self.refuse_consumer_scoped_plugins(origin)?;
         let mut builder = Router::builder();
         // Router errors name a route by its insertion index; this maps it back to the file.
         let mut locations = Vec::new();
