@@ -121,7 +121,7 @@ pub use template::TemplateError;
 use crate::error::{BoxError, Rejection};
 use crate::observe::request_id::RequestId;
 use form::Pairs;
-use rules::{Ops, Val};
+use rules::{HeaderEnv, HeaderTemplate, HeaderVal, Ops, Val};
 use template::{Env, Template};
 
 /// What a rule does; Kong's config keys.
@@ -235,13 +235,18 @@ pub struct TransformLayer {
 
 #[derive(Debug)]
 struct Shared {
+    /// Templates of uri, querystring and body values, rendered before any rule runs.
     templates: Vec<Template>,
+    /// Templates of header values.
+    header_templates: Vec<HeaderTemplate>,
+    /// Whether some header template must be rendered before the rules run.
+    early_header_templates: bool,
     uri: Option<usize>,
     method: Option<Method>,
-    req_headers: Ops<HeaderName, Val<Option<HeaderValue>>>,
+    req_headers: Ops<HeaderName, HeaderVal>,
     req_query: Ops<String, Val<String>>,
     req_body: Ops<String, Val<String>>,
-    res_headers: Ops<HeaderName, Val<Option<HeaderValue>>>,
+    res_headers: Ops<HeaderName, HeaderVal>,
     res_json: Ops<String, serde_json::Value>,
     max_body_bytes: u64,
 }
@@ -314,6 +319,8 @@ impl TransformBuilder {
     pub fn build(self) -> Result<TransformLayer, TransformError> {
         let mut shared = Shared {
             templates: Vec::new(),
+            header_templates: Vec::new(),
+            early_header_templates: false,
             uri: None,
             method: self.method,
             req_headers: Ops::default(),
@@ -364,6 +371,7 @@ impl TransformBuilder {
                 .response_rule(*action, *part, entry, *ty)
                 .map_err(|kind| TransformError { location: at, kind })?;
         }
+        shared.mark_early_header_templates();
         Ok(TransformLayer { shared: Arc::new(shared) })
     }
 }
@@ -472,18 +480,33 @@ impl Shared {
         Val::Slot(self.templates.len() - 1)
     }
 
-    fn header_value(&mut self, template: Template) -> Result<Val<Option<HeaderValue>>, TransformErrorKind> {
+    fn header_value(&mut self, template: Template) -> Result<HeaderVal, TransformErrorKind> {
         if !template.is_literal() {
-            self.templates.push(template);
-            return Ok(Val::Slot(self.templates.len() - 1));
+            self.header_templates.push(HeaderTemplate { template, early: false });
+            return Ok(HeaderVal::Template(self.header_templates.len() - 1));
         }
         let text = template.text();
         if text.is_empty() {
-            return Ok(Val::Literal(None));
+            return Ok(HeaderVal::Literal(None));
         }
         HeaderValue::from_str(&text)
-            .map(|v| Val::Literal(Some(v)))
+            .map(|v| HeaderVal::Literal(Some(v)))
             .map_err(|_| TransformErrorKind::HeaderValue(text))
+    }
+
+    /// Templates must see the request as it arrived: one reading a header that some request
+    /// header rule changes is rendered before the rules run; the others read nothing a header
+    /// rule changes, so they render when (and only if) their rule needs them.
+    fn mark_early_header_templates(&mut self) {
+        let ops = &self.req_headers;
+        let touched: Vec<&HeaderName> = (ops.remove.iter())
+            .chain(ops.rename.iter().flat_map(|(old, new)| [old, new]))
+            .chain([&ops.replace, &ops.add, &ops.append].into_iter().flatten().map(|(name, _)| name))
+            .collect();
+        for t in &mut self.header_templates {
+            t.early = t.template.reads_any_header(&touched);
+        }
+        self.early_header_templates = self.header_templates.iter().any(|t| t.early);
     }
 
     fn touches_request(&self) -> bool {
@@ -531,7 +554,7 @@ impl<S> Transform<S> {
     /// body rules still need them) or the rejection.
     fn rewrite<B>(&self, req: &mut Request<B>) -> Result<Vec<String>, Rejection> {
         let shared = &*self.shared;
-        let mut rendered: Vec<String> = if shared.templates.is_empty() {
+        let rendered: Vec<String> = if shared.templates.is_empty() {
             Vec::new()
         } else {
             let env = Env { headers: req.headers(), query: req.uri().query(), extensions: req.extensions() };
@@ -544,7 +567,25 @@ impl<S> Transform<S> {
         if let Some(method) = &shared.method {
             *req.method_mut() = method.clone();
         }
-        rules::apply_headers(&shared.req_headers, req.headers_mut(), &mut rendered);
+        if !shared.req_headers.is_empty() {
+            // Out of the request for the rules' run, so templates can read the extensions.
+            let mut headers = std::mem::take(req.headers_mut());
+            let mut early: Vec<Option<HeaderValue>> = if shared.early_header_templates {
+                let env = Env { headers: &headers, query: req.uri().query(), extensions: req.extensions() };
+                let render = |t: &HeaderTemplate| if t.early { t.template.render_header(&env) } else { None };
+                shared.header_templates.iter().map(render).collect()
+            } else {
+                Vec::new()
+            };
+            let mut env = HeaderEnv {
+                templates: &shared.header_templates,
+                query: req.uri().query(),
+                extensions: req.extensions(),
+                early: &mut early,
+            };
+            rules::apply_headers(&shared.req_headers, &mut headers, &mut env);
+            *req.headers_mut() = headers;
+        }
         let new_query = if shared.req_query.is_empty() {
             None
         } else {
@@ -615,7 +656,13 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let shared = self.shared.clone();
-        let request_id = req.extensions().get::<RequestId>().cloned();
+        // The future needs the id only to answer a body it fails to read; rejections decided
+        // here read it from the request.
+        let request_id = if shared.req_body.is_empty() && shared.res_json.is_empty() {
+            None
+        } else {
+            req.extensions().get::<RequestId>().cloned()
+        };
         let head = req.method() == Method::HEAD;
         if !shared.touches_request() {
             let future = self.inner.call(req);
@@ -634,7 +681,7 @@ where
         let rendered = match self.rewrite(&mut req) {
             Ok(rendered) => rendered,
             Err(rejection) => {
-                let response = Some(rejection.into_response(request_id.as_ref()));
+                let response = Some(rejection.into_response(req.extensions().get::<RequestId>()));
                 return ResponseFuture { state: State::Rejected { response }, shared, request_id, head };
             }
         };
@@ -644,7 +691,8 @@ where
         };
         let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|len| len > shared.max_body_bytes) {
-            let response = Some(Rejection::payload_too_large().into_response(request_id.as_ref()));
+            let response =
+                Some(Rejection::payload_too_large().into_response(req.extensions().get::<RequestId>()));
             return ResponseFuture { state: State::Rejected { response }, shared, request_id, head };
         }
         // The clone that was driven ready goes with the request; this one waits for the next.
@@ -830,7 +878,13 @@ where
                 }
                 StateProj::Inner { future } => {
                     let mut response = ready!(future.poll(cx))?;
-                    rules::apply_headers(&shared.res_headers, response.headers_mut(), &mut []);
+                    if !shared.res_headers.is_empty() {
+                        // Response values are literal: no template to render.
+                        let none = http::Extensions::new();
+                        let mut env =
+                            HeaderEnv { templates: &[], query: None, extensions: &none, early: &mut [] };
+                        rules::apply_headers(&shared.res_headers, response.headers_mut(), &mut env);
+                    }
                     let wants_body =
                         !shared.res_json.is_empty() && rules::is_json(response.headers().get(CONTENT_TYPE));
                     let declared = response

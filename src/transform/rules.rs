@@ -6,7 +6,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
 use super::form::Pairs;
-use super::template::{Source, Template};
+use super::template::{Env, Source, Template};
 use super::{Action, JsonType, TransformErrorKind};
 
 /// A rule's value: literal, or the index of its template in the layer's rendered list.
@@ -27,19 +27,47 @@ impl Val<String> {
     }
 }
 
-impl Val<Option<HeaderValue>> {
-    /// The value as a header; `None` when empty or not a valid header value. A rendered value
-    /// is taken out of `rendered` (each slot belongs to one rule), so its buffer becomes the
-    /// header's without a copy.
-    fn header(&self, rendered: &mut [String]) -> Option<HeaderValue> {
+/// A header rule's value.
+#[derive(Debug, Clone)]
+pub(crate) enum HeaderVal {
+    /// Known when the layer was built (`None`: empty, the rule does nothing).
+    Literal(Option<HeaderValue>),
+    /// The index of its template in the layer's header templates.
+    Template(usize),
+}
+
+/// A header template, and whether it must be rendered before any rule runs.
+#[derive(Debug)]
+pub(crate) struct HeaderTemplate {
+    pub(crate) template: Template,
+    /// It reads a header some rule changes, so it is rendered against the request as it arrived
+    /// before the rules run; otherwise it is rendered when its rule runs (what it reads is then
+    /// still as it arrived) and only if the rule needs it.
+    pub(crate) early: bool,
+}
+
+/// What header templates read: the request's query and extensions (headers are read live),
+/// and the values rendered early.
+pub(crate) struct HeaderEnv<'a> {
+    pub(crate) templates: &'a [HeaderTemplate],
+    pub(crate) query: Option<&'a str>,
+    pub(crate) extensions: &'a http::Extensions,
+    pub(crate) early: &'a mut [Option<HeaderValue>],
+}
+
+impl HeaderVal {
+    /// The value as a header; `None` when empty or not a valid header value.
+    fn header(&self, headers: &HeaderMap, env: &mut HeaderEnv<'_>) -> Option<HeaderValue> {
         match self {
-            Val::Literal(value) => value.clone(),
-            Val::Slot(i) => {
-                let text = std::mem::take(rendered.get_mut(*i)?);
-                if text.is_empty() {
-                    None
+            HeaderVal::Literal(value) => value.clone(),
+            HeaderVal::Template(i) => {
+                let template = env.templates.get(*i)?;
+                if template.early {
+                    // Each template belongs to one rule: take it, no copy.
+                    env.early.get_mut(*i)?.take()
                 } else {
-                    HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).ok()
+                    let live = Env { headers, query: env.query, extensions: env.extensions };
+                    template.template.render_header(&live)
                 }
             }
         }
@@ -129,9 +157,9 @@ pub(crate) fn header_name(name: &str) -> Result<HeaderName, TransformErrorKind> 
 
 /// Headers: Kong's request-transformer and response-transformer semantics.
 pub(crate) fn apply_headers(
-    ops: &Ops<HeaderName, Val<Option<HeaderValue>>>,
+    ops: &Ops<HeaderName, HeaderVal>,
     headers: &mut HeaderMap,
-    rendered: &mut [String],
+    env: &mut HeaderEnv<'_>,
 ) {
     for name in &ops.remove {
         headers.remove(name);
@@ -152,22 +180,44 @@ pub(crate) fn apply_headers(
         }
     }
     // `entry` hashes the name once for the presence test and the write.
+    // A literal goes through `entry` (one hash for the test and the write); a template renders
+    // between the test and the write, as it may read the map.
     for (name, value) in &ops.replace {
-        if let Entry::Occupied(mut present) = headers.entry(name) {
-            if let Some(value) = value.header(rendered) {
-                present.insert(value);
+        match value {
+            HeaderVal::Literal(None) => {}
+            HeaderVal::Literal(Some(value)) => {
+                if let Entry::Occupied(mut present) = headers.entry(name) {
+                    present.insert(value.clone());
+                }
+            }
+            HeaderVal::Template(_) => {
+                if headers.contains_key(name) {
+                    if let Some(value) = value.header(headers, env) {
+                        headers.insert(name.clone(), value);
+                    }
+                }
             }
         }
     }
     for (name, value) in &ops.add {
-        if let Entry::Vacant(absent) = headers.entry(name) {
-            if let Some(value) = value.header(rendered) {
-                absent.insert(value);
+        match value {
+            HeaderVal::Literal(None) => {}
+            HeaderVal::Literal(Some(value)) => {
+                if let Entry::Vacant(absent) = headers.entry(name) {
+                    absent.insert(value.clone());
+                }
+            }
+            HeaderVal::Template(_) => {
+                if !headers.contains_key(name) {
+                    if let Some(value) = value.header(headers, env) {
+                        headers.insert(name.clone(), value);
+                    }
+                }
             }
         }
     }
     for (name, value) in &ops.append {
-        if let Some(value) = value.header(rendered) {
+        if let Some(value) = value.header(headers, env) {
             headers.append(name.clone(), value);
         }
     }

@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use http::{Extensions, HeaderMap, HeaderName};
+use http::{Extensions, HeaderMap, HeaderName, HeaderValue};
 
 use crate::client_ip::{ClientIp, PeerAddr};
 use crate::consumer::Consumer;
@@ -108,6 +108,53 @@ impl Template {
         }
     }
 
+    /// Whether the template reads any of `names` (a header that rules may change).
+    pub(crate) fn reads_any_header(&self, names: &[&HeaderName]) -> bool {
+        self.pieces.iter().any(|piece| match piece {
+            Piece::Text(_) => false,
+            Piece::Expr(alts) => alts
+                .iter()
+                .any(|alt| matches!(alt, Alt::Source(Source::Header(name)) if names.contains(&name))),
+        })
+    }
+
+    /// Renders against `env` as a header value: exactly `render` then a header value of its
+    /// text, `None` when that is empty or not a valid header value. A template that is one
+    /// expression whose value is one request header, or the request id, shares that value's
+    /// bytes instead of copying them through a `String`.
+    pub(crate) fn render_header(&self, env: &Env<'_>) -> Option<HeaderValue> {
+        let [Piece::Expr(alts)] = self.pieces.as_slice() else {
+            return text_header(&self.render(env));
+        };
+        for alt in alts {
+            match alt {
+                Alt::Literal(text) => return text_header(text),
+                Alt::Source(Source::Header(name)) => {
+                    let mut values = env.headers.get_all(name).iter().filter(|v| v.to_str().is_ok());
+                    let Some(first) = values.next() else { continue };
+                    if values.next().is_none() {
+                        return shared_header(first);
+                    }
+                }
+                Alt::Source(Source::RequestId) => {
+                    let Some(id) = env.extensions.get::<RequestId>() else { continue };
+                    // `as_str` reads an id that is not text as empty.
+                    return match id.header_value() {
+                        value if value.to_str().is_ok() => shared_header(value),
+                        _ => None,
+                    };
+                }
+                Alt::Source(_) => {}
+            }
+            if let Alt::Source(source) = alt {
+                if let Some(value) = source.read(env) {
+                    return text_header(&value);
+                }
+            }
+        }
+        None
+    }
+
     /// Renders against `env`; an expression that finds nothing renders as the empty string.
     pub(crate) fn render(&self, env: &Env<'_>) -> String {
         let mut out = String::new();
@@ -130,6 +177,22 @@ impl Template {
         }
         out
     }
+}
+
+/// A rendered text as a header value; `None` when empty or invalid.
+fn text_header(text: &str) -> Option<HeaderValue> {
+    if text.is_empty() { None } else { HeaderValue::from_str(text).ok() }
+}
+
+/// A copy of a request's header value (bytes shared), as a value built from text would be:
+/// `None` when empty, never marked sensitive.
+fn shared_header(value: &HeaderValue) -> Option<HeaderValue> {
+    if value.is_empty() {
+        return None;
+    }
+    let mut value = value.clone();
+    value.set_sensitive(false);
+    Some(value)
 }
 
 /// The index of the `)` closing an expression, skipping quoted strings.
@@ -305,6 +368,47 @@ mod tests {
             render("$(consumer.id):$(consumer.username):$(consumer.custom_id or '-')", &req),
             "c-1:alice:-"
         );
+    }
+
+    #[test]
+    fn header_rendering_matches_text_rendering() {
+        let mut req = http::Request::get("/?q=v")
+            .header("x-name", "n1")
+            .header("x-empty", "")
+            .header("x-multi", "a")
+            .header("x-multi", "b")
+            .header("x-bin", HeaderValue::from_bytes(b"\xff").unwrap())
+            .header("x-mixed", HeaderValue::from_bytes(b"\xff").unwrap())
+            .header("x-mixed", "ok")
+            .body(())
+            .unwrap();
+        let mut secret = HeaderValue::from_static("s");
+        secret.set_sensitive(true);
+        req.headers_mut().insert("x-secret", secret);
+        req.extensions_mut().insert(RequestId::from_static("rid-1"));
+        let env = Env { headers: req.headers(), query: req.uri().query(), extensions: req.extensions() };
+        for text in [
+            "$(headers.x-name)",
+            "$(headers.x-empty or 'd')",
+            "$(headers.x-multi)",
+            "$(headers.x-bin or 'd')",
+            "$(headers.x-mixed)",
+            "$(headers.x-none or headers.x-name)",
+            "$(headers.x-none or '')",
+            "$(headers.x-none)",
+            "$(headers.x-secret)",
+            "$(request_id)",
+            "$(consumer.id or request_id)",
+            "$(query_params.q)",
+            "id=$(request_id)",
+        ] {
+            let template = Template::parse(text).unwrap();
+            let rendered = template.render(&env);
+            let expected = (!rendered.is_empty()).then(|| HeaderValue::from_str(&rendered).unwrap());
+            let value = template.render_header(&env);
+            assert_eq!(value, expected, "{text}");
+            assert!(!value.is_some_and(|v| v.is_sensitive()), "{text}");
+        }
     }
 
     #[test]
