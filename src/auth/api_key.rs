@@ -41,9 +41,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -52,7 +50,6 @@ use hmac::{Hmac, Mac};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
-use pin_project_lite::pin_project;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
 use tower::{Layer, Service};
@@ -704,8 +701,6 @@ pub struct ApiKeyAuth<S> {
     config: Arc<Config>,
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ApiKeyAuth<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
@@ -797,66 +792,7 @@ where
     }
 }
 
-pin_project! {
-    /// Response future of [`ApiKeyAuth`].
-    pub struct ResponseFuture<F, B, E> {
-        #[pin]
-        kind: Kind<F, B, E>,
-    }
-}
-
-pin_project! {
-    #[project = KindProj]
-    enum Kind<F, B, E> {
-        Rejected { response: Option<Response<B>> },
-        Inner { #[pin] inner: F, consumer: Option<Consumer> },
-        Body { inner: BoxFuture<Result<Response<B>, E>> },
-    }
-}
-
-impl<F, B, E> ResponseFuture<F, B, E> {
-    fn inner(inner: F, consumer: Option<Consumer>) -> Self {
-        Self { kind: Kind::Inner { inner, consumer } }
-    }
-
-    fn rejected(response: Response<B>) -> Self {
-        Self { kind: Kind::Rejected { response: Some(response) } }
-    }
-
-    fn boxed(inner: BoxFuture<Result<Response<B>, E>>) -> Self {
-        Self { kind: Kind::Body { inner } }
-    }
-}
-
-impl<F, B, E> fmt::Debug for ResponseFuture<F, B, E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-impl<F, B, E> Future for ResponseFuture<F, B, E>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-{
-    type Output = Result<Response<B>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Rejected { response } => match response.take() {
-                Some(response) => Poll::Ready(Ok(response)),
-                None => Poll::Pending,
-            },
-            KindProj::Inner { inner, consumer } => {
-                let mut response = std::task::ready!(inner.poll(cx))?;
-                if let Some(consumer) = consumer.take() {
-                    response.extensions_mut().insert(consumer);
-                }
-                Poll::Ready(Ok(response))
-            }
-            KindProj::Body { inner } => inner.as_mut().poll(cx),
-        }
-    }
-}
+pub use super::future::ResponseFuture;
 
 #[cfg(test)]
 mod tests {

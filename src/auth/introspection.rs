@@ -44,8 +44,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -57,7 +55,6 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use pin_project_lite::pin_project;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::OnceCell;
 use tower::{Layer, Service};
@@ -620,8 +617,6 @@ impl fmt::Debug for Shared {
     }
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Introspection<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
@@ -719,66 +714,7 @@ impl<S> Introspection<S> {
     }
 }
 
-pin_project! {
-    /// Response future of [`Introspection`].
-    pub struct ResponseFuture<F, B, E> {
-        #[pin]
-        kind: Kind<F, B, E>,
-    }
-}
-
-pin_project! {
-    #[project = KindProj]
-    enum Kind<F, B, E> {
-        Rejected { response: Option<Response<B>> },
-        Inner { #[pin] inner: F, consumer: Option<Consumer> },
-        Introspecting { inner: BoxFuture<Result<Response<B>, E>> },
-    }
-}
-
-impl<F, B, E> ResponseFuture<F, B, E> {
-    fn inner(inner: F, consumer: Option<Consumer>) -> Self {
-        Self { kind: Kind::Inner { inner, consumer } }
-    }
-
-    fn rejected(response: Response<B>) -> Self {
-        Self { kind: Kind::Rejected { response: Some(response) } }
-    }
-
-    fn boxed(inner: BoxFuture<Result<Response<B>, E>>) -> Self {
-        Self { kind: Kind::Introspecting { inner } }
-    }
-}
-
-impl<F, B, E> fmt::Debug for ResponseFuture<F, B, E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-impl<F, B, E> Future for ResponseFuture<F, B, E>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-{
-    type Output = Result<Response<B>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Rejected { response } => match response.take() {
-                Some(response) => Poll::Ready(Ok(response)),
-                None => Poll::Pending,
-            },
-            KindProj::Inner { inner, consumer } => {
-                let mut response = std::task::ready!(inner.poll(cx))?;
-                if let Some(consumer) = consumer.take() {
-                    response.extensions_mut().insert(consumer);
-                }
-                Poll::Ready(Ok(response))
-            }
-            KindProj::Introspecting { inner } => inner.as_mut().poll(cx),
-        }
-    }
-}
+pub use super::future::ResponseFuture;
 
 #[cfg(test)]
 mod tests {

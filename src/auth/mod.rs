@@ -5,6 +5,7 @@
 
 pub mod acl;
 pub mod api_key;
+mod future;
 #[cfg(feature = "proxy")]
 pub mod introspection;
 #[cfg(feature = "jwt")]

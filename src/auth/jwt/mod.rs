@@ -50,8 +50,6 @@ mod token;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -59,7 +57,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::{HeaderName, Method, Request, Response};
 use jsonwebtoken::DecodingKey;
-use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::consumer::Consumer;
@@ -467,8 +464,6 @@ impl<S: fmt::Debug> fmt::Debug for JwtAuth<S> {
     }
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for JwtAuth<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
@@ -543,66 +538,7 @@ where
     }
 }
 
-pin_project! {
-    /// Response future of [`JwtAuth`].
-    pub struct ResponseFuture<F, B, E> {
-        #[pin]
-        state: State<F, B, E>,
-    }
-}
-
-pin_project! {
-    #[project = StateProj]
-    enum State<F, B, E> {
-        Inner { #[pin] future: F, consumer: Option<Consumer> },
-        Rejected { response: Option<Response<B>> },
-        Boxed { future: BoxFuture<Result<Response<B>, E>> },
-    }
-}
-
-impl<F, B, E> fmt::Debug for ResponseFuture<F, B, E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-impl<F, B, E> ResponseFuture<F, B, E> {
-    fn inner(future: F, consumer: Option<Consumer>) -> Self {
-        Self { state: State::Inner { future, consumer } }
-    }
-
-    fn rejected(response: Response<B>) -> Self {
-        Self { state: State::Rejected { response: Some(response) } }
-    }
-
-    fn boxed(future: BoxFuture<Result<Response<B>, E>>) -> Self {
-        Self { state: State::Boxed { future } }
-    }
-}
-
-impl<F, B, E> Future for ResponseFuture<F, B, E>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-{
-    type Output = Result<Response<B>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            StateProj::Inner { future, consumer } => {
-                let mut response = std::task::ready!(future.poll(cx))?;
-                if let Some(consumer) = consumer.take() {
-                    response.extensions_mut().insert(consumer);
-                }
-                Poll::Ready(Ok(response))
-            }
-            StateProj::Rejected { response } => match response.take() {
-                Some(response) => Poll::Ready(Ok(response)),
-                None => Poll::Pending,
-            },
-            StateProj::Boxed { future } => future.as_mut().poll(cx),
-        }
-    }
-}
+pub use crate::auth::future::ResponseFuture;
 
 #[cfg(test)]
 mod tests;
