@@ -66,6 +66,7 @@ pub use jsonwebtoken::Algorithm;
 pub use jwks::DEFAULT_JWKS_REFRESH_INTERVAL;
 
 use jwks::JwksCache;
+pub(crate) use token::algorithm as parse_algorithm;
 use token::{Check, VerifiedCache};
 
 /// Tokens longer than this are refused before any decoding.

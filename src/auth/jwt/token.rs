@@ -282,7 +282,8 @@ fn decode_segment(segment: &str, key_name: &str, header: bool) -> Option<Segment
     Some(parsed)
 }
 
-fn algorithm(name: &str) -> Option<Algorithm> {
+/// A JOSE `alg` name (`HS256`, ..., `EdDSA`); also reads config `algorithm` values.
+pub(crate) fn algorithm(name: &str) -> Option<Algorithm> {
     // `none` is deliberately absent: it is never a valid algorithm here.
     Some(match name {
         "HS256" => Algorithm::HS256,

@@ -9,7 +9,7 @@ use tower::Layer;
 use super::acl::{anonymous_with_groups, identity_with_groups};
 use super::{PluginContext, Wrap};
 use crate::auth::jwt::{
-    Algorithm, DEFAULT_JWKS_REFRESH_INTERVAL, JwtAuthLayer, JwtCredential, RegisteredClaim,
+    Algorithm, DEFAULT_JWKS_REFRESH_INTERVAL, JwtAuthLayer, JwtCredential, RegisteredClaim, parse_algorithm,
 };
 use crate::config::schema::{Config, Plugin};
 use crate::config::{ConfigError, RouteService};
@@ -96,24 +96,6 @@ struct JwtSecret {
 
 fn default_algorithm() -> String {
     "HS256".into()
-}
-
-fn parse_algorithm(name: &str) -> Option<Algorithm> {
-    Some(match name {
-        "HS256" => Algorithm::HS256,
-        "HS384" => Algorithm::HS384,
-        "HS512" => Algorithm::HS512,
-        "RS256" => Algorithm::RS256,
-        "RS384" => Algorithm::RS384,
-        "RS512" => Algorithm::RS512,
-        "PS256" => Algorithm::PS256,
-        "PS384" => Algorithm::PS384,
-        "PS512" => Algorithm::PS512,
-        "ES256" => Algorithm::ES256,
-        "ES384" => Algorithm::ES384,
-        "EdDSA" => Algorithm::EdDSA,
-        _ => return None,
-    })
 }
 
 const ALGORITHMS: &str = "HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA";
