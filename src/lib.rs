@@ -43,7 +43,8 @@
 //!
 //! ## Features
 //!
-//! - `proxy`: [`proxy::Proxy`] and [`timeout::RouteTimeoutLayer`] (hyper, hyper-util, tokio).
+//! - `proxy`: [`proxy::Proxy`], [`timeout::RouteTimeoutLayer`] and [`resilience`] (hyper, hyper-util,
+//!   tokio).
 //! - `config`: the YAML loader.
 //! - `jwt`: [`auth::jwt::JwtAuthLayer`] (jsonwebtoken on aws-lc-rs; implies `proxy` for JWKS).
 //! - `ratelimit`: [`ratelimit`], the rate-limit layers (tokio).
@@ -69,6 +70,8 @@ pub mod observe;
 pub mod proxy;
 #[cfg(feature = "ratelimit")]
 pub mod ratelimit;
+#[cfg(feature = "proxy")]
+pub mod resilience;
 pub mod router;
 pub mod sanitize;
 #[cfg(feature = "proxy")]

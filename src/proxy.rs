@@ -41,6 +41,7 @@ use tower::Service;
 use crate::body::{Body, BodyTooLarge};
 use crate::error::{BoxError, Rejection};
 use crate::observe::request_id::RequestId;
+use crate::resilience::classify::UpstreamFailure;
 use crate::router::{RouteMatch, upstream_path};
 use crate::sanitize::strip_hop_by_hop;
 
@@ -53,6 +54,9 @@ pub struct UpstreamInfo {
     pub status: Option<StatusCode>,
     /// From sending the request to receiving the upstream response head.
     pub latency: Duration,
+    /// Why no response arrived, when `status` is `None` because of the upstream (the proxy's own
+    /// 413 for an oversized request body has neither).
+    pub failure: Option<UpstreamFailure>,
 }
 
 /// The whole upstream path for this request, in request extensions: set by a layer that rewrites
@@ -303,16 +307,24 @@ impl Future for ResponseFuture {
             StateProj::Upstream { inner, started, host, request_id } => {
                 let result = std::task::ready!(inner.poll(cx));
                 let latency = started.elapsed();
-                let (mut response, status) = match result {
+                let (mut response, status, failure) = match result {
                     Ok(response) => {
                         let status = response.status();
                         let mut response = response.map(Body::from);
                         strip_hop_by_hop(response.headers_mut());
-                        (response, Some(status))
+                        (response, Some(status), None)
                     }
-                    Err(error) => (failure_response(&error).into_response(request_id.as_ref()), None),
+                    Err(error) => {
+                        let (rejection, failure) = failure_response(&error);
+                        (rejection.into_response(request_id.as_ref()), None, failure)
+                    }
                 };
-                response.extensions_mut().insert(UpstreamInfo { host: host.clone(), status, latency });
+                response.extensions_mut().insert(UpstreamInfo {
+                    host: host.clone(),
+                    status,
+                    latency,
+                    failure,
+                });
                 Poll::Ready(Ok(response))
             }
         }
@@ -321,19 +333,19 @@ impl Future for ResponseFuture {
 
 /// Maps a client error to the gateway's answer: the request body's own limit is the client's
 /// fault (413); anything else on the way to or from the upstream is a bad gateway (502).
-fn failure_response(error: &legacy::Error) -> Rejection {
+fn failure_response(error: &legacy::Error) -> (Rejection, Option<UpstreamFailure>) {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = source {
         if e.is::<BodyTooLarge>() {
-            return Rejection::payload_too_large();
+            return (Rejection::payload_too_large(), None);
         }
         source = e.source();
     }
     tracing::debug!(target: "portcullis::proxy", error = %error, source = ?std::error::Error::source(error), "upstream request failed");
     if error.is_connect() {
-        Rejection::bad_gateway("upstream connect failure")
+        (Rejection::bad_gateway("upstream connect failure"), Some(UpstreamFailure::ConnectFailure))
     } else {
-        Rejection::bad_gateway("upstream reset or invalid response")
+        (Rejection::bad_gateway("upstream reset or invalid response"), Some(UpstreamFailure::Reset))
     }
 }
 

@@ -32,6 +32,11 @@ use tower::{Layer, Service};
 use crate::error::Rejection;
 use crate::observe::request_id::RequestId;
 
+/// Marks a response the gateway answered because a timeout expired (in response extensions), so
+/// [`Outcome::of`](crate::resilience::classify::Outcome::of) tells a timeout from a local answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TimedOut;
+
 /// Answers 504 `upstream_timeout` when the inner service takes longer than the timeout.
 #[derive(Debug, Clone, Copy)]
 pub struct RouteTimeoutLayer {
@@ -104,6 +109,8 @@ where
             return Poll::Ready(result);
         }
         std::task::ready!(this.sleep.poll(cx));
-        Poll::Ready(Ok(Rejection::upstream_timeout().into_response(this.request_id.as_ref())))
+        let mut response = Rejection::upstream_timeout().into_response(this.request_id.as_ref());
+        response.extensions_mut().insert(TimedOut);
+        Poll::Ready(Ok(response))
     }
 }

@@ -178,6 +178,7 @@ async fn annotations_from_every_layer_are_logged() {
                 host: "10.0.0.5:8080".into(),
                 status: Some(StatusCode::BAD_GATEWAY),
                 latency: Duration::from_micros(12_410),
+                failure: None,
             });
             ext.insert(ClientIp("203.0.113.7".parse().unwrap()));
             ext.insert(NormalizedPath("/orders/42".into()));
