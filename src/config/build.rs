@@ -74,7 +74,7 @@ impl Config {
                 .http2_only(service.http2)
                 .build::<Body>();
             // One breaker per service, shared by its routes (an Envoy cluster's breakers).
-            let breaker = service.circuit_breakers.as_ref().map(|b| b.layer());
+            let breaker = service.circuit_breakers.as_ref().map(|b| b.layer(service.http2));
             for (r, route) in service.routes.iter().enumerate() {
                 let timeout = route.timeout.or(service.timeout);
                 let stack = ServiceBuilder::new()

@@ -46,9 +46,11 @@ pub struct CircuitBreakers {
 }
 
 impl CircuitBreakers {
-    /// The layer these settings describe, with fresh state.
-    pub fn layer(&self) -> CircuitBreakerLayer {
+    /// The layer these settings describe, with fresh state, for a service whose upstream speaks
+    /// HTTP/2 (`http2: true`: requests share connections) or HTTP/1.1.
+    pub fn layer(&self, http2: bool) -> CircuitBreakerLayer {
         let mut builder = CircuitBreakerLayer::builder()
+            .multiplexed(http2)
             .max_connections(self.max_connections)
             .max_pending_requests(self.max_pending_requests)
             .max_requests(self.max_requests)
@@ -242,7 +244,7 @@ mod tests {
             (1000, 500, 2000, 10, true)
         );
         assert_eq!((b.consecutive_failures, b.failure_rate), (None, None));
-        let snapshot = b.layer().snapshot();
+        let snapshot = b.layer(false).snapshot();
         assert_eq!(
             (snapshot.max_connections, snapshot.max_pending_requests, snapshot.max_requests),
             (1000, 500, 2000)

@@ -26,7 +26,9 @@
 //!   up to `max_pending_requests` waiting requests; beyond that it overflows at once.
 //!
 //! Waiting therefore only ever happens when `max_connections < max_requests` (with Envoy's
-//! defaults, 1024 each, a request beyond 1024 in flight overflows). A pending request is
+//! defaults, 1024 each, a request beyond 1024 in flight overflows). Over HTTP/2
+//! ([`multiplexed`](CircuitBreakerBuilder::multiplexed)) requests share connections, so only
+//! `max_requests` applies. A pending request is
 //! admitted when an in-flight one finishes; a pending request keeps waiting until then or until
 //! the route timeout (an outer layer) gives up on it. Pending requests are admitted as slots free
 //! up, not in strict arrival order.
@@ -203,6 +205,7 @@ pub struct CircuitBreakerBuilder {
     failure_rate: Option<FailureRate>,
     open_duration: Duration,
     half_open_probes: u32,
+    multiplexed: bool,
 }
 
 impl Default for CircuitBreakerBuilder {
@@ -215,6 +218,7 @@ impl Default for CircuitBreakerBuilder {
             failure_rate: None,
             open_duration: Duration::from_secs(30),
             half_open_probes: 1,
+            multiplexed: false,
         }
     }
 }
@@ -263,6 +267,14 @@ impl CircuitBreakerBuilder {
         self
     }
 
+    /// The upstream multiplexes requests over its connections (HTTP/2): `max_connections` then
+    /// bounds no request, nothing waits as pending, and `max_requests` alone caps requests in
+    /// flight. Default false (HTTP/1.1, one connection per request in flight).
+    pub fn multiplexed(mut self, multiplexed: bool) -> Self {
+        self.multiplexed = multiplexed;
+        self
+    }
+
     /// The layer, with fresh shared state.
     pub fn build(self) -> CircuitBreakerLayer {
         let classic = (self.consecutive_failures.is_some() || self.failure_rate.is_some()).then(|| Classic {
@@ -277,14 +289,14 @@ impl CircuitBreakerBuilder {
         });
         // Pending requests wait for a connection, so only when connections run out before
         // `max_requests` does (Envoy checks `max_requests` first and overflows at once).
-        let queue_limit =
-            if self.max_connections < self.max_requests { self.max_pending_requests } else { 0 };
+        let connections = if self.multiplexed { u32::MAX } else { self.max_connections };
+        let queue_limit = if connections < self.max_requests { self.max_pending_requests } else { 0 };
         CircuitBreakerLayer {
             shared: Arc::new(Shared {
                 max_connections: self.max_connections,
                 max_pending_requests: self.max_pending_requests,
                 max_requests: self.max_requests,
-                slots: self.max_connections.min(self.max_requests),
+                slots: connections.min(self.max_requests),
                 queue_limit,
                 in_flight: AtomicU32::new(0),
                 pending: AtomicU32::new(0),
@@ -416,8 +428,13 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         match Shared::admit(&self.shared) {
             Ok(ticket) if ticket.slot => {
+                // Built in place: the inner future is the bulk of this one, and moves are copies.
                 let outcome = ticket.outcome();
-                ResponseFuture::new(Kind::Admitted { inner: self.inner.call(req) }, Some(ticket), outcome)
+                ResponseFuture {
+                    kind: Kind::Admitted { inner: self.inner.call(req) },
+                    ticket: Some(ticket),
+                    outcome,
+                }
             }
             Ok(ticket) => {
                 // Queued for a connection: keep the ready service and the request until a slot
@@ -427,16 +444,13 @@ where
                 let shared = self.shared.clone();
                 let outcome = ticket.outcome();
                 let wait: BoxFuture<()> = Box::pin(shared.wait_for_slot());
-                ResponseFuture::new(
-                    Kind::Waiting { wait, service: Some(service), request: Some(req) },
-                    Some(ticket),
-                    outcome,
-                )
+                let queued = Box::new(Queued { wait, call: Some((service, req)) });
+                ResponseFuture::new(Kind::Waiting { queued }, Some(ticket), outcome)
             }
             Err(refusal) => {
                 let outcome = refusal.outcome();
                 let response = refusal.into_rejection(&self.shared).into_response_for(&req);
-                ResponseFuture::new(Kind::Rejected { response: Some(response) }, None, outcome)
+                ResponseFuture::new(Kind::Rejected { response: Some(Box::new(response)) }, None, outcome)
             }
         }
     }
@@ -465,10 +479,17 @@ pin_project! {
     where
         S: Service<Req>,
     {
-        Rejected { response: Option<S::Response> },
-        Waiting { wait: BoxFuture<()>, service: Option<S>, request: Option<Req> },
+        // The rare states are boxed so that the common one, `Admitted`, sets the future's size.
+        Rejected { response: Option<Box<S::Response>> },
+        Waiting { queued: Box<Queued<S, Req>> },
         Admitted { #[pin] inner: S::Future },
     }
+}
+
+/// A request waiting for a connection: the wait, then the ready service and the request.
+struct Queued<S, Req> {
+    wait: BoxFuture<()>,
+    call: Option<(S, Req)>,
 }
 
 impl<S: Service<Req>, Req> ResponseFuture<S, Req> {
@@ -497,28 +518,31 @@ where
                     return match response.take() {
                         Some(mut response) => {
                             response.extensions_mut().insert(*this.outcome);
-                            Poll::Ready(Ok(response))
+                            Poll::Ready(Ok(*response))
                         }
                         None => Poll::Pending,
                     };
                 }
-                KindProj::Waiting { wait, service, request } => {
-                    std::task::ready!(wait.as_mut().poll(cx));
+                KindProj::Waiting { queued } => {
+                    std::task::ready!(queued.wait.as_mut().poll(cx));
                     // `wait_for_slot` took the slot and left the queue in one step.
                     if let Some(ticket) = this.ticket.as_mut() {
                         ticket.slot = true;
                         ticket.queued = false;
                     }
-                    let (Some(mut service), Some(request)) = (service.take(), request.take()) else {
+                    let Some((mut service, request)) = queued.call.take() else {
                         return Poll::Pending;
                     };
                     let inner = service.call(request);
                     this.kind.set(Kind::Admitted { inner });
                 }
                 KindProj::Admitted { inner } => {
-                    let result = std::task::ready!(inner.poll(cx));
-                    let outcome = match &result {
-                        Ok(response) => Outcome::of(response),
+                    let mut result = std::task::ready!(inner.poll(cx));
+                    let outcome = match &mut result {
+                        Ok(response) => {
+                            response.extensions_mut().insert(*this.outcome);
+                            Outcome::of(response)
+                        }
                         // An inner service error (not the gateway's, whose errors are responses)
                         // is a broken exchange with the upstream.
                         Err(_) => Outcome::Reset,
@@ -526,10 +550,7 @@ where
                     if let Some(ticket) = this.ticket.take() {
                         ticket.finish(outcome);
                     }
-                    return Poll::Ready(result.map(|mut response| {
-                        response.extensions_mut().insert(*this.outcome);
-                        response
-                    }));
+                    return Poll::Ready(result);
                 }
             }
         }
@@ -729,8 +750,7 @@ impl Shared {
         }
         // Slots are `min(max_connections, max_requests)`: when connections are the smaller,
         // the request found every connection busy and the queue full.
-        let refusal =
-            if this.max_connections < this.max_requests { Refusal::MaxPending } else { Refusal::MaxRequests };
+        let refusal = if this.slots < this.max_requests { Refusal::MaxPending } else { Refusal::MaxRequests };
         this.overflows.fetch_add(1, Ordering::Relaxed);
         Err(refusal)
     }

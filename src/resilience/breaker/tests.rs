@@ -466,6 +466,97 @@ async fn an_open_circuit_queues_nothing_and_a_probe_respects_thresholds() {
     assert_eq!(layer.snapshot().state, BreakerState::Closed);
 }
 
+#[tokio::test]
+async fn multiplexed_upstreams_ignore_max_connections() {
+    let script = Script::new();
+    let layer = CircuitBreakerLayer::builder()
+        .max_connections(1)
+        .max_pending_requests(5)
+        .max_requests(2)
+        .multiplexed(true)
+        .build();
+    let mut svc = breaker(&layer, &script);
+    let held = [spawn(&mut svc, "/hold/200").await, spawn(&mut svc, "/hold/200").await];
+    assert_eq!((script.calls(), layer.snapshot().pending), (2, 0));
+    let body = assert_overloaded(&send(&mut svc, "/").await);
+    assert_eq!(body["message"], "upstream overloaded: 2 requests in flight (max_requests)");
+    script.release(2);
+    for task in held {
+        task.await.unwrap().unwrap();
+    }
+}
+
+/// Real parallelism on the atomics: 100 tasks on four threads start together.
+async fn race(svc: &Svc, path: &'static str) -> Vec<tokio::task::JoinHandle<Response<Bytes>>> {
+    let barrier = Arc::new(tokio::sync::Barrier::new(100));
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let (mut svc, barrier) = (svc.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                svc.ready().await.unwrap().call(req(path)).await.unwrap()
+            })
+        })
+        .collect();
+    tasks
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exactly_one_probe_under_100_parallel_requests() {
+    let script = Script::new();
+    // Open for no time at all: the next request after the trip finds it half-open.
+    let layer = CircuitBreakerLayer::builder().consecutive_failures(1).open_duration(Duration::ZERO).build();
+    let mut svc = breaker(&layer, &script);
+    send(&mut svc, "/status/500").await;
+    assert_eq!(layer.snapshot().state, BreakerState::Open);
+    let tasks = race(&svc, "/hold/200").await;
+    let mut rejected = 0;
+    let mut waiting = Vec::new();
+    for task in tasks {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        if task.is_finished() {
+            assert_overloaded(&task.await.unwrap());
+            rejected += 1;
+        } else {
+            waiting.push(task);
+        }
+    }
+    // Every rejection is immediate; the one task left is the probe the upstream holds.
+    while waiting.len() > 1 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let (done, rest): (Vec<_>, Vec<_>) = waiting.into_iter().partition(|t| t.is_finished());
+        for task in done {
+            assert_overloaded(&task.await.unwrap());
+            rejected += 1;
+        }
+        waiting = rest;
+    }
+    assert_eq!((rejected, script.calls()), (99, 2));
+    script.release(1);
+    let probe = waiting.pop().unwrap().await.unwrap();
+    assert_eq!((probe.status(), outcome(&probe)), (StatusCode::OK, "half_open"));
+    assert_eq!(layer.snapshot().state, BreakerState::Closed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn max_requests_holds_under_100_parallel_requests() {
+    let script = Script::new();
+    let layer = CircuitBreakerLayer::builder().max_requests(10).build();
+    let svc = breaker(&layer, &script);
+    let tasks = race(&svc, "/hold/200").await;
+    while script.calls() + layer.snapshot().overflows as usize != 100 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!((script.calls(), layer.snapshot().overflows, layer.snapshot().in_flight), (10, 90, 10));
+    script.release(10);
+    let mut statuses = std::collections::BTreeMap::new();
+    for task in tasks {
+        *statuses.entry(task.await.unwrap().status().as_u16()).or_insert(0) += 1;
+    }
+    assert_eq!(statuses, [(200, 10), (503, 90)].into());
+    assert_eq!(layer.snapshot().in_flight, 0);
+}
+
 #[test]
 fn builder_clamps_and_defaults() {
     let snapshot = CircuitBreakerLayer::new().snapshot();
