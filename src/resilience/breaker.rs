@@ -538,17 +538,16 @@ where
                 }
                 KindProj::Admitted { inner } => {
                     let mut result = std::task::ready!(inner.poll(cx));
-                    let outcome = match &mut result {
-                        Ok(response) => {
-                            response.extensions_mut().insert(*this.outcome);
-                            Outcome::of(response)
-                        }
-                        // An inner service error (not the gateway's, whose errors are responses)
-                        // is a broken exchange with the upstream.
-                        Err(_) => Outcome::Reset,
-                    };
                     if let Some(ticket) = this.ticket.take() {
-                        ticket.finish(outcome);
+                        ticket.finish(|| match &result {
+                            Ok(response) => Outcome::of(response),
+                            // An inner service error (not the gateway's, whose errors are
+                            // responses) is a broken exchange with the upstream.
+                            Err(_) => Outcome::Reset,
+                        });
+                    }
+                    if let Ok(response) = &mut result {
+                        response.extensions_mut().insert(*this.outcome);
                     }
                     return Poll::Ready(result);
                 }
@@ -681,10 +680,11 @@ impl Ticket {
         }
     }
 
-    /// Counts the response's outcome against the classic breaker, then releases the slot.
-    fn finish(self, outcome: Outcome) {
+    /// Counts the outcome against the classic breaker (classifying only when there is one),
+    /// then releases the slot.
+    fn finish(self, outcome: impl FnOnce() -> Outcome) {
         if let Some(classic) = &self.shared.classic {
-            let verdict = match outcome {
+            let verdict = match outcome() {
                 o if o.is_failure() => Verdict::Failure,
                 o if o.is_success() => Verdict::Success,
                 _ => Verdict::Neutral,
