@@ -73,10 +73,13 @@ impl Config {
                 .connect_timeout(service.connect_timeout)
                 .http2_only(service.http2)
                 .build::<Body>();
+            // One breaker per service, shared by its routes (an Envoy cluster's breakers).
+            let breaker = service.circuit_breakers.as_ref().map(|b| b.layer(service.http2));
             for (r, route) in service.routes.iter().enumerate() {
                 let timeout = route.timeout.or(service.timeout);
                 let stack = ServiceBuilder::new()
                     .option_layer(timeout.map(RouteTimeoutLayer::new))
+                    .option_layer(breaker.clone())
                     .service(proxy.clone());
                 let mut stack = BoxCloneSyncService::new(stack);
                 // Innermost first: the highest-priority plugin ends up outermost and runs first.

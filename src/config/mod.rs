@@ -41,11 +41,12 @@
 //! # Ok::<(), portcullis::config::ConfigError>(())
 //! ```
 //!
-//! Keys for features still to come (`targets`, `retry_policy`, `circuit_breakers`,
-//! `outlier_detection`) and plugins not implemented yet ([`PLUGINS`]) are rejected with
-//! `... is not supported yet` rather than silently ignored.
+//! Keys for features still to come (`targets`, `retry_policy`, `outlier_detection`) and plugins
+//! not implemented yet ([`PLUGINS`]) are rejected with `... is not supported yet` rather than
+//! silently ignored.
 
 mod build;
+mod circuit_breakers;
 mod duration;
 mod error;
 mod plugin;
@@ -56,6 +57,7 @@ mod validate;
 use std::path::Path;
 
 pub use build::RouteService;
+pub use circuit_breakers::CircuitBreakers;
 pub use duration::{InvalidDuration, parse_duration};
 pub use error::{ConfigError, ConfigErrorKind};
 pub use plugins::{PLUGINS, PluginSpec};

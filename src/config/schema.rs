@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
+use super::circuit_breakers::CircuitBreakers;
 use super::duration;
 use crate::client_ip::TrustedProxies;
 
@@ -218,9 +219,9 @@ pub struct Service {
     /// Envoy-style retries (later issue; rejected by validation for now).
     #[serde(default)]
     pub retry_policy: Option<serde_yaml_ng::Value>,
-    /// Envoy-style thresholds (later issue; rejected by validation for now).
+    /// Envoy's circuit-breaker thresholds and the classic breaker ([`CircuitBreakers`]).
     #[serde(default)]
-    pub circuit_breakers: Option<serde_yaml_ng::Value>,
+    pub circuit_breakers: Option<CircuitBreakers>,
     /// Envoy-style host ejection (later issue; rejected by validation for now).
     #[serde(default)]
     pub outlier_detection: Option<serde_yaml_ng::Value>,

@@ -479,7 +479,6 @@ fn later_issue_keys_are_not_supported_yet() {
     for key in [
         "targets: [127.0.0.1:9001]",
         "retry_policy: {num_retries: 2}",
-        "circuit_breakers: {max_requests: 1}",
         "outlier_detection: {consecutive_5xx: 5}",
     ] {
         let name = key.split(':').next().unwrap();

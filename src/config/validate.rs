@@ -125,7 +125,6 @@ fn validate_service(
     let later = [
         ("targets", service.targets.is_some()),
         ("retry_policy", service.retry_policy.is_some()),
-        ("circuit_breakers", service.circuit_breakers.is_some()),
         ("outlier_detection", service.outlier_detection.is_some()),
     ];
     for (key, present) in later {

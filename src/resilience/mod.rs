@@ -19,6 +19,7 @@
 
 use std::sync::Arc;
 
+pub mod breaker;
 pub mod classify;
 
 /// The upstream hosts this request has already been sent to, in request extensions: written by

@@ -4,6 +4,7 @@
 mod access_log;
 mod analyze;
 mod auth_keys;
+mod breaker;
 mod config;
 #[cfg(feature = "jwt")]
 mod jwt;
