@@ -41,13 +41,13 @@
 //! # Ok::<(), portcullis::config::ConfigError>(())
 //! ```
 //!
-//! Keys for features still to come (`targets`, `retry_policy`, `circuit_breakers`,
-//! `outlier_detection`) and plugins not implemented yet ([`PLUGINS`]) are rejected with
+//! Keys for features still to come (`retry_policy`, `circuit_breakers`) and plugins not implemented yet ([`PLUGINS`]) are rejected with
 //! `... is not supported yet` rather than silently ignored.
 
 mod build;
 mod duration;
 mod error;
+mod hosts;
 mod plugin;
 mod plugins;
 mod schema;
@@ -58,6 +58,7 @@ use std::path::Path;
 pub use build::RouteService;
 pub use duration::{InvalidDuration, parse_duration};
 pub use error::{ConfigError, ConfigErrorKind};
+pub use hosts::{DEFAULT_TARGET_PORT, DEFAULT_TARGET_WEIGHT, LbPolicy, OutlierDetectionConfig, Target};
 pub use plugins::{PLUGINS, PluginSpec};
 pub use schema::{
     AccessLog, Config, Consumer, FORMAT_VERSIONS, Gateway, Plugin, Protocol, Route, RoutePath, Service, Tls,

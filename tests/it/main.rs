@@ -5,6 +5,7 @@ mod access_log;
 mod analyze;
 mod auth_keys;
 mod config;
+mod hosts;
 #[cfg(feature = "jwt")]
 mod jwt;
 mod proxy;
