@@ -201,7 +201,7 @@ pub struct HostSetBuilder {
     load_balancer: LoadBalancer,
     outlier_detection: Option<OutlierDetection>,
     healthy_panic_threshold: u8,
-    clock: Arc<dyn Clock>,
+    clock: Option<Arc<dyn Clock>>,
 }
 
 impl HostSetBuilder {
@@ -237,7 +237,7 @@ impl HostSetBuilder {
 
     /// Reads time from `clock` instead of the system's.
     pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Arc::new(clock);
+        self.clock = Some(Arc::new(clock));
         self
     }
 
@@ -271,7 +271,9 @@ impl HostSetBuilder {
                 in_flight: AtomicU32::new(0),
             });
         }
-        let now = self.clock.now();
+        let system_clock = self.clock.is_none();
+        let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
+        let now = clock.now();
         let weighted = hosts.iter().any(|h| h.weight != hosts[0].weight);
         Ok(HostSet {
             inner: Arc::new(Inner {
@@ -282,7 +284,8 @@ impl HostSetBuilder {
                 weighted,
                 next: AtomicUsize::new(0),
                 healthy_panic_threshold: u64::from(self.healthy_panic_threshold),
-                clock: self.clock,
+                clock,
+                system_clock,
             }),
         })
     }
@@ -307,6 +310,9 @@ struct Inner {
     detector: Option<OutlierDetector>,
     healthy_panic_threshold: u64,
     clock: Arc<dyn Clock>,
+    /// `clock` is the [`SystemClock`]: call `Instant::now` directly rather than through the
+    /// vtable.
+    system_clock: bool,
 }
 
 /// A host chosen for one request, in flight until dropped; see [`HostSet::pick`].
@@ -370,7 +376,7 @@ impl HostSet {
             load_balancer: LoadBalancer::default(),
             outlier_detection: None,
             healthy_panic_threshold: 50,
-            clock: Arc::new(SystemClock),
+            clock: None,
         }
     }
 
@@ -396,7 +402,7 @@ impl HostSet {
     /// Every host's state now.
     pub fn status(&self) -> HostSetStatus {
         let inner = &*self.inner;
-        let now = inner.clock.now();
+        let now = inner.now();
         let outlier = inner.detector.as_ref().map(|d| d.snapshot(now));
         let hosts: Vec<HostStatus> = inner
             .hosts
@@ -433,6 +439,11 @@ impl HostSet {
 }
 
 impl Inner {
+    #[inline]
+    fn now(&self) -> Instant {
+        if self.system_clock { Instant::now() } else { self.clock.now() }
+    }
+
     fn in_panic(&self, healthy: u64) -> bool {
         100 * healthy < self.healthy_panic_threshold * self.hosts.len() as u64
     }
@@ -444,10 +455,18 @@ impl Inner {
         }
         // Time is read only when something depends on it.
         let detector = self.detector.as_ref().map(|d| {
-            let now = d.since_epoch(self.clock.now());
+            let now = d.since_epoch(self.now());
             d.tick_at(now);
             (d, now)
         });
+        let all_in_service = detector.is_none_or(|(d, now)| d.none_ejected_at(now));
+        if all_in_service && previous.is_none() {
+            return Ok(self.balance(self.hosts.len(), |_| true, |n| n));
+        }
+        if self.hosts.len() <= 64 {
+            return self.choose_masked(detector, previous);
+        }
+        // More than 64 hosts: the same rules with predicates instead of bit masks.
         let in_service = |i: usize| detector.is_none_or(|(d, now)| !d.ejected_at(i, now));
         let healthy = (0..self.hosts.len()).filter(|&i| in_service(i)).count() as u64;
         let panic = self.in_panic(healthy);
@@ -457,18 +476,65 @@ impl Inner {
         let candidate = |i: usize| panic || in_service(i);
         let untried = |i: usize| candidate(i) && previous.is_none_or(|p| !p.contains(&self.hosts[i].address));
         let untried_count = (0..self.hosts.len()).filter(|&i| untried(i)).count();
+        let nth_of = |eligible: &dyn Fn(usize) -> bool, n: usize| {
+            (0..self.hosts.len()).filter(|&i| eligible(i)).nth(n).unwrap_or(0)
+        };
         // All candidates tried already: any candidate will do (Envoy gives up on the predicate).
         if untried_count > 0 {
-            Ok(self.balance(untried_count, untried))
+            Ok(self.balance(untried_count, untried, |n| nth_of(&untried, n)))
         } else {
             let count = (0..self.hosts.len()).filter(|&i| candidate(i)).count();
-            Ok(self.balance(count, candidate))
+            Ok(self.balance(count, candidate, |n| nth_of(&candidate, n)))
         }
     }
 
-    /// Chooses one of the `count` (≥ 1) hosts that pass `eligible`.
-    fn balance(&self, count: usize, eligible: impl Fn(usize) -> bool) -> usize {
-        let nth = |n: usize| (0..self.hosts.len()).filter(|&i| eligible(i)).nth(n).unwrap_or(0);
+    /// [`choose`](Self::choose) for up to 64 hosts: one pass builds bit masks, and counting or
+    /// finding the n-th candidate is bit arithmetic.
+    fn choose_masked(
+        &self,
+        detector: Option<(&OutlierDetector, u64)>,
+        previous: Option<&PreviousHosts>,
+    ) -> Result<usize, NoHealthyUpstream> {
+        let hosts = self.hosts.len();
+        let all = u64::MAX >> (64 - hosts);
+        let mut in_service = all;
+        if let Some((detector, now)) = detector {
+            for i in 0..hosts {
+                if detector.ejected_at(i, now) {
+                    in_service &= !(1 << i);
+                }
+            }
+        }
+        let panic = self.in_panic(u64::from(in_service.count_ones()));
+        let candidates = if panic { all } else { in_service };
+        if candidates == 0 {
+            return Err(NoHealthyUpstream);
+        }
+        let mut tried = 0u64;
+        for address in previous.map_or(&[][..], |p| &p.0[..]) {
+            // Addresses come from `UpstreamInfo::host`, clones of ours: the pointer usually matches.
+            let found = self.hosts.iter().position(|h| Arc::ptr_eq(&h.address, address));
+            if let Some(i) = found.or_else(|| self.hosts.iter().position(|h| h.address == *address)) {
+                tried |= 1 << i;
+            }
+        }
+        // All candidates tried already: any candidate will do (Envoy gives up on the predicate).
+        let chosen = match candidates & !tried {
+            0 => candidates,
+            untried => untried,
+        };
+        let nth = |n: usize| {
+            let mut mask = chosen;
+            for _ in 0..n {
+                mask &= mask - 1; // clears the lowest set bit
+            }
+            mask.trailing_zeros() as usize
+        };
+        Ok(self.balance(chosen.count_ones() as usize, |i| chosen >> i & 1 == 1, nth))
+    }
+
+    /// Chooses one of the `count` (≥ 1) hosts that pass `eligible`; `nth(n)` is the n-th of them.
+    fn balance(&self, count: usize, eligible: impl Fn(usize) -> bool, nth: impl Fn(usize) -> usize) -> usize {
         if count == 1 {
             return nth(0);
         }
@@ -557,7 +623,9 @@ impl PickedHost {
     /// count. Dropping without recording (a cancelled request) only ends the in-flight count.
     pub fn record(self, outcome: Outcome) {
         if let Some(detector) = &self.set.detector {
-            detector.record_at(self.index, outcome, detector.since_epoch(self.set.clock.now()));
+            // `pick` ran the interval work; only a failure needs the time (when an ejection
+            // starts), so a success reads no clock.
+            detector.count(self.index, outcome, || detector.since_epoch(self.set.now()));
         }
     }
 }
@@ -597,7 +665,7 @@ mod tests {
 
     fn eject(hosts: &HostSet, index: usize) {
         for _ in 0..5 {
-            hosts.inner.detector.as_ref().unwrap().record(index, S500, hosts.inner.clock.now());
+            hosts.inner.detector.as_ref().unwrap().record(index, S500, hosts.inner.now());
         }
     }
 
@@ -668,6 +736,18 @@ mod tests {
         // Everything in service tried: any host in service rather than none.
         let all = PreviousHosts(vec!["127.0.0.1:9001".into(), "127.0.0.1:9003".into()]);
         assert_eq!(counts(&hosts, 10, Some(&all)), [5, 0, 5]);
+    }
+
+    #[test]
+    fn more_than_64_hosts_follow_the_same_rules() {
+        let half = OutlierDetection { max_ejection_percent: 50, ..Default::default() };
+        let hosts = set(70, |b| b.outlier_detection(half));
+        eject(&hosts, 0);
+        eject(&hosts, 69);
+        let tried = PreviousHosts(vec![hosts.hosts()[1].address().clone()]);
+        let spread = counts(&hosts, 670, Some(&tried));
+        assert_eq!((spread[0], spread[1], spread[69]), (0, 0, 0));
+        assert!(spread[2..69].iter().all(|&n| n == 10), "{spread:?}");
     }
 
     #[test]

@@ -183,8 +183,10 @@ pub struct OutlierSnapshot {
     pub counters: EjectionCounters,
 }
 
-/// Per-host counters touched on the request path.
+/// Per-host counters touched on the request path, one cache line each so that hosts served by
+/// different cores do not contend.
 #[derive(Debug, Default)]
+#[repr(align(64))]
 struct HostHealth {
     consecutive_5xx: AtomicU32,
     consecutive_gateway: AtomicU32,
@@ -219,6 +221,9 @@ pub struct OutlierDetector {
     hosts: Box<[HostHealth]>,
     /// Nanoseconds since the epoch of the next interval boundary to process.
     next_tick: AtomicU64,
+    /// The latest end of any ejection so far: past it, no host is ejected (one load answers
+    /// the common case).
+    latest_ejection_end: AtomicU64,
     shared: Mutex<Shared>,
 }
 
@@ -243,6 +248,7 @@ impl OutlierDetector {
             interval_nanos,
             hosts: (0..hosts).map(|_| HostHealth::default()).collect(),
             next_tick: AtomicU64::new(interval_nanos),
+            latest_ejection_end: AtomicU64::new(0),
             shared: Mutex::new(Shared {
                 multiplier: vec![0; hosts],
                 times_ejected: vec![0; hosts],
@@ -284,6 +290,12 @@ impl OutlierDetector {
         self.ejected_at(host, self.since_epoch(now))
     }
 
+    /// Whether no host at all is ejected at `now`.
+    #[inline]
+    pub(crate) fn none_ejected_at(&self, now: u64) -> bool {
+        self.latest_ejection_end.load(Relaxed) <= now
+    }
+
     #[inline]
     pub(crate) fn ejected_at(&self, host: usize, now: u64) -> bool {
         self.hosts.get(host).is_some_and(|h| h.ejected_until.load(Relaxed) > now)
@@ -308,9 +320,16 @@ impl OutlierDetector {
         self.record_at(host, outcome, self.since_epoch(now));
     }
 
-    pub(crate) fn record_at(&self, host: usize, outcome: Outcome, now: u64) {
+    fn record_at(&self, host: usize, outcome: Outcome, now: u64) {
         // The interval ends before this outcome is counted: it belongs to the new interval.
         self.tick_at(now);
+        self.count(host, outcome, || now);
+    }
+
+    /// Counts `outcome` for `host` without running the interval work; `now` is read only when
+    /// a failure needs the time (the success path stays free of clock reads).
+    #[inline]
+    pub(crate) fn count(&self, host: usize, outcome: Outcome, now: impl FnOnce() -> u64) {
         let Some(health) = self.hosts.get(host) else { return };
         if outcome.is_success() {
             health.bucket.fetch_add(ONE_REQUEST | 1, Relaxed);
@@ -328,6 +347,7 @@ impl OutlierDetector {
             return; // the gateway's own answer: says nothing about the host
         }
         health.bucket.fetch_add(ONE_REQUEST, Relaxed);
+        let now = now();
         // Failures finishing while the host is out (requests already in flight, panic routing)
         // start no new streak: Envoy resets the streaks when the host comes back.
         if health.ejected_until.load(Relaxed) > now {
@@ -401,7 +421,9 @@ impl OutlierDetector {
         }
         shared.times_ejected[host] += 1;
         let length = base.saturating_mul(u64::from(shared.multiplier[host])).min(max);
-        self.hosts[host].ejected_until.store(now.saturating_add(length), Relaxed);
+        let until = now.saturating_add(length);
+        self.hosts[host].ejected_until.store(until, Relaxed);
+        self.latest_ejection_end.fetch_max(until, Relaxed);
         tracing::debug!(target: "portcullis::outlier", host, kind = kind.as_str(), ejected_for = ?Duration::from_nanos(length), "host ejected");
     }
 

@@ -343,6 +343,31 @@ fn targets_and_outlier_detection_as_kong_and_envoy_write_them() {
 }
 
 #[test]
+fn the_documented_example_loads() {
+    let yaml = r#"
+_format_version: "3.0"
+services:
+- name: orders
+  url: http://orders-upstream/v1
+  targets:
+  - 127.0.0.1:9001
+  - {target: 127.0.0.1:9002, weight: 300}
+  lb_policy: LEAST_REQUEST
+  healthy_panic_threshold: 50
+  outlier_detection: {consecutive_5xx: 5, interval: 10s, base_ejection_time: 30s,
+                      max_ejection_percent: 50, success_rate_minimum_hosts: 5,
+                      success_rate_request_volume: 100}
+  routes:
+  - paths: [/v1/orders]
+"#;
+    let config = Config::from_yaml(yaml, "test.yaml").unwrap();
+    let service = &config.services[0];
+    assert_eq!(service.targets[1], Target { target: "127.0.0.1:9002".into(), weight: 300 });
+    assert_eq!(service.upstream().path, "/v1");
+    assert_eq!(service.healthy_panic_threshold, Some(50));
+}
+
+#[test]
 fn bad_host_set_config_names_the_place() {
     let cases = [
         (
