@@ -244,7 +244,9 @@ pub struct Service {
 
 impl Service {
     /// Where requests for this service go, resolved from `url` or `protocol`/`host`/`port`/`path`
-    /// and validated at load.
+    /// and validated at load. With [`targets`](Self::targets), requests go to the targets: the
+    /// scheme and path still come from here, and the authority is the name written in `url` or
+    /// `host` (or the first target when neither is given).
     pub fn upstream(&self) -> &Upstream {
         &self.upstream
     }

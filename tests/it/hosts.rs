@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use portcullis::config::{Config, ConfigErrorKind, Target};
 use portcullis::proxy::{Proxy, UpstreamInfo};
 use portcullis::resilience::PreviousHosts;
-use portcullis::resilience::balance::{HostSet, LoadBalancer};
+use portcullis::resilience::balance::{HostSet, LoadBalancer, ManualClock};
 use portcullis::resilience::outlier::OutlierDetection;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -23,8 +23,8 @@ use tower::ServiceExt;
 
 use crate::support::{TestGateway, closed_port, get};
 
-/// An upstream that answers with whatever status it is told to, counts what it served, and
-/// holds requests to `/hold` until released.
+/// An upstream that answers with whatever status it is told to (`ALTERNATE`: 500 and 200 in
+/// turn), counts what it served, and holds requests to `/hold` until released.
 #[derive(Clone)]
 struct Backend {
     addr: SocketAddr,
@@ -66,7 +66,7 @@ impl Backend {
     }
 
     async fn answer(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
-        self.hits.fetch_add(1, SeqCst);
+        let hit = self.hits.fetch_add(1, SeqCst);
         self.paths.lock().unwrap().push(req.uri().path().to_owned());
         if req.uri().path().ends_with("/hold") {
             self.holding.fetch_add(1, SeqCst);
@@ -74,7 +74,12 @@ impl Backend {
             self.holding.fetch_sub(1, SeqCst);
         }
         let mut res = Response::new(Full::new(Bytes::from(self.addr.to_string())));
-        *res.status_mut() = StatusCode::from_u16(self.status.load(SeqCst)).unwrap();
+        let status = match self.status.load(SeqCst) {
+            ALTERNATE if hit % 2 == 0 => 500,
+            ALTERNATE => 200,
+            status => status,
+        };
+        *res.status_mut() = StatusCode::from_u16(status).unwrap();
         res
     }
 
@@ -119,6 +124,8 @@ async fn statuses(gw: &TestGateway, n: usize) -> Vec<u16> {
     }
     out
 }
+
+const ALTERNATE: u16 = 1;
 
 const HALF: &str = "  outlier_detection: {max_ejection_percent: 50}\n";
 
@@ -309,6 +316,49 @@ async fn proxy_status_shows_ejections() {
     assert_eq!(status.hosts[0].times_ejected, 1);
     assert!(status.hosts[0].ejected_for.unwrap() > Duration::from_secs(29));
     assert_eq!(status.ejections.enforced[0], 1);
+}
+
+#[tokio::test]
+async fn success_rate_ejects_the_host_far_below_the_others() {
+    let b = backends(5).await;
+    b[0].fail_with(ALTERNATE);
+    let clock = Arc::new(ManualClock::new());
+    let outlier = OutlierDetection {
+        consecutive_5xx: 0, // only the success rate may eject
+        max_ejection_percent: 20,
+        ..OutlierDetection::default()
+    };
+    let hosts = b
+        .iter()
+        .fold(HostSet::builder(), |set, b| set.host(b.addr.to_string()))
+        .outlier_detection(outlier)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let proxy = Proxy::builder("http://ignored/").unwrap().hosts(hosts.clone()).build::<portcullis::Body>();
+    let send = || async {
+        let req = Request::get("/x").body(portcullis::Body::empty()).unwrap();
+        proxy.clone().oneshot(req).await.unwrap().status()
+    };
+    // 100 requests per host in the first interval: success rates {50, 100, 100, 100, 100} %.
+    for _ in 0..500 {
+        send().await;
+    }
+    assert_eq!(b.iter().map(Backend::hits).collect::<Vec<_>>(), [100; 5]);
+    assert!(!hosts.status().hosts[0].ejected, "success rates are judged when the interval ends");
+    clock.advance(Duration::from_secs(10));
+    // The first request of the next interval runs the evaluation: mean 90, stdev 20, threshold
+    // 90 − 1.9 · 20 = 52 > 50.
+    for _ in 0..20 {
+        assert_eq!(send().await, StatusCode::OK);
+    }
+    assert_eq!(b[0].hits(), 100, "the ejected host got no traffic");
+    let status = hosts.status();
+    assert!(status.hosts[0].ejected);
+    assert_eq!(status.hosts[0].success_rate, Some(50.0));
+    assert_eq!(status.hosts[1].success_rate, Some(100.0));
+    assert_eq!(status.hosts[0].ejected_for, Some(Duration::from_secs(30)));
+    assert!((status.success_rate_threshold.unwrap() - 52.0).abs() < 1e-9);
 }
 
 // === config ===
