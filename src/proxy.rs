@@ -8,6 +8,12 @@
 //! take the request the answer is 503 `no_healthy_upstream`. [`UpstreamInfo::host`] names the
 //! host used.
 //!
+//! An [`AttemptTimeout`] in the request's extensions (Envoy's `per_try_timeout`, set by the retry
+//! layer) bounds the wait for the response head: past it the answer is 504 `upstream_timeout`
+//! with [`UpstreamInfo`] naming the host and [`UpstreamFailure::Timeout`], and the host is
+//! charged with the timeout — a layer outside the proxy could do neither, as it does not know
+//! which host was chosen.
+//!
 //! [`Proxy`] forwards the method, the path (joined with the upstream's base path after Kong's
 //! `strip_path`, from the router's [`RouteMatch`]), the query string byte for byte, the headers and
 //! the streamed body. It drops hop-by-hop headers on the way up and on the way back, sets `Host`
@@ -74,6 +80,12 @@ pub struct UpstreamInfo {
 /// `kong.service.request.set_path`). The query string is still the request URI's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamPath(pub String);
+
+/// A deadline for one upstream attempt, in request extensions (Envoy's `per_try_timeout`): the
+/// proxy answers 504 `upstream_timeout` when the response head has not arrived within it, and
+/// charges the chosen host with an [`Outcome::Timeout`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptTimeout(pub Duration);
 
 /// An upstream URL the proxy cannot use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -267,11 +279,13 @@ where
             *req.version_mut() = Version::HTTP_11;
             req.headers_mut().insert(HOST, host);
         }
+        let deadline = req.extensions().get::<AttemptTimeout>().map(|t| Box::pin(tokio::time::sleep(t.0)));
         ResponseFuture {
             state: State::Upstream {
                 inner: self.client.request(req),
                 started: Instant::now(),
                 picked: Some(picked),
+                deadline,
                 request_id,
             },
         }
@@ -296,6 +310,8 @@ pin_project! {
             started: Instant,
             // In flight until dropped; charged with the outcome when the response head arrives.
             picked: Option<PickedHost>,
+            // The attempt's deadline, when the request carries an `AttemptTimeout`.
+            deadline: Option<Pin<Box<tokio::time::Sleep>>>,
             request_id: Option<RequestId>,
         },
     }
@@ -322,17 +338,32 @@ impl Future for ResponseFuture {
                 Some(response) => Poll::Ready(Ok(response)),
                 None => Poll::Pending,
             },
-            StateProj::Upstream { inner, started, picked, request_id } => {
-                let result = std::task::ready!(inner.poll(cx));
+            StateProj::Upstream { inner, started, picked, deadline, request_id } => {
+                let result = match inner.poll(cx) {
+                    Poll::Ready(result) => Some(result),
+                    Poll::Pending => {
+                        let expired = deadline.as_mut().is_some_and(|d| d.as_mut().poll(cx).is_ready());
+                        if !expired {
+                            return Poll::Pending;
+                        }
+                        None
+                    }
+                };
                 let latency = started.elapsed();
                 let (mut response, status, failure) = match result {
-                    Ok(response) => {
+                    // The attempt's deadline passed first: dropping `inner` later abandons it.
+                    None => (
+                        Rejection::upstream_timeout().into_response(request_id.as_ref()),
+                        None,
+                        Some(UpstreamFailure::Timeout),
+                    ),
+                    Some(Ok(response)) => {
                         let status = response.status();
                         let mut response = response.map(Body::from);
                         strip_hop_by_hop(response.headers_mut());
                         (response, Some(status), None)
                     }
-                    Err(error) => {
+                    Some(Err(error)) => {
                         let (rejection, failure) = failure_response(&error);
                         (rejection.into_response(request_id.as_ref()), None, failure)
                     }

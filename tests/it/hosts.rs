@@ -13,9 +13,10 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use portcullis::config::{Config, ConfigErrorKind, Target};
-use portcullis::proxy::{Proxy, UpstreamInfo};
+use portcullis::proxy::{AttemptTimeout, Proxy, UpstreamInfo};
 use portcullis::resilience::PreviousHosts;
 use portcullis::resilience::balance::{HostSet, LoadBalancer, ManualClock};
+use portcullis::resilience::classify::{Outcome, UpstreamFailure};
 use portcullis::resilience::outlier::OutlierDetection;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -359,6 +360,36 @@ async fn success_rate_ejects_the_host_far_below_the_others() {
     assert_eq!(status.hosts[1].success_rate, Some(100.0));
     assert_eq!(status.hosts[0].ejected_for, Some(Duration::from_secs(30)));
     assert!((status.success_rate_threshold.unwrap() - 52.0).abs() < 1e-9);
+}
+
+#[tokio::test]
+async fn an_attempt_timeout_names_and_charges_the_host_that_stalled() {
+    let b = backends(2).await;
+    let hosts = b.iter().fold(HostSet::builder(), |set, b| set.host(b.addr.to_string()));
+    let hosts = hosts.outlier_detection(OutlierDetection::default()).build().unwrap();
+    let proxy = Proxy::builder("http://ignored/").unwrap().hosts(hosts.clone()).build::<portcullis::Body>();
+    let attempt = |path: &str, timeout: Duration| {
+        let mut req = Request::get(path).body(portcullis::Body::empty()).unwrap();
+        req.extensions_mut().insert(AttemptTimeout(timeout));
+        proxy.clone().oneshot(req)
+    };
+    // Round robin sends the first attempt to b[0], which holds it past the attempt's deadline.
+    let res = attempt("/hold", Duration::from_millis(50)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
+    let info = res.extensions().get::<UpstreamInfo>().unwrap().clone();
+    assert_eq!(
+        (&*info.host, info.status, info.failure),
+        (&*b[0].addr.to_string(), None, Some(UpstreamFailure::Timeout))
+    );
+    assert_eq!(Outcome::of(&res), Outcome::Timeout);
+    let status = hosts.status();
+    assert_eq!((status.hosts[0].consecutive_5xx, status.hosts[0].consecutive_gateway_failure), (1, 1));
+    assert_eq!(status.hosts[0].in_flight, 0);
+    // A deadline that does not pass changes nothing.
+    let res = attempt("/x", Duration::from_secs(10)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(&*res.extensions().get::<UpstreamInfo>().unwrap().host, b[1].addr.to_string());
+    b[0].release.add_permits(1);
 }
 
 // === config ===
