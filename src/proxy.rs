@@ -1,5 +1,18 @@
-//! The upstream proxy service: forwards a request to one upstream over a pooled keep-alive
+//! The upstream proxy service: forwards a request to an upstream host over a pooled keep-alive
 //! hyper-util client, HTTP/1.1 or HTTP/2 (prior knowledge).
+//!
+//! The upstream is one URL, or a [`HostSet`] of several hosts ([`ProxyBuilder::hosts`]): then
+//! the URL gives the scheme and base path, and each request goes to the host the set picks —
+//! never an ejected one, avoiding the request's [`PreviousHosts`] — whose outlier detection is
+//! then charged with the [`Outcome`] (a connect failure is a gateway failure). When no host can
+//! take the request the answer is 503 `no_healthy_upstream`. [`UpstreamInfo::host`] names the
+//! host used.
+//!
+//! An [`AttemptTimeout`] in the request's extensions (Envoy's `per_try_timeout`, set by the retry
+//! layer) bounds the wait for the response head: past it the answer is 504 `upstream_timeout`
+//! with [`UpstreamInfo`] naming the host and [`UpstreamFailure::Timeout`], and the host is
+//! charged with the timeout — a layer outside the proxy could do neither, as it does not know
+//! which host was chosen.
 //!
 //! [`Proxy`] forwards the method, the path (joined with the upstream's base path after Kong's
 //! `strip_path`, from the router's [`RouteMatch`]), the query string byte for byte, the headers and
@@ -41,14 +54,16 @@ use tower::Service;
 use crate::body::{Body, BodyTooLarge};
 use crate::error::{BoxError, Rejection};
 use crate::observe::request_id::RequestId;
-use crate::resilience::classify::UpstreamFailure;
+use crate::resilience::PreviousHosts;
+use crate::resilience::balance::{HostSet, PickedHost};
+use crate::resilience::classify::{Outcome, UpstreamFailure};
 use crate::router::{RouteMatch, upstream_path};
 use crate::sanitize::strip_hop_by_hop;
 
 /// What happened upstream, in response extensions for the access log and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamInfo {
-    /// The upstream authority the request went to (`127.0.0.1:9000`).
+    /// The upstream host the request went to (`127.0.0.1:9000`): the host set's choice.
     pub host: Arc<str>,
     /// The upstream's status, `None` when no response arrived (connect failure, reset, timeout).
     pub status: Option<StatusCode>,
@@ -66,6 +81,12 @@ pub struct UpstreamInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamPath(pub String);
 
+/// A deadline for one upstream attempt, in request extensions (Envoy's `per_try_timeout`): the
+/// proxy answers 504 `upstream_timeout` when the response head has not arrived within it, and
+/// charges the chosen host with an [`Outcome::Timeout`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptTimeout(pub Duration);
+
 /// An upstream URL the proxy cannot use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProxyError {
@@ -80,9 +101,7 @@ pub enum ProxyError {
 #[derive(Debug)]
 struct Upstream {
     scheme: Scheme,
-    authority: Authority,
-    host: Arc<str>,
-    host_header: HeaderValue,
+    hosts: HostSet,
     base_path: String,
     http2: bool,
 }
@@ -100,6 +119,14 @@ impl ProxyBuilder {
     /// Fails a connection attempt after `timeout` (502).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// Sends requests to these hosts instead of the URL's host; the URL still gives the scheme
+    /// and the base path. The set's clones share its state, so keep one to read
+    /// [`HostSet::status`] (or use [`Proxy::hosts`]).
+    pub fn hosts(mut self, hosts: HostSet) -> Self {
+        self.upstream.hosts = hosts;
         self
     }
 
@@ -141,7 +168,7 @@ impl ProxyBuilder {
     }
 }
 
-/// Forwards requests to one upstream; see the [module docs](self).
+/// Forwards requests to an upstream; see the [module docs](self).
 #[derive(Debug)]
 pub struct Proxy<B = Body> {
     client: Client<HttpConnector, B>,
@@ -170,17 +197,10 @@ impl Proxy {
         if authority.host().is_empty() || authority.as_str().contains('@') {
             return Err(invalid());
         }
-        let host_header = HeaderValue::from_str(authority.as_str()).map_err(|_| invalid())?;
+        let hosts = HostSet::builder().host(authority.as_str()).build().map_err(|_| invalid())?;
         let base_path = uri.path().trim_end_matches('/').to_owned();
         Ok(ProxyBuilder {
-            upstream: Upstream {
-                scheme,
-                host: authority.as_str().into(),
-                authority,
-                host_header,
-                base_path,
-                http2: false,
-            },
+            upstream: Upstream { scheme, hosts, base_path, http2: false },
             connect_timeout: None,
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 1024,
@@ -189,7 +209,12 @@ impl Proxy {
 }
 
 impl<B> Proxy<B> {
-    fn upstream_uri<T>(&self, req: &Request<T>) -> Result<Uri, Rejection> {
+    /// The hosts requests go to (one for a plain URL), with their load and outlier state.
+    pub fn hosts(&self) -> &HostSet {
+        &self.upstream.hosts
+    }
+
+    fn upstream_uri<T>(&self, req: &Request<T>, authority: &Authority) -> Result<Uri, Rejection> {
         let mut path = match req.extensions().get::<UpstreamPath>() {
             Some(rewritten) => rewritten.0.clone(),
             None => {
@@ -204,7 +229,7 @@ impl<B> Proxy<B> {
         let pq = PathAndQuery::try_from(path).map_err(|_| Rejection::bad_request("invalid path"))?;
         Uri::builder()
             .scheme(self.upstream.scheme.clone())
-            .authority(self.upstream.authority.clone())
+            .authority(authority.clone())
             .path_and_query(pq)
             .build()
             .map_err(|_| Rejection::bad_request("invalid path"))
@@ -227,7 +252,11 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let request_id = req.extensions().get::<RequestId>().cloned();
-        let uri = match self.upstream_uri(&req) {
+        let picked = match self.upstream.hosts.pick(req.extensions().get::<PreviousHosts>()) {
+            Ok(picked) => picked,
+            Err(_) => return ResponseFuture::rejected(Rejection::no_healthy_upstream(), request_id),
+        };
+        let uri = match self.upstream_uri(&req, picked.host().authority()) {
             Ok(uri) => uri,
             Err(rejection) => return ResponseFuture::rejected(rejection, request_id),
         };
@@ -241,7 +270,7 @@ where
         strip_hop_by_hop(req.headers_mut());
         let host = match (preserve_host, original_host) {
             (true, Some(host)) => host,
-            _ => self.upstream.host_header.clone(),
+            _ => picked.host().host_header().clone(),
         };
         if self.upstream.http2 {
             *req.version_mut() = Version::HTTP_2;
@@ -250,11 +279,13 @@ where
             *req.version_mut() = Version::HTTP_11;
             req.headers_mut().insert(HOST, host);
         }
+        let deadline = req.extensions().get::<AttemptTimeout>().map(|t| Box::pin(tokio::time::sleep(t.0)));
         ResponseFuture {
             state: State::Upstream {
                 inner: self.client.request(req),
                 started: Instant::now(),
-                host: self.upstream.host.clone(),
+                picked: Some(picked),
+                deadline,
                 request_id,
             },
         }
@@ -277,7 +308,10 @@ pin_project! {
             #[pin]
             inner: legacy::ResponseFuture,
             started: Instant,
-            host: Arc<str>,
+            // In flight until dropped; charged with the outcome when the response head arrives.
+            picked: Option<PickedHost>,
+            // The attempt's deadline, when the request carries an `AttemptTimeout`.
+            deadline: Option<Pin<Box<tokio::time::Sleep>>>,
             request_id: Option<RequestId>,
         },
     }
@@ -304,27 +338,45 @@ impl Future for ResponseFuture {
                 Some(response) => Poll::Ready(Ok(response)),
                 None => Poll::Pending,
             },
-            StateProj::Upstream { inner, started, host, request_id } => {
-                let result = std::task::ready!(inner.poll(cx));
+            StateProj::Upstream { inner, started, picked, deadline, request_id } => {
+                let result = match inner.poll(cx) {
+                    Poll::Ready(result) => Some(result),
+                    Poll::Pending => {
+                        let expired = deadline.as_mut().is_some_and(|d| d.as_mut().poll(cx).is_ready());
+                        if !expired {
+                            return Poll::Pending;
+                        }
+                        None
+                    }
+                };
                 let latency = started.elapsed();
                 let (mut response, status, failure) = match result {
-                    Ok(response) => {
+                    // The attempt's deadline passed first: dropping `inner` later abandons it.
+                    None => (
+                        Rejection::upstream_timeout().into_response(request_id.as_ref()),
+                        None,
+                        Some(UpstreamFailure::Timeout),
+                    ),
+                    Some(Ok(response)) => {
                         let status = response.status();
                         let mut response = response.map(Body::from);
                         strip_hop_by_hop(response.headers_mut());
                         (response, Some(status), None)
                     }
-                    Err(error) => {
+                    Some(Err(error)) => {
                         let (rejection, failure) = failure_response(&error);
                         (rejection.into_response(request_id.as_ref()), None, failure)
                     }
                 };
-                response.extensions_mut().insert(UpstreamInfo {
-                    host: host.clone(),
-                    status,
-                    latency,
-                    failure,
-                });
+                if let Some(picked) = picked.take() {
+                    response.extensions_mut().insert(UpstreamInfo {
+                        host: picked.address().clone(),
+                        status,
+                        latency,
+                        failure,
+                    });
+                    picked.record(Outcome::of(&response));
+                }
                 Poll::Ready(Ok(response))
             }
         }

@@ -68,11 +68,17 @@ impl Config {
         for (s, service) in self.services.iter().enumerate() {
             let upstream = service.upstream();
             let url = format!("{}://{}{}", upstream.scheme, upstream.authority, upstream.path);
-            let proxy = Proxy::builder(&url)
+            let mut proxy = Proxy::builder(&url)
                 .map_err(|e| ConfigError::invalid(origin, format!("services[{s}].url"), e.to_string()))?
                 .connect_timeout(service.connect_timeout)
-                .http2_only(service.http2)
-                .build::<Body>();
+                .http2_only(service.http2);
+            // Validation has checked the targets; an error here is a bug, reported as config.
+            let hosts = super::hosts::host_set(service)
+                .map_err(|e| ConfigError::invalid(origin, format!("services[{s}].targets"), e.to_string()))?;
+            if let Some(hosts) = hosts {
+                proxy = proxy.hosts(hosts);
+            }
+            let proxy = proxy.build::<Body>();
             // One breaker per service, shared by its routes (an Envoy cluster's breakers).
             let breaker = service.circuit_breakers.as_ref().map(|b| b.layer(service.http2));
             for (r, route) in service.routes.iter().enumerate() {

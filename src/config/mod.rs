@@ -41,14 +41,14 @@
 //! # Ok::<(), portcullis::config::ConfigError>(())
 //! ```
 //!
-//! Keys for features still to come (`targets`, `retry_policy`, `outlier_detection`) and plugins
-//! not implemented yet ([`PLUGINS`]) are rejected with `... is not supported yet` rather than
-//! silently ignored.
+//! Keys for features still to come (`retry_policy`) and plugins not implemented yet ([`PLUGINS`])
+//! are rejected with `... is not supported yet` rather than silently ignored.
 
 mod build;
 mod circuit_breakers;
 mod duration;
 mod error;
+mod hosts;
 mod plugin;
 mod plugins;
 mod schema;
@@ -60,6 +60,7 @@ pub use build::RouteService;
 pub use circuit_breakers::CircuitBreakers;
 pub use duration::{InvalidDuration, parse_duration};
 pub use error::{ConfigError, ConfigErrorKind};
+pub use hosts::{DEFAULT_TARGET_PORT, DEFAULT_TARGET_WEIGHT, LbPolicy, OutlierDetectionConfig, Target};
 pub use plugins::{PLUGINS, PluginSpec};
 pub use schema::{
     AccessLog, Config, Consumer, FORMAT_VERSIONS, Gateway, Plugin, Protocol, Route, RoutePath, Service, Tls,

@@ -12,6 +12,7 @@ use serde::de::{self, Deserializer, Visitor};
 
 use super::circuit_breakers::CircuitBreakers;
 use super::duration;
+use super::hosts::{LbPolicy, OutlierDetectionConfig, Target};
 use crate::client_ip::TrustedProxies;
 
 /// The `_format_version` values accepted (decK's, which portcullis files share).
@@ -213,18 +214,30 @@ pub struct Service {
     /// Plugins applied to every route of this service.
     #[serde(default)]
     pub plugins: Vec<Plugin>,
-    /// Several upstream hosts (later issue; rejected by validation for now).
+    /// Several upstream hosts (Kong's upstream targets): `"host:port"` or
+    /// `{target: "host:port", weight: 100}`. `url` (or `protocol`/`path`) then gives the scheme
+    /// and base path; its host only names the set, as a Kong service's host names its upstream.
     #[serde(default)]
-    pub targets: Option<serde_yaml_ng::Value>,
+    pub targets: Vec<Target>,
+    /// Envoy's load-balancing policy: `ROUND_ROBIN` (default) or `LEAST_REQUEST`.
+    #[serde(default)]
+    pub lb_policy: Option<LbPolicy>,
+    /// Kong's name for the same: `round-robin` or `least-connections`.
+    #[serde(default)]
+    pub algorithm: Option<LbPolicy>,
+    /// Below this percentage of hosts in service, route across all hosts (Envoy's default 50;
+    /// 0: never, answer 503 `no_healthy_upstream` instead).
+    #[serde(default, deserialize_with = "optional_percent")]
+    pub healthy_panic_threshold: Option<u8>,
     /// Envoy-style retries (later issue; rejected by validation for now).
     #[serde(default)]
     pub retry_policy: Option<serde_yaml_ng::Value>,
     /// Envoy's circuit-breaker thresholds and the classic breaker ([`CircuitBreakers`]).
     #[serde(default)]
     pub circuit_breakers: Option<CircuitBreakers>,
-    /// Envoy-style host ejection (later issue; rejected by validation for now).
+    /// Envoy's passive health checking: ejects hosts that fail.
     #[serde(default)]
-    pub outlier_detection: Option<serde_yaml_ng::Value>,
+    pub outlier_detection: Option<OutlierDetectionConfig>,
     /// Resolved from `url` or the split fields at load.
     #[serde(skip)]
     pub(crate) upstream: Upstream,
@@ -232,7 +245,9 @@ pub struct Service {
 
 impl Service {
     /// Where requests for this service go, resolved from `url` or `protocol`/`host`/`port`/`path`
-    /// and validated at load.
+    /// and validated at load. With [`targets`](Self::targets), requests go to the targets: the
+    /// scheme and path still come from here, and the authority is the name written in `url` or
+    /// `host` (or the first target when neither is given).
     pub fn upstream(&self) -> &Upstream {
         &self.upstream
     }
@@ -549,4 +564,8 @@ impl<'de> Deserialize<'de> for MethodName {
 
 fn methods<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<http::Method>, D::Error> {
     Ok(Vec::<MethodName>::deserialize(deserializer)?.into_iter().map(|MethodName(m)| m).collect())
+}
+
+fn optional_percent<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u8>, D::Error> {
+    super::hosts::percent(deserializer).map(Some)
 }

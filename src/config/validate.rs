@@ -123,9 +123,7 @@ fn validate_service(
     names: &Names<'_>,
 ) -> Result<Upstream, Invalid> {
     let later = [
-        ("targets", service.targets.is_some()),
         ("retry_policy", service.retry_policy.is_some()),
-        ("outlier_detection", service.outlier_detection.is_some()),
     ];
     for (key, present) in later {
         if present {
@@ -133,6 +131,7 @@ fn validate_service(
         }
     }
     let upstream = resolve_upstream(at, service)?;
+    super::hosts::validate(at, service)?;
     validate_plugins(&format!("{at}.plugins"), &service.plugins, Scope::Service, registry, names)?;
     for (index, route) in service.routes.iter().enumerate() {
         validate_route(&format!("{at}.routes[{index}]"), route, registry, names)?;
@@ -270,26 +269,45 @@ fn resolve_upstream(at: &str, service: &Service) -> Result<Upstream, Invalid> {
             at,
             "both `url` and `protocol`/`host`/`port`/`path` are set, expected one or the other",
         )),
+        // With targets, connections go to them: the scheme is http and the base path `/`.
+        (None, false) if !service.targets.is_empty() => target_upstream(at, &service.targets[0].target, "/"),
         (None, false) => Err(Invalid::new(
             at,
-            "no upstream, expected `url` (http://host:port/path) or `host` (with optional `protocol`, `port`, `path`)",
+            "no upstream, expected `url` (http://host:port/path), `host` (with optional `protocol`, `port`, `path`) or `targets`",
         )),
         (Some(url), false) => parse_url(&format!("{at}.url"), url),
         (None, true) => {
             check_scheme(&format!("{at}.protocol"), service.protocol.as_deref().unwrap_or("http"))?;
-            let Some(host) = service.host.as_deref() else {
-                return Err(Invalid::new(at, "`protocol`/`port`/`path` without `host`, expected `host` too"));
-            };
-            let path = service.path.as_deref().unwrap_or("/");
-            if !path.starts_with('/') || path.contains(['?', '#']) {
-                return Err(Invalid::new(
-                    format!("{at}.path"),
-                    format!("invalid path `{path}`, expected a path starting with `/` and no query"),
-                ));
+            let path = checked_path(at, service)?;
+            match (service.host.as_deref(), service.targets.first()) {
+                (Some(host), _) => upstream(&format!("{at}.host"), host, service.port.unwrap_or(80), &path),
+                // `targets` with `protocol`/`path`: the targets are the hosts.
+                (None, Some(first)) if service.port.is_none() => target_upstream(at, &first.target, &path),
+                _ => Err(Invalid::new(at, "`protocol`/`port`/`path` without `host`, expected `host` too")),
             }
-            upstream(&format!("{at}.host"), host, service.port.unwrap_or(80), path)
         }
     }
+}
+
+fn checked_path(at: &str, service: &Service) -> Result<String, Invalid> {
+    let path = service.path.as_deref().unwrap_or("/");
+    if !path.starts_with('/') || path.contains(['?', '#']) {
+        return Err(Invalid::new(
+            format!("{at}.path"),
+            format!("invalid path `{path}`, expected a path starting with `/` and no query"),
+        ));
+    }
+    Ok(path.to_owned())
+}
+
+/// A service with `targets` and no host of its own: the first target stands in as the
+/// [`Upstream`]'s authority (connections go to every target).
+fn target_upstream(at: &str, target: &str, path: &str) -> Result<Upstream, Invalid> {
+    let at = format!("{at}.targets[0]");
+    let authority = target
+        .parse::<http::uri::Authority>()
+        .map_err(|_| Invalid::new(&at, format!("invalid target `{target}`")))?;
+    upstream(&at, authority.host(), authority.port_u16().unwrap_or(80), path)
 }
 
 fn check_scheme(at: &str, scheme: &str) -> Result<(), Invalid> {

@@ -15,12 +15,15 @@
 //! 2. the circuit breaker: overflow and an open circuit fail fast before any work is queued;
 //! 3. retries with their budget: each attempt goes back through the proxy's host selection,
 //!    which avoids [`PreviousHosts`] and ejected hosts;
-//! 4. the proxy with its host set, load balancer and outlier detection.
+//! 4. the proxy with its host set, load balancer ([`balance`]) and outlier detection
+//!    ([`outlier`]).
 
 use std::sync::Arc;
 
+pub mod balance;
 pub mod breaker;
 pub mod classify;
+pub mod outlier;
 
 /// The upstream hosts this request has already been sent to, in request extensions: written by
 /// the retry layer after each attempt (from [`UpstreamInfo::host`](crate::proxy::UpstreamInfo)),
