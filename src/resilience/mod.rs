@@ -19,7 +19,9 @@
 
 use std::sync::Arc;
 
+pub mod budget;
 pub mod classify;
+pub mod retry;
 
 /// The upstream hosts this request has already been sent to, in request extensions: written by
 /// the retry layer after each attempt (from [`UpstreamInfo::host`](crate::proxy::UpstreamInfo)),
