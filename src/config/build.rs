@@ -9,9 +9,11 @@ use tower::util::BoxCloneSyncService;
 
 use super::ConfigError;
 use super::plugin::{self, PluginContext};
+use super::retry_policy::{DEFAULT_MAX_RETRIES, RetryPolicy};
 use super::schema::{Config, RoutePath};
 use crate::body::Body;
 use crate::proxy::Proxy;
+use crate::resilience::budget::RetryBudgetLayer;
 use crate::router::{Route, Router};
 use crate::timeout::RouteTimeoutLayer;
 
@@ -73,10 +75,35 @@ impl Config {
                 .connect_timeout(service.connect_timeout)
                 .http2_only(service.http2)
                 .build::<Body>();
+            // One budget per retry policy: the routes that inherit the service's policy share it.
+            let retry_budget = |at: String, policy: &RetryPolicy| {
+                policy
+                    .budget(DEFAULT_MAX_RETRIES)
+                    .map_err(|e| ConfigError::invalid(origin, at, e.to_string()))
+            };
+            let service_retry = match &service.retry_policy {
+                Some(policy) => Some((policy, retry_budget(format!("services[{s}].retry_policy"), policy)?)),
+                None => None,
+            };
             for (r, route) in service.routes.iter().enumerate() {
                 let timeout = route.timeout.or(service.timeout);
+                let retry = match &route.retry_policy {
+                    Some(policy) => Some((
+                        policy,
+                        retry_budget(format!("services[{s}].routes[{r}].retry_policy"), policy)?,
+                    )),
+                    None => service_retry.clone(),
+                };
+                let (retry_layer, budget_layer) = match retry {
+                    Some((policy, budget)) => (Some(policy.layer()), Some(RetryBudgetLayer::new(budget))),
+                    None => (None, None),
+                };
+                // Outermost first: the route timeout covers every try and backoff; the budget
+                // counts each client request once, outside the retries.
                 let stack = ServiceBuilder::new()
                     .option_layer(timeout.map(RouteTimeoutLayer::new))
+                    .option_layer(budget_layer)
+                    .option_layer(retry_layer)
                     .service(proxy.clone());
                 let mut stack = BoxCloneSyncService::new(stack);
                 // Innermost first: the highest-priority plugin ends up outermost and runs first.

@@ -41,15 +41,16 @@
 //! # Ok::<(), portcullis::config::ConfigError>(())
 //! ```
 //!
-//! Keys for features still to come (`targets`, `retry_policy`, `circuit_breakers`,
-//! `outlier_detection`) and plugins not implemented yet ([`PLUGINS`]) are rejected with
-//! `... is not supported yet` rather than silently ignored.
+//! Keys for features still to come (`targets`, `circuit_breakers`, `outlier_detection`) and
+//! plugins not implemented yet ([`PLUGINS`]) are rejected with `... is not supported yet` rather
+//! than silently ignored.
 
 mod build;
 mod duration;
 mod error;
 mod plugin;
 mod plugins;
+mod retry_policy;
 mod schema;
 mod validate;
 
@@ -59,6 +60,9 @@ pub use build::RouteService;
 pub use duration::{InvalidDuration, parse_duration};
 pub use error::{ConfigError, ConfigErrorKind};
 pub use plugins::{PLUGINS, PluginSpec};
+pub use retry_policy::{
+    DEFAULT_MAX_RETRIES, RetryBackOff, RetryBudgetConfig, RetryHostPredicate, RetryPolicy,
+};
 pub use schema::{
     AccessLog, Config, Consumer, FORMAT_VERSIONS, Gateway, Plugin, Protocol, Route, RoutePath, Service, Tls,
     Upstream,

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
 use super::duration;
+use super::retry_policy::RetryPolicy;
 use crate::client_ip::TrustedProxies;
 
 /// The `_format_version` values accepted (decK's, which portcullis files share).
@@ -215,9 +216,9 @@ pub struct Service {
     /// Several upstream hosts (later issue; rejected by validation for now).
     #[serde(default)]
     pub targets: Option<serde_yaml_ng::Value>,
-    /// Envoy-style retries (later issue; rejected by validation for now).
+    /// Envoy's retry policy for every route of this service (a route's own replaces it).
     #[serde(default)]
-    pub retry_policy: Option<serde_yaml_ng::Value>,
+    pub retry_policy: Option<RetryPolicy>,
     /// Envoy-style thresholds (later issue; rejected by validation for now).
     #[serde(default)]
     pub circuit_breakers: Option<serde_yaml_ng::Value>,
@@ -306,9 +307,9 @@ pub struct Route {
     /// Overrides the service's `timeout` for this route.
     #[serde(default, deserialize_with = "duration::deserialize_option")]
     pub timeout: Option<Duration>,
-    /// Envoy-style retries per route (later issue; rejected by validation for now).
+    /// Envoy's retry policy for this route; replaces the service's whole.
     #[serde(default)]
-    pub retry_policy: Option<serde_yaml_ng::Value>,
+    pub retry_policy: Option<RetryPolicy>,
     /// Plugins applied to this route.
     #[serde(default)]
     pub plugins: Vec<Plugin>,

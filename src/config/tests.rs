@@ -478,7 +478,6 @@ fn plugin_fields_references_and_duplicates() {
 fn later_issue_keys_are_not_supported_yet() {
     for key in [
         "targets: [127.0.0.1:9001]",
-        "retry_policy: {num_retries: 2}",
         "circuit_breakers: {max_requests: 1}",
         "outlier_detection: {consecutive_5xx: 5}",
     ] {
@@ -490,11 +489,6 @@ fn later_issue_keys_are_not_supported_yet() {
         );
         assert_eq!(err.kind(), ConfigErrorKind::Unsupported);
     }
-    assert_error(
-        &route("    paths: [/a]\n    retry_policy: {num_retries: 2}\n"),
-        "services[0].routes[1].retry_policy",
-        "`retry_policy` is not supported yet",
-    );
 }
 
 #[test]

@@ -124,7 +124,6 @@ fn validate_service(
 ) -> Result<Upstream, Invalid> {
     let later = [
         ("targets", service.targets.is_some()),
-        ("retry_policy", service.retry_policy.is_some()),
         ("circuit_breakers", service.circuit_breakers.is_some()),
         ("outlier_detection", service.outlier_detection.is_some()),
     ];
@@ -132,6 +131,9 @@ fn validate_service(
         if present {
             return Err(Invalid::unsupported(format!("{at}.{key}"), format!("`{key}` is not supported yet")));
         }
+    }
+    if let Some(policy) = &service.retry_policy {
+        policy.validate(&format!("{at}.retry_policy"))?;
     }
     let upstream = resolve_upstream(at, service)?;
     validate_plugins(&format!("{at}.plugins"), &service.plugins, Scope::Service, registry, names)?;
@@ -147,11 +149,8 @@ fn validate_route(
     registry: &[PluginSpec],
     names: &Names<'_>,
 ) -> Result<(), Invalid> {
-    if route.retry_policy.is_some() {
-        return Err(Invalid::unsupported(
-            format!("{at}.retry_policy"),
-            "`retry_policy` is not supported yet",
-        ));
+    if let Some(policy) = &route.retry_policy {
+        policy.validate(&format!("{at}.retry_policy"))?;
     }
     if route.paths.is_empty()
         && route.methods.is_empty()

@@ -9,6 +9,7 @@ mod config;
 mod jwt;
 mod proxy;
 mod ratelimit;
+mod retry;
 mod routing;
 mod seed;
 mod server;
