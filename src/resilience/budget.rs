@@ -17,7 +17,8 @@
 //!
 //! [`RetryBudgetLayer`] goes *outside* [`RetryLayer`](super::retry::RetryLayer): it counts each
 //! client request once (not once per attempt), deposits into the rate budget, and puts the
-//! [`RetryBudget`] in request extensions, where the retry layer asks it before each retry. Clones
+//! [`RetryBudget`] in request extensions, where the retry layer picks it up and asks it before
+//! each retry. Clones
 //! of the layer, and of the budget, share one state; build one budget per upstream service and
 //! give it to the layers of every route that should share it.
 //!

@@ -19,8 +19,9 @@
 //! - **`previous_hosts`**: each failed try's [`UpstreamInfo::host`] is added to the next try's
 //!   [`PreviousHosts`] request extension; host selection avoids those hosts.
 //! - **Budget**: when a [`RetryBudget`] is in request extensions (put there by
-//!   [`RetryBudgetLayer`](super::budget::RetryBudgetLayer), outside this layer), each retry needs
-//!   its permit; a refused retry returns the response at hand.
+//!   [`RetryBudgetLayer`](super::budget::RetryBudgetLayer), outside this layer), the layer takes it
+//!   out (the tries do not carry it) and each retry needs its permit; a refused retry returns the
+//!   response at hand.
 //! - Exhausted retries return the last try's response. [`Attempts`] goes in response extensions.
 //!
 //! The route timeout goes *outside* this layer: every try and every backoff happen inside this
@@ -270,13 +271,15 @@ where
         if req.body().is_end_stream() {
             // The common case (GET, HEAD, DELETE): nothing to buffer, so no boxed future unless a
             // retry actually happens.
-            let (parts, body) = req.into_parts();
+            let (mut parts, body) = req.into_parts();
+            let budget = parts.extensions.remove::<RetryBudget>();
             let template = template(&parts);
             let req = Request::from_parts(parts, body);
             let attempt = Attempt::new(req, per_try_timeout, |req| self.inner.call(req));
             let ctx = Ctx {
                 service: self.inner.clone(),
                 template,
+                budget,
                 body: Bytes::new(),
                 policy: self.policy.clone(),
                 counters: self.counters.clone(),
@@ -323,6 +326,8 @@ enum Decision {
 struct Ctx<S> {
     service: S,
     template: Request<()>,
+    /// Taken out of the request's extensions: the tries do not need it.
+    budget: Option<RetryBudget>,
     body: Bytes,
     policy: Arc<Policy>,
     counters: Arc<Counters>,
@@ -348,7 +353,7 @@ impl<S> Ctx<S> {
             self.counters.exhausted.fetch_add(1, Ordering::Relaxed);
             return Decision::Done;
         }
-        let permit = match self.template.extensions().get::<RetryBudget>().map(RetryBudget::try_retry) {
+        let permit = match self.budget.as_ref().map(RetryBudget::try_retry) {
             None => None,
             Some(Ok(permit)) => Some(permit),
             Some(Err(refused)) => {
@@ -435,11 +440,12 @@ where
     S: Service<Request<Body>, Response = Response<B>>,
     B: From<Bytes>,
 {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     match buffer(body, MAX_REPLAY_BODY).await {
         Buffered::Replayable(bytes) => {
-            let mut ctx =
-                Ctx { service, template: template(&parts), body: bytes, policy, counters, attempts: 1 };
+            let budget = parts.extensions.remove::<RetryBudget>();
+            let template = template(&parts);
+            let mut ctx = Ctx { service, template, budget, body: bytes, policy, counters, attempts: 1 };
             let request = Request::from_parts(parts, Body::full(ctx.body.clone()));
             let per_try_timeout = ctx.policy.per_try_timeout;
             let service = &mut ctx.service;
