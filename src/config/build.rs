@@ -9,9 +9,11 @@ use tower::util::BoxCloneSyncService;
 
 use super::ConfigError;
 use super::plugin::{self, PluginContext};
+use super::retry_policy::{DEFAULT_MAX_RETRIES, RetryPolicy};
 use super::schema::{Config, RoutePath};
 use crate::body::Body;
 use crate::proxy::Proxy;
+use crate::resilience::budget::RetryBudgetLayer;
 use crate::router::{Route, Router};
 use crate::timeout::RouteTimeoutLayer;
 
@@ -81,11 +83,37 @@ impl Config {
             let proxy = proxy.build::<Body>();
             // One breaker per service, shared by its routes (an Envoy cluster's breakers).
             let breaker = service.circuit_breakers.as_ref().map(|b| b.layer(service.http2));
+            // One budget per retry policy: the routes that inherit the service's policy share it.
+            // Envoy's `max_retries` threshold caps the retries in flight under each budget.
+            let max_retries =
+                service.circuit_breakers.as_ref().map_or(DEFAULT_MAX_RETRIES, |b| b.max_retries);
+            let retry_budget = |at: String, policy: &RetryPolicy| {
+                policy.budget(max_retries).map_err(|e| ConfigError::invalid(origin, at, e.to_string()))
+            };
+            let service_retry = match &service.retry_policy {
+                Some(policy) => Some((policy, retry_budget(format!("services[{s}].retry_policy"), policy)?)),
+                None => None,
+            };
             for (r, route) in service.routes.iter().enumerate() {
                 let timeout = route.timeout.or(service.timeout);
+                let retry = match &route.retry_policy {
+                    Some(policy) => Some((
+                        policy,
+                        retry_budget(format!("services[{s}].routes[{r}].retry_policy"), policy)?,
+                    )),
+                    None => service_retry.clone(),
+                };
+                let (retry_layer, budget_layer) = match retry {
+                    Some((policy, budget)) => (Some(policy.layer()), Some(RetryBudgetLayer::new(budget))),
+                    None => (None, None),
+                };
+                // Outermost first: the route timeout covers every try and backoff; the budget
+                // counts each client request once, outside the retries.
                 let stack = ServiceBuilder::new()
                     .option_layer(timeout.map(RouteTimeoutLayer::new))
                     .option_layer(breaker.clone())
+                    .option_layer(budget_layer)
+                    .option_layer(retry_layer)
                     .service(proxy.clone());
                 let mut stack = BoxCloneSyncService::new(stack);
                 // Innermost first: the highest-priority plugin ends up outermost and runs first.

@@ -41,8 +41,8 @@
 //! # Ok::<(), portcullis::config::ConfigError>(())
 //! ```
 //!
-//! Keys for features still to come (`retry_policy`) and plugins not implemented yet ([`PLUGINS`])
-//! are rejected with `... is not supported yet` rather than silently ignored.
+//! Plugins not implemented yet ([`PLUGINS`]) are rejected with `... is not supported yet` rather
+//! than silently ignored.
 
 mod build;
 mod circuit_breakers;
@@ -51,6 +51,7 @@ mod error;
 mod hosts;
 mod plugin;
 mod plugins;
+mod retry_policy;
 mod schema;
 mod validate;
 
@@ -62,6 +63,9 @@ pub use duration::{InvalidDuration, parse_duration};
 pub use error::{ConfigError, ConfigErrorKind};
 pub use hosts::{DEFAULT_TARGET_PORT, DEFAULT_TARGET_WEIGHT, LbPolicy, OutlierDetectionConfig, Target};
 pub use plugins::{PLUGINS, PluginSpec};
+pub use retry_policy::{
+    DEFAULT_MAX_RETRIES, RetryBackOff, RetryBudgetConfig, RetryHostPredicate, RetryPolicy,
+};
 pub use schema::{
     AccessLog, Config, Consumer, FORMAT_VERSIONS, Gateway, Plugin, Protocol, Route, RoutePath, Service, Tls,
     Upstream,

@@ -13,6 +13,7 @@ use serde::de::{self, Deserializer, Visitor};
 use super::circuit_breakers::CircuitBreakers;
 use super::duration;
 use super::hosts::{LbPolicy, OutlierDetectionConfig, Target};
+use super::retry_policy::RetryPolicy;
 use crate::client_ip::TrustedProxies;
 
 /// The `_format_version` values accepted (decK's, which portcullis files share).
@@ -229,9 +230,9 @@ pub struct Service {
     /// 0: never, answer 503 `no_healthy_upstream` instead).
     #[serde(default, deserialize_with = "optional_percent")]
     pub healthy_panic_threshold: Option<u8>,
-    /// Envoy-style retries (later issue; rejected by validation for now).
+    /// Envoy's retry policy for every route of this service (a route's own replaces it).
     #[serde(default)]
-    pub retry_policy: Option<serde_yaml_ng::Value>,
+    pub retry_policy: Option<RetryPolicy>,
     /// Envoy's circuit-breaker thresholds and the classic breaker ([`CircuitBreakers`]).
     #[serde(default)]
     pub circuit_breakers: Option<CircuitBreakers>,
@@ -322,9 +323,9 @@ pub struct Route {
     /// Overrides the service's `timeout` for this route.
     #[serde(default, deserialize_with = "duration::deserialize_option")]
     pub timeout: Option<Duration>,
-    /// Envoy-style retries per route (later issue; rejected by validation for now).
+    /// Envoy's retry policy for this route; replaces the service's whole.
     #[serde(default)]
-    pub retry_policy: Option<serde_yaml_ng::Value>,
+    pub retry_policy: Option<RetryPolicy>,
     /// Plugins applied to this route.
     #[serde(default)]
     pub plugins: Vec<Plugin>,

@@ -475,24 +475,6 @@ fn plugin_fields_references_and_duplicates() {
 }
 
 #[test]
-fn later_issue_keys_are_not_supported_yet() {
-    for key in ["retry_policy: {num_retries: 2}"] {
-        let name = key.split(':').next().unwrap();
-        let err = assert_error(
-            &service(&format!("  {key}\n")),
-            &format!("services[0].{name}"),
-            &format!("`{name}` is not supported yet"),
-        );
-        assert_eq!(err.kind(), ConfigErrorKind::Unsupported);
-    }
-    assert_error(
-        &route("    paths: [/a]\n    retry_policy: {num_retries: 2}\n"),
-        "services[0].routes[1].retry_policy",
-        "`retry_policy` is not supported yet",
-    );
-}
-
-#[test]
 fn upstream_errors() {
     assert_error(
         &service("").replace("http://127.0.0.1:9000", "https://x"),

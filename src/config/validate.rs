@@ -122,13 +122,8 @@ fn validate_service(
     registry: &[PluginSpec],
     names: &Names<'_>,
 ) -> Result<Upstream, Invalid> {
-    let later = [
-        ("retry_policy", service.retry_policy.is_some()),
-    ];
-    for (key, present) in later {
-        if present {
-            return Err(Invalid::unsupported(format!("{at}.{key}"), format!("`{key}` is not supported yet")));
-        }
+    if let Some(policy) = &service.retry_policy {
+        policy.validate(&format!("{at}.retry_policy"))?;
     }
     let upstream = resolve_upstream(at, service)?;
     super::hosts::validate(at, service)?;
@@ -145,11 +140,8 @@ fn validate_route(
     registry: &[PluginSpec],
     names: &Names<'_>,
 ) -> Result<(), Invalid> {
-    if route.retry_policy.is_some() {
-        return Err(Invalid::unsupported(
-            format!("{at}.retry_policy"),
-            "`retry_policy` is not supported yet",
-        ));
+    if let Some(policy) = &route.retry_policy {
+        policy.validate(&format!("{at}.retry_policy"))?;
     }
     if route.paths.is_empty()
         && route.methods.is_empty()

@@ -22,8 +22,10 @@ use std::sync::Arc;
 
 pub mod balance;
 pub mod breaker;
+pub mod budget;
 pub mod classify;
 pub mod outlier;
+pub mod retry;
 
 /// The upstream hosts this request has already been sent to, in request extensions: written by
 /// the retry layer after each attempt (from [`UpstreamInfo::host`](crate::proxy::UpstreamInfo)),

@@ -11,6 +11,7 @@ mod hosts;
 mod jwt;
 mod proxy;
 mod ratelimit;
+mod retry;
 mod routing;
 mod seed;
 mod server;
