@@ -48,6 +48,7 @@
 mod build;
 mod duration;
 mod error;
+mod instruments;
 mod plugin;
 mod plugins;
 mod schema;
@@ -58,6 +59,9 @@ use std::path::Path;
 pub use build::RouteService;
 pub use duration::{InvalidDuration, parse_duration};
 pub use error::{ConfigError, ConfigErrorKind};
+#[cfg(feature = "ratelimit")]
+pub use instruments::RateLimiterInstrument;
+pub use instruments::{Instruments, ServiceProbe};
 pub use plugins::{PLUGINS, PluginSpec};
 pub use schema::{
     AccessLog, Config, Consumer, FORMAT_VERSIONS, Gateway, Plugin, Protocol, Route, RoutePath, Service, Tls,

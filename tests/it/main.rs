@@ -7,6 +7,7 @@ mod auth_keys;
 mod config;
 #[cfg(feature = "jwt")]
 mod jwt;
+mod metrics;
 mod proxy;
 mod ratelimit;
 mod routing;

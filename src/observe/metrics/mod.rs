@@ -395,6 +395,12 @@ impl Metrics {
         self.registry().register_collector(Box::new(collector));
     }
 
+    /// The collectors a config build gathered ([`Instruments`](crate::config::Instruments)).
+    #[cfg(feature = "gateway")]
+    pub(crate) fn register_boxed_collector(&self, collector: Box<dyn Collector>) {
+        self.registry().register_collector(collector);
+    }
+
     /// A counter whose value `read` returns at scrape time (`name` without `_total`).
     pub fn register_counter_fn(
         &self,
