@@ -122,6 +122,9 @@ where
             outcome = Empty,
             otel.status_code = Empty,
         );
+        if span.is_disabled() {
+            return ResponseFuture { inner: self.inner.call(req), span };
+        }
         let inner = {
             let _entered = span.enter();
             self.inner.call(req)
@@ -149,13 +152,14 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        if this.span.is_disabled() {
+            return this.inner.poll(cx);
+        }
         let _entered = this.span.enter();
         let result = ready!(this.inner.poll(cx));
-        if !this.span.is_disabled() {
-            match &result {
-                Ok(response) => record(this.span, response.status().as_u16(), response.extensions()),
-                Err(_) => record(this.span, 500, &Extensions::new()),
-            }
+        match &result {
+            Ok(response) => record(this.span, response.status().as_u16(), response.extensions()),
+            Err(_) => record(this.span, 500, &Extensions::new()),
         }
         Poll::Ready(result)
     }

@@ -310,3 +310,64 @@ async fn status_reports_routes_services_rate_limiters_and_the_config_version() {
     assert_eq!(get(&admin_url(&gw, "/healthz")).await.json()["status"], "ok");
     assert_eq!(get(&admin_url(&gw, "/nothing")).await.status, 404);
 }
+
+/// A Redis rate-limit store that is down shows as unhealthy in `/status`, its failures are
+/// counted by kind in `/metrics`, and the requests it let through are `bypassed`; one that is up
+/// is healthy.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn redis_store_health_and_errors_are_reported() {
+    use crate::ratelimit::on_redis::RedisServer;
+
+    let upstream = Upstream::start().await;
+    let down = closed_port().await;
+    let live = RedisServer::start().await;
+    let live_port = live.as_ref().map_or(down.port(), |r| r.port);
+    let yaml = format!(
+        r#"services:
+- name: svc
+  url: {upstream}
+  routes:
+  - name: down
+    paths: [/down]
+    plugins: [{{name: rate-limiting, config: {{minute: 100, policy: redis, redis_host: 127.0.0.1, redis_port: {down}, redis_timeout: 500}}}}]
+  - name: up
+    paths: [/up]
+    plugins: [{{name: rate-limiting, config: {{minute: 100, policy: redis, redis_host: 127.0.0.1, redis_port: {live_port}, redis_timeout: 10000}}}}]
+"#,
+        upstream = upstream.url(),
+        down = down.port()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    assert_eq!(get(&gw.url("/down")).await.status, 200, "fault tolerant: admitted");
+    if live.is_some() {
+        assert_eq!(get(&gw.url("/up")).await.status, 200);
+    }
+
+    let status = get(&admin_url(&gw, "/status")).await.json();
+    let limiters = status["rate_limiters"].as_array().unwrap();
+    let down_status = limiters.iter().find(|l| l["route"] == "down").unwrap();
+    assert_eq!(down_status["policy"], "redis");
+    assert_eq!(down_status["healthy"], false, "{down_status}");
+    assert_eq!(down_status["store_errors"]["unavailable"], 1, "{down_status}");
+    assert_eq!(down_status["bypassed"], 1, "{down_status}");
+    if live.is_some() {
+        let up_status = limiters.iter().find(|l| l["route"] == "up").unwrap();
+        assert_eq!(up_status["healthy"], true, "{up_status}");
+        assert_eq!(up_status["store_errors"]["unavailable"], 0, "{up_status}");
+    }
+
+    let (text, samples) = scrape(&gw).await;
+    let errors = |route: &str, kind: &str| {
+        samples
+            .get(&format!(r#"portcullis_rate_limit_store_errors_total{{kind="{kind}",route="{route}"}}"#))
+            .copied()
+    };
+    assert_eq!((errors("down", "unavailable"), errors("down", "script")), (Some(1.0), Some(0.0)), "{text}");
+    let bypassed = r#"portcullis_rate_limit_decisions_total{outcome="bypassed",route="down",service="svc"}"#;
+    assert_eq!(samples.get(bypassed), Some(&1.0), "{text}");
+    if live.is_some() {
+        let allowed = r#"portcullis_rate_limit_decisions_total{outcome="allowed",route="up",service="svc"}"#;
+        assert_eq!(samples.get(allowed), Some(&1.0), "{text}");
+    }
+}

@@ -21,25 +21,33 @@ pub(super) const REQUEST_BUCKETS: &[f64] =
 pub(super) const OVERHEAD_BUCKETS: &[f64] =
     &[0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1];
 
+/// The most bounds a histogram has (the `+Inf` bucket comes on top).
+const MAX_BOUNDS: usize = 15;
+
 /// A fixed-bucket histogram of durations, shared by its clones.
 #[derive(Debug, Clone)]
 pub(crate) struct LatencyHistogram(Arc<Inner>);
 
+/// Everything inline in one allocation: an observation touches no other pointer.
 #[derive(Debug)]
 struct Inner {
-    bounds: &'static [f64],
-    /// `bounds` in nanoseconds, so an observation compares integers.
-    bounds_ns: Box<[u64]>,
-    /// One count per bound, then the `+Inf` bucket; not cumulative.
-    counts: Box<[AtomicU64]>,
+    /// `bounds` in nanoseconds, so an observation compares integers; unused entries are
+    /// `u64::MAX`, so they never match before the `+Inf` bucket.
+    bounds_ns: [u64; MAX_BOUNDS],
+    /// One count per bound, then the `+Inf` bucket (at `bounds.len()`); not cumulative.
+    counts: [AtomicU64; MAX_BOUNDS + 1],
     sum_ns: AtomicU64,
+    bounds: &'static [f64],
 }
 
 impl LatencyHistogram {
     pub(super) fn new(bounds: &'static [f64]) -> Self {
-        let bounds_ns = bounds.iter().map(|b| (b * 1e9).round() as u64).collect();
-        let counts = (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect();
-        Self(Arc::new(Inner { bounds, bounds_ns, counts, sum_ns: AtomicU64::new(0) }))
+        let bounds = &bounds[..bounds.len().min(MAX_BOUNDS)];
+        let mut bounds_ns = [u64::MAX; MAX_BOUNDS];
+        for (ns, b) in bounds_ns.iter_mut().zip(bounds) {
+            *ns = (b * 1e9).round() as u64;
+        }
+        Self(Arc::new(Inner { bounds_ns, counts: Default::default(), sum_ns: AtomicU64::new(0), bounds }))
     }
 
     pub(super) fn request() -> Self {
@@ -50,10 +58,14 @@ impl LatencyHistogram {
         Self::new(OVERHEAD_BUCKETS)
     }
 
+    #[inline]
     pub(super) fn observe(&self, d: Duration) {
         let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         let inner = &*self.0;
-        let i = inner.bounds_ns.iter().position(|&b| ns <= b).unwrap_or(inner.bounds_ns.len());
+        let i = inner.bounds_ns.iter().position(|&b| ns <= b).unwrap_or(inner.bounds.len());
+        // Past the last real bound every entry is `u64::MAX`: `i` is at most `bounds.len()`,
+        // the `+Inf` bucket, except for an observation of exactly `u64::MAX` ns.
+        let i = i.min(inner.bounds.len());
         if let Some(count) = inner.counts.get(i) {
             count.fetch_add(1, Ordering::Relaxed);
         }
@@ -74,9 +86,9 @@ impl TypedMetric for LatencyHistogram {
 impl EncodeMetric for LatencyHistogram {
     fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
         let inner = &*self.0;
-        let mut buckets = Vec::with_capacity(inner.counts.len());
+        let mut buckets = Vec::with_capacity(inner.bounds.len() + 1);
         let mut count = 0;
-        for (i, c) in inner.counts.iter().enumerate() {
+        for (i, c) in inner.counts.iter().enumerate().take(inner.bounds.len() + 1) {
             let n = c.load(Ordering::Relaxed);
             count += n;
             buckets.push((inner.bounds.get(i).copied().unwrap_or(f64::INFINITY), n));

@@ -20,6 +20,9 @@
 //! | `portcullis_auth_failures_total` | `plugin`, `reason` | [`AuthFailure`] |
 //! | `portcullis_access_log_dropped_lines_total` | | [`Metrics::watch_access_log`] |
 //!
+//! A request is recorded when its response head is ready (an inner `Err` counts as `5xx`); a
+//! request whose client went away before that is not recorded (the access log has it, as 499).
+//!
 //! Labels are bounded by construction: route and service names come from the router (the
 //! config), the rest are fixed words. No consumer id, IP, path, header or token is ever a label.
 //! Requests that matched no route have `route=""` and `service=""`.
@@ -60,7 +63,9 @@
 //!
 //! # Contributing metrics from other components
 //!
-//! Three ways, all collected into the same output under the `portcullis_` prefix:
+//! Three ways, all collected into the same output under the `portcullis_` prefix (write help
+//! texts without a final period: the encoder adds one; leave `_total` off counter names: the
+//! encoder adds it):
 //!
 //! - a number read at scrape time: [`Metrics::register_counter_fn`], [`Metrics::register_gauge_fn`];
 //! - a `prometheus_client` metric the component updates itself (a `Family<Labels, Gauge>`, say):
