@@ -4,7 +4,7 @@
 //!
 //! A component built from the config registers itself here while the router is built
 //! ([`Config::build_router_with`](super::Config::build_router_with)); plugin builders reach the
-//! same value through their `PluginContext`.
+//! same value through their `PluginContext` (`ctx.instruments.borrow_mut()`).
 
 use std::fmt;
 use std::sync::Arc;
@@ -45,6 +45,62 @@ pub struct RateLimiterInstrument {
 /// What a config build exposes to the admin endpoints: the stateful parts it built register
 /// here while the router is built ([`Config::build_router_with`](super::Config::build_router_with)),
 /// and the gateway reads them for `/status` (on every call) and `/metrics` (on every scrape).
+///
+/// How a stateful component plugs in — a circuit breaker, say, whose state is an atomic shared
+/// by its layer's clones:
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicU8, Ordering};
+///
+/// use portcullis::config::{Instruments, ServiceProbe};
+/// # #[cfg(feature = "metrics")]
+/// use portcullis::observe::metrics::prometheus_client::{
+///     collector::Collector,
+///     encoding::{DescriptorEncoder, EncodeMetric},
+///     metrics::gauge::ConstGauge,
+/// };
+///
+/// #[derive(Debug, Default)]
+/// struct BreakerState(AtomicU8); // 0 closed, 1 open, 2 half-open
+///
+/// #[derive(Debug)]
+/// struct BreakerProbe(Arc<BreakerState>);
+///
+/// // `/status`: `services[].breaker`.
+/// impl ServiceProbe for BreakerProbe {
+///     fn breaker_state(&self) -> Option<&'static str> {
+///         Some(["closed", "open", "half_open"][usize::from(self.0.0.load(Ordering::Relaxed) % 3)])
+///     }
+/// }
+///
+/// // `/metrics`: `portcullis_breaker_open{service="orders"} 0`, read at scrape time.
+/// # #[cfg(feature = "metrics")]
+/// #[derive(Debug)]
+/// struct BreakerGauge { service: String, state: Arc<BreakerState> }
+///
+/// # #[cfg(feature = "metrics")]
+/// impl Collector for BreakerGauge {
+///     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+///         let open = ConstGauge::new(i64::from(self.state.0.load(Ordering::Relaxed) == 1));
+///         let mut family = encoder.encode_descriptor("breaker_open", "1 while the breaker is open", None, open.metric_type())?;
+///         open.encode(family.encode_family(&[("service", self.service.as_str())])?)
+///     }
+/// }
+///
+/// let state = Arc::new(BreakerState::default()); // the breaker layer holds a clone
+/// let mut instruments = Instruments::default();   // in a plugin builder: ctx.instruments.borrow_mut()
+/// instruments.service_probe("orders", Arc::new(BreakerProbe(state.clone())));
+/// # #[cfg(feature = "metrics")]
+/// instruments.collector(BreakerGauge { service: "orders".into(), state });
+/// assert_eq!(instruments.probes_of("orders").find_map(|p| p.breaker_state()), Some("closed"));
+/// ```
+///
+/// One collector per *metric name*: a second collector describing the same name would describe
+/// the family twice, which Prometheus rejects. Register one collector per kind of component
+/// that reports every instance (as [`Metrics::watch_rate_limiter`] does for rate limiters).
+///
+/// [`Metrics::watch_rate_limiter`]: crate::observe::metrics::Metrics::watch_rate_limiter
 #[derive(Default)]
 pub struct Instruments {
     pub(crate) services: Vec<(String, Arc<dyn ServiceProbe>)>,

@@ -4,10 +4,11 @@
 //! the route. The first request of a route takes a slot in a fixed open-addressed table of
 //! `OnceLock`s (lock-free to read; the slot keeps the `Arc` alive, so the address cannot be
 //! reused by another route while the slot names it) and resolves its label sets there; every
-//! later request finds the slot with one multiply and a pointer comparison. Each series inside a
+//! later request finds the slot with one multiply and a pointer comparison (a few, when
+//! addresses collide). Each series inside a
 //! slot is created on its first use, so a route that is never rate limited shows no rate-limit
-//! series. Past the table's capacity (routes rebuilt by many reloads), routes are found by
-//! name under a mutex: slower, still correct.
+//! series. Past the table's capacity (routes rebuilt by many reloads) or after 32 occupied
+//! slots in a row, routes are found by name under a mutex: slower, still correct.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -23,6 +24,9 @@ use crate::router::RouteInfo;
 const SLOTS: usize = 512;
 /// Keeps the top `log2(SLOTS)` bits of the 64-bit hash.
 const SHIFT: u32 = 64 - SLOTS.trailing_zeros();
+/// Slots probed before a route is looked up by name instead (a full table must not cost every
+/// overflowing request a scan of all slots).
+const PROBES: usize = 32;
 
 /// The series of one (route, service) pair.
 pub(crate) struct RouteMetrics {
@@ -115,7 +119,7 @@ impl RouteCache {
         // Fibonacci hashing of the address; the low bits of an allocation are always zero.
         let start =
             ((Arc::as_ptr(route) as usize as u64 >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> SHIFT) as usize;
-        for i in 0..SLOTS {
+        for i in 0..PROBES {
             let Some(slot) = self.slots.get((start + i) & (SLOTS - 1)) else { break };
             let (owner, metrics) = slot.get_or_init(|| (route.clone(), RouteMetrics::of(route)));
             if Arc::ptr_eq(owner, route) {
@@ -155,7 +159,14 @@ mod tests {
             let name = cache.with(Some(r), |m| m.labels.route.clone());
             assert_eq!(Some(name.as_str()), r.name.as_deref());
         }
-        assert_eq!(cache.overflow.lock().unwrap().len(), 4);
+        let used = cache.slots.iter().filter(|s| s.get().is_some()).count();
+        let overflowed = cache.overflow.lock().unwrap().len();
+        assert!(overflowed >= 4, "{overflowed}");
+        assert_eq!(used + overflowed, SLOTS + 3 + 1);
+        // An overflowed route keeps its series.
+        let last = routes.last().unwrap();
+        let first = cache.with(Some(last), |m| m as *const RouteMetrics);
+        assert_eq!(first, cache.with(Some(last), |m| m as *const RouteMetrics));
         let unmatched = cache.with(None, |m| m.labels.clone());
         assert_eq!(unmatched, RouteLabels { route: String::new(), service: String::new() });
     }
