@@ -1,6 +1,7 @@
 //! `GET /metrics` and `GET /status` on the admin listener of a real gateway: the text parses as
 //! Prometheus exposition (with `prometheus-parse` and a strict line checker), counters move with
-//! each outcome (200, 401, 429, 404, 502), and no label, status field or log line carries a key.
+//! each outcome (200, 401, 403, 429, 404, 502), and no label, status field or log line carries a
+//! key or token.
 
 use std::collections::HashMap;
 
@@ -11,6 +12,9 @@ use crate::support::*;
 
 const KEY: &str = "sk-live-7f3a9c0e-SECRET";
 const WRONG_KEY: &str = "sk-wrong-0000-SECRET";
+/// An HS256 token for `alice-hs` with a forged signature.
+const FORGED_JWT: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImFsaWNlLWhzIn0.\
+    eyJpc3MiOiJhbGljZS1ocyIsInN1YiI6IngiLCJleHAiOjQxMDI0NDQ4MDB9.Zm9yZ2VkLXNpZ25hdHVyZS1TRUNSRVQtYnl0ZXM";
 
 async fn gateway() -> (TestGateway, Upstream) {
     let upstream = Upstream::start().await;
@@ -19,6 +23,7 @@ async fn gateway() -> (TestGateway, Upstream) {
         r#"consumers:
 - username: alice
   keyauth_credentials: [{{key: {KEY}}}]
+  jwt_secrets: [{{key: alice-hs, algorithm: HS256, secret: alice-shared-secret}}]
 services:
 - name: echo-svc
   url: {upstream}
@@ -31,6 +36,12 @@ services:
   - name: limited
     paths: [/limited]
     plugins: [{{name: rate-limiting, config: {{minute: 2, policy: local}}}}]
+  - name: admins
+    paths: [/admins]
+    plugins: [{{name: key-auth}}, {{name: acl, config: {{allow: [admins]}}}}]
+  - name: tokens
+    paths: [/tokens]
+    plugins: [{{name: jwt}}]
 - name: dead-svc
   url: http://{dead}
   routes:
@@ -192,6 +203,12 @@ async fn counters_move_with_each_outcome_and_never_carry_a_key() {
     for expected in [200, 200, 429] {
         assert_eq!(get(&gw.url("/limited")).await.status, expected);
     }
+    assert_eq!(send_with_key(&gw, "/admins", KEY).await, 403, "alice is not in `admins`");
+    let forged = Request::get(gw.url("/tokens"))
+        .header("authorization", format!("Bearer {FORGED_JWT}"))
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(send(forged).await.status, 401);
     assert_eq!(get(&gw.url(&format!("/nowhere?apikey={KEY}"))).await.status, 404);
     assert_eq!(get(&gw.url("/dead")).await.status, 502);
 
@@ -218,6 +235,14 @@ async fn counters_move_with_each_outcome_and_never_carry_a_key() {
     };
     assert_eq!(auth("invalid_credentials") + auth("unauthorized"), 3.0, "{text}");
     assert!(auth("invalid_credentials") >= 2.0, "{text}");
+    let acl = r#"portcullis_auth_failures_total{plugin="acl",reason="forbidden"}"#;
+    assert_eq!(after.get(acl), Some(&1.0), "{text}");
+    let jwt: f64 = after
+        .iter()
+        .filter(|(k, _)| k.starts_with(r#"portcullis_auth_failures_total{plugin="jwt","#))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(jwt, 1.0, "{text}");
 
     // Latency: every request timed; upstream time and overhead for the proxied ones (open,
     // keyed and limited answered by the upstream: 5, and the failed connection to `dead`, timed
@@ -227,7 +252,7 @@ async fn counters_move_with_each_outcome_and_never_carry_a_key() {
         .filter(|(k, _)| k.starts_with("portcullis_request_duration_seconds_count{"))
         .map(|(_, v)| v)
         .sum();
-    assert_eq!(total, 11.0, "{text}");
+    assert_eq!(total, 13.0, "{text}");
     let upstream: f64 = after
         .iter()
         .filter(|(k, _)| k.starts_with("portcullis_upstream_duration_seconds_count{"))
@@ -254,15 +279,16 @@ async fn counters_move_with_each_outcome_and_never_carry_a_key() {
     };
     assert!(openmetrics.ends_with("# EOF\n"));
     let log = gw.stop().await;
-    assert_eq!(log.len(), 11);
+    assert_eq!(log.len(), 13);
     for metrics in [&text, &openmetrics] {
         // Labels are route and service names and fixed words: no key, query, path or address.
-        for leak in [KEY, WRONG_KEY, "SECRET", "apikey", "nowhere", "127.0.0.1"] {
+        for leak in [KEY, WRONG_KEY, FORGED_JWT, "SECRET", "apikey", "Bearer", "eyJ", "nowhere", "127.0.0.1"]
+        {
             assert!(!metrics.contains(leak), "`{leak}` leaked into /metrics:\n{metrics}");
         }
     }
     for other in [status, serde_json::to_string(&log).unwrap()] {
-        for leak in [KEY, WRONG_KEY, "SECRET"] {
+        for leak in [KEY, WRONG_KEY, FORGED_JWT, "SECRET", "eyJ"] {
             assert!(!other.contains(leak), "`{leak}` leaked into:\n{other}");
         }
     }
@@ -285,7 +311,7 @@ async fn status_reports_routes_services_rate_limiters_and_the_config_version() {
 
     let routes = status["routes"].as_array().unwrap();
     let names: Vec<_> = routes.iter().map(|r| r["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["open", "keyed", "limited", "dead"]);
+    assert_eq!(names, ["open", "keyed", "limited", "admins", "tokens", "dead"]);
     assert_eq!(routes[0]["service"], "echo-svc");
     assert_eq!(routes[0]["paths"], serde_json::json!(["/open"]));
 
