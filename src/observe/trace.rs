@@ -18,6 +18,9 @@
 //! When no subscriber wants the span — no subscriber at all, or a filter that leaves out
 //! `portcullis::request` at `INFO` — `tracing` answers from its per-callsite cache, the span is
 //! disabled, no field is computed and the layer costs a few nanoseconds (`benches/metrics.rs`).
+//! A subscriber that does want it (any subscriber enabled at `INFO` for this target, a plain
+//! `fmt` one included) pays for one span per request; turn it off with a filter such as
+//! `portcullis::request=off` when only the events are wanted.
 //!
 //! # Example
 //!
