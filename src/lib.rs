@@ -48,7 +48,9 @@
 //! - `config`: the YAML loader.
 //! - `jwt`: [`auth::jwt::JwtAuthLayer`] (jsonwebtoken on aws-lc-rs; implies `proxy` for JWKS).
 //! - `ratelimit`: [`ratelimit`], the rate-limit layers (tokio).
-//! - `gateway` (default, implies all three): [`gateway::Gateway`] and its server.
+//! - `metrics`: [`observe::metrics`], Prometheus metrics (prometheus-client).
+//! - `gateway` (default, implies the above): [`gateway::Gateway`] and its server, with
+//!   `/healthz`, `/metrics` and `/status` on the admin listener.
 //!
 //! With `default-features = false`, the request id, access log, sanitizing and routing layers come
 //! with no runtime and no YAML dependency.

@@ -40,6 +40,7 @@ use http::{HeaderName, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
+use super::AuthFailure;
 use crate::consumer::Consumer;
 use crate::error::Rejection;
 
@@ -154,7 +155,8 @@ where
         };
         match rejection {
             Some(rejection) => {
-                ResponseFuture { kind: Kind::Rejected { response: Some(rejection.into_response_for(&req)) } }
+                let response = AuthFailure::respond("acl", rejection, &req);
+                ResponseFuture { kind: Kind::Rejected { response: Some(response) } }
             }
             None => ResponseFuture { kind: Kind::Inner { inner: self.inner.call(req) } },
         }

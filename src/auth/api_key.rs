@@ -54,9 +54,13 @@ use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
 use tower::{Layer, Service};
 
+use super::AuthFailure;
 use crate::body::BodyTooLarge;
 use crate::consumer::Consumer;
 use crate::error::{BoxError, Rejection};
+
+/// The plugin name in [`AuthFailure`].
+const PLUGIN: &str = "key-auth";
 
 // === KeyDigest, KeyHasher ===
 
@@ -734,7 +738,7 @@ where
         }
         match config.decide(&mut req, located) {
             Ok(consumer) => ResponseFuture::inner(self.inner.call(req), Some(consumer)),
-            Err(rejection) => ResponseFuture::rejected(rejection.into_response_for(&req)),
+            Err(rejection) => ResponseFuture::rejected(AuthFailure::respond(PLUGIN, rejection, &req)),
         }
     }
 }
@@ -765,7 +769,7 @@ where
                 Rejection::bad_request("cannot read the request body")
             };
             let req = Request::from_parts(parts, ());
-            return Ok(rejection.into_response_for(&req));
+            return Ok(AuthFailure::respond(PLUGIN, rejection, &req));
         }
     };
     let params = match kind {
@@ -788,7 +792,7 @@ where
             response.extensions_mut().insert(consumer);
             Ok(response)
         }
-        Err(rejection) => Ok(rejection.into_response_for(&req)),
+        Err(rejection) => Ok(AuthFailure::respond(PLUGIN, rejection, &req)),
     }
 }
 

@@ -59,6 +59,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::OnceCell;
 use tower::{Layer, Service};
 
+use super::AuthFailure;
 use super::api_key::{form_decode, pairs, remove_pairs, set_query};
 use crate::consumer::Consumer;
 use crate::error::Rejection;
@@ -78,6 +79,9 @@ static CONSUMER_HEADERS: [HeaderName; 6] = [
 ];
 
 /// Tokens longer than this are refused without asking the endpoint.
+/// The plugin name in [`AuthFailure`].
+const PLUGIN: &str = "oauth2-introspection";
+
 const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// Largest introspection response read.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
@@ -691,7 +695,7 @@ where
                     }
                     Ok(response)
                 }
-                Err(rejection) => Ok(rejection.into_response_for(&req)),
+                Err(rejection) => Ok(AuthFailure::respond(PLUGIN, rejection, &req)),
             }
         }))
     }
@@ -709,7 +713,7 @@ impl<S> Introspection<S> {
     {
         match outcome {
             Ok(consumer) => ResponseFuture::inner(self.inner.call(req), consumer),
-            Err(rejection) => ResponseFuture::rejected(rejection.into_response_for(&req)),
+            Err(rejection) => ResponseFuture::rejected(AuthFailure::respond(PLUGIN, rejection, &req)),
         }
     }
 }

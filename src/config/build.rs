@@ -7,10 +7,10 @@ use http::{Request, Response};
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 
-use super::ConfigError;
 use super::plugin::{self, PluginContext};
 use super::retry_policy::{DEFAULT_MAX_RETRIES, RetryPolicy};
 use super::schema::{Config, RoutePath};
+use super::{ConfigError, Instruments};
 use crate::body::Body;
 use crate::proxy::Proxy;
 use crate::resilience::budget::RetryBudgetLayer;
@@ -63,6 +63,27 @@ impl Config {
     ///
     /// `origin` names the file in errors, as [`Config::from_file`] does.
     pub fn build_router(&self, origin: &str) -> Result<Router<RouteService>, ConfigError> {
+        self.build_router_with(origin, &mut Instruments::default())
+    }
+
+    /// [`build_router`](Self::build_router), registering the stateful parts it builds (rate
+    /// limiters, ...) in `instruments` for the admin endpoints.
+    pub fn build_router_with(
+        &self,
+        origin: &str,
+        instruments: &mut Instruments,
+    ) -> Result<Router<RouteService>, ConfigError> {
+        let cell = std::cell::RefCell::new(std::mem::take(instruments));
+        let built = self.build_router_into(origin, &cell);
+        *instruments = cell.into_inner();
+        built
+    }
+
+    fn build_router_into(
+        &self,
+        origin: &str,
+        instruments: &std::cell::RefCell<Instruments>,
+    ) -> Result<Router<RouteService>, ConfigError> {
         self.refuse_consumer_scoped_plugins(origin)?;
         let mut builder = Router::builder();
         // Router errors name a route by its insertion index; this maps it back to the file.
@@ -116,9 +137,21 @@ impl Config {
                     .option_layer(retry_layer)
                     .service(proxy.clone());
                 let mut stack = BoxCloneSyncService::new(stack);
+                // Unnamed routes are logged and templated by their place in the file, so every
+                // proxied request has a `route_name` (log analyzers group by it).
+                let route_label =
+                    route.name.clone().unwrap_or_else(|| format!("{}.routes[{r}]", service.name));
                 // Innermost first: the highest-priority plugin ends up outermost and runs first.
                 for (plugin, path) in plugin::applicable(self, s, r).into_iter().rev() {
-                    let ctx = PluginContext { origin, config: self, service, route, path };
+                    let ctx = PluginContext {
+                        origin,
+                        config: self,
+                        service,
+                        route,
+                        path,
+                        instruments,
+                        route_label: &route_label,
+                    };
                     stack = plugin::build(&ctx, plugin)?(stack);
                 }
                 let mut spec = Route::new()
@@ -129,10 +162,7 @@ impl Config {
                     .strip_path(route.strip_path)
                     .preserve_host(route.preserve_host)
                     .regex_priority(route.regex_priority);
-                // Unnamed routes are logged and templated by their place in the file, so every
-                // proxied request has a `route_name` (log analyzers group by it).
-                spec =
-                    spec.name(route.name.clone().unwrap_or_else(|| format!("{}.routes[{r}]", service.name)));
+                spec = spec.name(route_label);
                 for (header, values) in &route.headers {
                     spec = spec.header(header.clone(), values.iter().cloned());
                 }

@@ -49,6 +49,7 @@ mod circuit_breakers;
 mod duration;
 mod error;
 mod hosts;
+mod instruments;
 mod plugin;
 mod plugins;
 mod retry_policy;
@@ -62,6 +63,9 @@ pub use circuit_breakers::CircuitBreakers;
 pub use duration::{InvalidDuration, parse_duration};
 pub use error::{ConfigError, ConfigErrorKind};
 pub use hosts::{DEFAULT_TARGET_PORT, DEFAULT_TARGET_WEIGHT, LbPolicy, OutlierDetectionConfig, Target};
+#[cfg(feature = "ratelimit")]
+pub use instruments::RateLimiterInstrument;
+pub use instruments::{Instruments, ServiceProbe};
 pub use plugins::{PLUGINS, PluginSpec};
 pub use retry_policy::{
     DEFAULT_MAX_RETRIES, RetryBackOff, RetryBudgetConfig, RetryHostPredicate, RetryPolicy,

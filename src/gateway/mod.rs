@@ -3,12 +3,20 @@
 //! The front of every request, outermost first:
 //!
 //! ```text
-//! RequestId ─► AccessLog ─► Sanitize (limits, path, owned/hop-by-hop headers, client IP)
+//! RequestId ─► RequestSpan ─► AccessLog ─► Metrics
+//!           ─► Sanitize (limits, path, owned/hop-by-hop headers, client IP)
 //!           ─► Router ─► per-route stack (route timeout ─► Proxy)
 //! ```
 //!
-//! The access log sits outside the sanitizer so that the requests it refuses (400, 413, 431) are
-//! logged too; the request id is outermost so that every response, refusals included, carries it.
+//! The access log and the metrics sit outside the sanitizer so that the requests it refuses
+//! (400, 413, 431) are logged and counted too; the request id is outermost so that every
+//! response, refusals included, carries it, and the `portcullis.request` span
+//! ([`RequestSpanLayer`]) can name it.
+//!
+//! The admin listener (`gateway.admin_listen`) serves `GET /healthz`, `GET /metrics` and
+//! `GET /status` ([`admin`]).
+//!
+//! [`RequestSpanLayer`]: crate::observe::trace::RequestSpanLayer
 //!
 //! ```no_run
 //! use portcullis::gateway::Gateway;
@@ -20,29 +28,30 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admin;
 pub mod server;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 
 pub use server::{ServerSettings, serve};
 
-use crate::body::Body;
-use crate::config::{AccessLog, Config, ConfigError, RouteService};
-use crate::error::Rejection;
+use self::admin::Admin;
+use crate::config::{AccessLog, Config, ConfigError, Instruments, RouteService};
 use crate::observe::access_log::{AccessLogLayer, AccessLogService, LogSink};
+use crate::observe::metrics::{Metrics, MetricsLayer, MetricsService};
 use crate::observe::request_id::{RequestIdLayer, RequestIdService};
+use crate::observe::trace::{RequestSpan, RequestSpanLayer};
 use crate::router::Router;
 use crate::sanitize::{SanitizeLayer, SanitizeService};
 
 /// The whole gateway as one tower service: what [`Gateway::serve`] runs on each connection.
-pub type FrontService = RequestIdService<AccessLogService<SanitizeService<Router<RouteService>>>>;
+pub type FrontService =
+    RequestIdService<RequestSpan<AccessLogService<MetricsService<SanitizeService<Router<RouteService>>>>>>;
 
 /// A gateway built from a config: its service, listen addresses and server settings.
 #[derive(Debug, Clone)]
@@ -52,6 +61,8 @@ pub struct Gateway {
     listen: SocketAddr,
     admin_listen: Option<SocketAddr>,
     log: LogSink,
+    metrics: Metrics,
+    admin: Arc<Admin>,
 }
 
 /// The gateway's bound sockets (see [`Gateway::bind`]).
@@ -76,19 +87,25 @@ impl Listeners {
 impl Gateway {
     /// Reads, validates and builds the config file at `path`.
     pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Self, ConfigError> {
-        let path = path.as_ref();
-        let config = Config::from_file(path)?;
-        Self::from_config(&config, &path.display().to_string())
+        let origin = path.as_ref().display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::read(&origin, err))?;
+        Self::from_yaml(&text, &origin)
     }
 
-    /// Parses, validates and builds a YAML config; `origin` names it in errors.
+    /// Parses, validates and builds a YAML config; `origin` names it in errors. `/status`
+    /// reports the SHA-256 of `text` as the config version.
     pub fn from_yaml(text: &str, origin: &str) -> Result<Self, ConfigError> {
         let config = Config::from_yaml(text, origin)?;
-        Self::from_config(&config, origin)
+        Self::build(&config, origin, Some(config_version(text.as_bytes())))
     }
 
-    /// Builds the gateway from a parsed config; `origin` names the file in errors.
+    /// Builds the gateway from a parsed config; `origin` names the file in errors (`/status`
+    /// reports no config version: there are no file bytes to hash).
     pub fn from_config(config: &Config, origin: &str) -> Result<Self, ConfigError> {
+        Self::build(config, origin, None)
+    }
+
+    fn build(config: &Config, origin: &str, version: Option<String>) -> Result<Self, ConfigError> {
         let settings = &config.gateway;
         if settings.tls.is_some() {
             return Err(ConfigError::unsupported(
@@ -108,10 +125,21 @@ impl Gateway {
                 )
             })?,
         };
-        let router = config.build_router(origin)?;
+        let mut instruments = Instruments::default();
+        let router = config.build_router_with(origin, &mut instruments)?;
+        let metrics = Metrics::new();
+        metrics.watch_access_log(&log);
+        for limiter in instruments.rate_limiters() {
+            metrics.watch_rate_limiter(&limiter.route, &limiter.layer);
+        }
+        for collector in instruments.take_collectors() {
+            metrics.register_boxed_collector(collector);
+        }
         let front = ServiceBuilder::new()
             .layer(RequestIdLayer::new().keep_incoming_from(settings.trusted_proxies.clone()))
+            .layer(RequestSpanLayer::new())
             .layer(AccessLogLayer::new(log.clone()))
+            .layer(MetricsLayer::new(metrics.clone()))
             .layer(
                 SanitizeLayer::new()
                     .trusted_proxies(settings.trusted_proxies.clone())
@@ -131,6 +159,8 @@ impl Gateway {
             listen: settings.listen,
             admin_listen: settings.admin_listen,
             log,
+            admin: Arc::new(Admin::new(config, origin, version, metrics.clone(), instruments)),
+            metrics,
         })
     }
 
@@ -147,6 +177,17 @@ impl Gateway {
     /// The access log sink (flush it before exiting if you serve by hand).
     pub fn log_sink(&self) -> &LogSink {
         &self.log
+    }
+
+    /// The gateway's metrics (what `GET /metrics` on the admin listener serves); register your
+    /// own on it.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The `GET /status` document as it is now.
+    pub fn status(&self) -> serde_json::Value {
+        self.admin.status()
     }
 
     /// Binds the listen and admin addresses; the error names the address that failed.
@@ -171,11 +212,13 @@ impl Gateway {
         let admin = listeners.admin.map(|listener| {
             let mut stopped = admin_stopped.clone();
             let settings = self.settings.clone();
+            let state = self.admin.clone();
             tokio::spawn(async move {
                 let stop = async move {
                     let _ = stopped.wait_for(|s| *s).await;
                 };
-                serve(listener, tower::service_fn(admin), settings, stop).await;
+                let service = tower::service_fn(move |req| state.clone().serve(req));
+                serve(listener, service, settings, stop).await;
             })
         });
         serve(listeners.main, self.front, self.settings, shutdown).await;
@@ -215,13 +258,15 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// The admin listener: `GET /healthz`.
-async fn admin(req: Request<Body>) -> Result<Response<Body>, Infallible> {
-    if req.uri().path() == "/healthz" && req.method() == http::Method::GET {
-        let mut res = Response::new(Body::from(Bytes::from_static(b"{\"status\":\"ok\"}")));
-        res.headers_mut()
-            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-        return Ok(res);
+/// `sha256:<hex>` of the config file's bytes.
+fn config_version(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(bytes);
+    let mut hex = String::with_capacity(7 + 64);
+    hex.push_str("sha256:");
+    for byte in digest {
+        hex.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
+        hex.push(char::from(b"0123456789abcdef"[usize::from(byte & 15)]));
     }
-    Ok(Rejection::new(StatusCode::NOT_FOUND, "not_found", "unknown admin endpoint").into_response(None))
+    hex
 }

@@ -94,6 +94,11 @@ impl RateLimitLayer {
         }
     }
 
+    /// Whether the store can decide right now ([`Store::is_available`]).
+    pub fn store_available(&self) -> bool {
+        self.shared.store.is_available()
+    }
+
     fn set_policy(&mut self, policy: Policy) {
         self.options.policy = Arc::new(policy);
     }

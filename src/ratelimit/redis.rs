@@ -285,4 +285,9 @@ impl Store for Arc<RedisStore> {
             result
         }))
     }
+
+    /// The last decision reached Redis (the store's breaker is closed).
+    fn is_available(&self) -> bool {
+        self.open_until.load(Ordering::Acquire) == 0
+    }
 }

@@ -49,6 +49,12 @@ impl fmt::Debug for Decided {
 pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Decides one request for `key`, counting it only when admitted.
     fn decide(&self, key: &str, policy: &Arc<Policy>) -> Decided;
+
+    /// Whether the store can decide right now, for health reports (`GET /status`): `false`
+    /// while a networked store is known to be unreachable. In-memory stores always can.
+    fn is_available(&self) -> bool {
+        true
+    }
 }
 
 /// The embedded store: sharded maps behind their own mutexes (no global lock: two keys in

@@ -9,6 +9,7 @@ mod config;
 mod hosts;
 #[cfg(feature = "jwt")]
 mod jwt;
+mod metrics;
 mod proxy;
 mod ratelimit;
 mod retry;

@@ -59,6 +59,7 @@ use http::{HeaderName, Method, Request, Response};
 use jsonwebtoken::DecodingKey;
 use tower::{Layer, Service};
 
+use crate::auth::AuthFailure;
 use crate::consumer::Consumer;
 use crate::error::Rejection;
 
@@ -535,7 +536,7 @@ where
 {
     match &shared.anonymous {
         Some(anonymous) => admit(inner, shared, req, anonymous.clone()),
-        None => ResponseFuture::rejected(rejection.into_response_for(&req)),
+        None => ResponseFuture::rejected(AuthFailure::respond("jwt", rejection, &req)),
     }
 }
 

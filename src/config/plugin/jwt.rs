@@ -340,6 +340,8 @@ mod tests {
             service,
             route,
             path: "services[0].routes[0].plugins[0]".into(),
+            instruments: &Default::default(),
+            route_label: "r",
         };
         let parsed: JwtPluginConfig = ctx.parse(plugin).unwrap();
         assert_eq!(parsed.key_claim_name, "kid");

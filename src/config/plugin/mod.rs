@@ -40,6 +40,10 @@ pub(crate) struct PluginContext<'a> {
     pub(crate) route: &'a Route,
     /// Where the plugin instance was written (`services[0].routes[1].plugins[0]`).
     pub(crate) path: String,
+    /// Where stateful plugins register themselves for `/status` and `/metrics`.
+    pub(crate) instruments: &'a std::cell::RefCell<super::Instruments>,
+    /// The route's name as the router labels it (its `name`, else `<service>.routes[<i>]`).
+    pub(crate) route_label: &'a str,
 }
 
 impl PluginContext<'_> {

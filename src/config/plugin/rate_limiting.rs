@@ -92,6 +92,12 @@ enum Algorithm {
 pub(crate) fn build(ctx: &PluginContext<'_>, plugin: &Plugin) -> Result<Wrap, ConfigError> {
     let config: RateLimitingConfig = ctx.parse(plugin)?;
     let layer = layer(ctx, &config)?;
+    ctx.instruments.borrow_mut().rate_limiter(crate::config::RateLimiterInstrument {
+        route: ctx.route_label.to_owned(),
+        service: ctx.service.name.clone(),
+        policy: if config.policy == PolicyName::Local { "local" } else { "redis" },
+        layer: layer.clone(),
+    });
     Ok(Arc::new(move |svc| BoxCloneSyncService::new(layer.layer(svc))))
 }
 
