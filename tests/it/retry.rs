@@ -345,3 +345,94 @@ async fn a_routes_retry_policy_replaces_its_services() {
     assert_eq!(upstream.count(), 3);
     assert_eq!(attempts_logged(&gw.stop().await), [1, 2]);
 }
+
+/// One service over a dead target weighted far above a live one: smooth weighted round robin picks
+/// the dead one first and again for a retry, unless `previous_hosts` steers the retry away.
+fn weighted_yaml(dead: SocketAddr, live: &Scripted, predicate: &str) -> String {
+    format!(
+        "services:\n- name: svc\n  targets: [{{target: \"{dead}\", weight: 100}}, {{target: \"{}\", weight: 1}}]\n  retry_policy: {{retry_on: connect-failure, num_retries: 1, {FAST}{predicate}}}\n  routes:\n  - name: all\n    paths: [/]\n",
+        live.addr
+    )
+}
+
+#[tokio::test]
+async fn previous_hosts_sends_the_retry_to_an_untried_target_through_the_gateway() {
+    let dead = closed_port().await;
+    let live = Scripted::start(&[Act::Status(200)]).await;
+    let gw =
+        TestGateway::start(&weighted_yaml(dead, &live, ", retry_host_predicate: [previous_hosts]")).await;
+    let res = get(&gw.url("/orders")).await;
+    assert_eq!(res.status, StatusCode::OK);
+    assert_eq!(live.count(), 1);
+    let lines = gw.stop().await;
+    assert_eq!(attempts_logged(&lines), [2]);
+    assert_eq!(lines[0]["upstream_host"], live.addr.to_string(), "the log names the host that answered");
+
+    // Without the predicate the retry goes where the weights say: the dead target again.
+    let live = Scripted::start(&[Act::Status(200)]).await;
+    let gw = TestGateway::start(&weighted_yaml(dead, &live, "")).await;
+    let res = get(&gw.url("/orders")).await;
+    assert_eq!(res.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(live.count(), 0);
+    assert_eq!(attempts_logged(&gw.stop().await), [2]);
+}
+
+/// The seed's Envoy route and cluster (`../shared/seed/envoy-route-config.yaml`) pasted as written
+/// into a portcullis service: the route's `timeout` and `retry_policy` (Envoy's host-predicate
+/// form) on the route, the cluster's `connect_timeout`, `circuit_breakers` (Envoy's `thresholds`
+/// shape) and `outlier_detection` on the service. The operator only says where the hosts are.
+#[tokio::test]
+async fn the_seed_envoy_route_and_cluster_work_as_written() {
+    use serde_yaml_ng::{Mapping, Value};
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/seed/envoy-route-config.yaml");
+    let seed: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let vhost = &seed["virtual_hosts"][0];
+    let envoy_route = &vhost["routes"][0];
+    let cluster = &seed["clusters"][0];
+
+    let dead = closed_port().await;
+    let live = Scripted::start(&[Act::Status(503), Act::Status(200)]).await;
+    let mut route = Mapping::new();
+    route.insert("name".into(), vhost["name"].clone());
+    route.insert("hosts".into(), vhost["domains"].clone());
+    route.insert("paths".into(), Value::Sequence(vec![envoy_route["match"]["prefix"].clone()]));
+    route.insert("strip_path".into(), false.into());
+    for key in ["timeout", "retry_policy"] {
+        route.insert(key.into(), envoy_route["route"][key].clone());
+    }
+    let mut service = Mapping::new();
+    service.insert("name".into(), envoy_route["route"]["cluster"].clone());
+    service.insert(
+        "targets".into(),
+        Value::Sequence(vec![dead.to_string().into(), live.addr.to_string().into()]),
+    );
+    for key in ["connect_timeout", "circuit_breakers", "outlier_detection"] {
+        service.insert(key.into(), cluster[key].clone());
+    }
+    service.insert("routes".into(), Value::Sequence(vec![Value::Mapping(route)]));
+    let mut services = Mapping::new();
+    services.insert("services".into(), Value::Sequence(vec![Value::Mapping(service)]));
+    let gw = TestGateway::start(&serde_yaml_ng::to_string(&services).unwrap()).await;
+
+    // Round robin: the first request meets the dead host, then (previous_hosts) the live one's
+    // 503, then — every host tried — a third try; the seed allows two retries in all.
+    let request = || {
+        send(
+            Request::get(gw.url("/v1/orders/42"))
+                .header("host", "api.example.com")
+                .body(Full::default())
+                .unwrap(),
+        )
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(request().await.status);
+    }
+    assert!(statuses.iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
+    let lines = gw.stop().await;
+    let attempts = attempts_logged(&lines);
+    assert!(attempts.iter().all(|a| (1..=3).contains(a)), "{attempts:?}");
+    assert!(attempts.iter().any(|a| *a > 1), "the dead host and the 503 were retried: {attempts:?}");
+    assert!(live.hits().iter().all(|hit| hit.method == Method::GET));
+    assert!(lines.iter().all(|line| line["upstream_host"] == live.addr.to_string()));
+}
