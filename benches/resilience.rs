@@ -8,6 +8,11 @@
 //! - `resilience/breaker-full`: thresholds, `consecutive_failures` and a `failure_rate` window
 //!   (one clock read and one compare-and-swap more).
 //!
+//! - `resilience/gateway-request/*`: the same with a request that already carries extensions (as
+//!   every request does by the time it reaches a route's stack: request id, route match, client
+//!   IP), bare and behind the breaker (full) plus the `RetryBudgetLayer` — the issue's "breaker +
+//!   budget + classifier on the success path".
+//!
 //! The breaker's cost is the difference from `bare-service-fn`.
 //!
 //! `cargo bench --bench resilience -- --warm-up-time 1 --measurement-time 3`
@@ -24,6 +29,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Request, Response, StatusCode};
 use portcullis::proxy::UpstreamInfo;
 use portcullis::resilience::breaker::{CircuitBreakerLayer, FailureRate};
+use portcullis::resilience::budget::{RetryBudget, RetryBudgetLayer};
 use tower::{Layer, Service};
 
 fn upstream() -> impl Service<Request<()>, Response = Response<Bytes>, Error = Infallible> + Clone {
@@ -42,15 +48,35 @@ fn upstream() -> impl Service<Request<()>, Response = Response<Bytes>, Error = I
 
 /// One request: `poll_ready`, `call`, and the response future polled to completion with a no-op
 /// waker (every future here is ready at once), so no runtime cost hides the layer's.
-fn bench<S>(c: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, name: &str, mut svc: S)
+fn bench<S>(c: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, name: &str, svc: S)
 where
+    S: Service<Request<()>, Response = Response<Bytes>, Error = Infallible>,
+{
+    bench_with(c, name, svc, || Request::new(()));
+}
+
+/// A request as a route's stack receives it: its extensions map already exists.
+fn gateway_request() -> Request<()> {
+    #[derive(Clone)]
+    struct RouteMatchStandIn(#[allow(dead_code)] u64);
+    let mut req = Request::new(());
+    req.extensions_mut().insert(RouteMatchStandIn(7));
+    req
+}
+
+fn bench_with<S>(
+    c: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    mut svc: S,
+    request: impl Fn() -> Request<()>,
+) where
     S: Service<Request<()>, Response = Response<Bytes>, Error = Infallible>,
 {
     let mut cx = Context::from_waker(Waker::noop());
     c.bench_function(name, |b| {
         b.iter(|| {
             let Poll::Ready(Ok(())) = svc.poll_ready(&mut cx) else { panic!("not ready") };
-            let future = pin!(svc.call(Request::new(())));
+            let future = pin!(svc.call(request()));
             let Poll::Ready(Ok(res)) = future.poll(&mut cx) else { panic!("not ready") };
             black_box(res)
         })
@@ -70,6 +96,14 @@ fn breaker(c: &mut Criterion) {
         .failure_rate(FailureRate::percent(50).window(Duration::from_secs(10)).minimum_requests(20))
         .build();
     bench(&mut group, "breaker-full", full.layer(upstream()));
+    bench_with(&mut group, "gateway-request/bare", upstream(), gateway_request);
+    let budget = RetryBudget::builder()
+        .concurrency(20.0, 3)
+        .rate(0.2, 10, Duration::from_secs(10))
+        .build()
+        .expect("valid budget");
+    let stack = full.layer(RetryBudgetLayer::new(budget).layer(upstream()));
+    bench_with(&mut group, "gateway-request/breaker-full+budget", stack, gateway_request);
     group.finish();
 }
 
