@@ -104,6 +104,8 @@ impl Config {
             let proxy = proxy.build::<Body>();
             // One breaker per service, shared by its routes (an Envoy cluster's breakers).
             let breaker = service.circuit_breakers.as_ref().map(|b| b.layer(service.http2));
+            // Clones share the live state: the admin endpoints read what the stacks update.
+            instruments.borrow_mut().service(&service.name, breaker.clone(), proxy.hosts().clone());
             // One budget per retry policy: the routes that inherit the service's policy share it.
             // Envoy's `max_retries` threshold caps the retries in flight under each budget.
             let max_retries =
@@ -124,8 +126,21 @@ impl Config {
                     )),
                     None => service_retry.clone(),
                 };
+                // Unnamed routes are logged and templated by their place in the file, so every
+                // proxied request has a `route_name` (log analyzers group by it).
+                let route_label =
+                    route.name.clone().unwrap_or_else(|| format!("{}.routes[{r}]", service.name));
                 let (retry_layer, budget_layer) = match retry {
-                    Some((policy, budget)) => (Some(policy.layer()), Some(RetryBudgetLayer::new(budget))),
+                    Some((policy, budget)) => {
+                        let layer = policy.layer();
+                        instruments.borrow_mut().retry(
+                            &route_label,
+                            &service.name,
+                            layer.clone(),
+                            budget.clone(),
+                        );
+                        (Some(layer), Some(RetryBudgetLayer::new(budget)))
+                    }
                     None => (None, None),
                 };
                 // Outermost first: the route timeout covers every try and backoff; the budget
@@ -137,10 +152,6 @@ impl Config {
                     .option_layer(retry_layer)
                     .service(proxy.clone());
                 let mut stack = BoxCloneSyncService::new(stack);
-                // Unnamed routes are logged and templated by their place in the file, so every
-                // proxied request has a `route_name` (log analyzers group by it).
-                let route_label =
-                    route.name.clone().unwrap_or_else(|| format!("{}.routes[{r}]", service.name));
                 // Innermost first: the highest-priority plugin ends up outermost and runs first.
                 for (plugin, path) in plugin::applicable(self, s, r).into_iter().rev() {
                     let ctx = PluginContext {

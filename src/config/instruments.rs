@@ -1,30 +1,44 @@
-//! Live handles on the stateful parts a config build made (rate limiters, and the resilience
-//! components as they land), so the gateway's admin endpoints can report on them: `/status`
-//! reads them on every call, `/metrics` collects them on every scrape.
+//! Live handles on the stateful parts a config build made (services' circuit breakers and host
+//! sets, routes' retry layers and budgets, rate limiters), so the gateway's admin endpoints can
+//! report on them: `/status` reads them on every call, `/metrics` collects them on every scrape.
 //!
 //! A component built from the config registers itself here while the router is built
 //! ([`Config::build_router_with`](super::Config::build_router_with)); plugin builders reach the
 //! same value through their `PluginContext` (`ctx.instruments.borrow_mut()`).
 
 use std::fmt;
-use std::sync::Arc;
 
-/// Live state of one service for `GET /status`: implemented by the components that know it
-/// (the circuit breaker, outlier detection) and registered with
-/// [`Instruments::service_probe`].
-pub trait ServiceProbe: Send + Sync + fmt::Debug + 'static {
-    /// The circuit breaker's state (`closed`, `open`, `half_open`), if this probe knows it.
-    fn breaker_state(&self) -> Option<&'static str> {
-        None
-    }
+use crate::resilience::balance::HostSet;
+use crate::resilience::breaker::CircuitBreakerLayer;
+use crate::resilience::budget::RetryBudget;
+use crate::resilience::retry::RetryLayer;
 
-    /// Whether `target` (as `/status` lists it: the service URL for now, `http://host:port`
-    /// per host once services have several) is ejected by outlier detection, if this probe
-    /// knows it.
-    fn is_ejected(&self, target: &str) -> Option<bool> {
-        let _ = target;
-        None
-    }
+/// One upstream service as built: its circuit breaker (shared by its routes) and its hosts.
+///
+/// Every field is a handle on live state (clones of the layers in the route stacks), so a
+/// snapshot taken through it is current.
+#[derive(Debug, Clone)]
+pub struct ServiceInstrument {
+    /// The service's name.
+    pub name: String,
+    /// The breaker, when the service has `circuit_breakers`.
+    pub breaker: Option<CircuitBreakerLayer>,
+    /// The service's hosts (one, the URL's authority, when it has no `targets`).
+    pub hosts: HostSet,
+}
+
+/// One route's retries as built: its retry layer (counters of this route) and the budget it
+/// draws on (shared by the routes inheriting one service-level `retry_policy`).
+#[derive(Debug, Clone)]
+pub struct RetryInstrument {
+    /// The route's name as the router labels it.
+    pub route: String,
+    /// The route's service.
+    pub service: String,
+    /// The route's retry layer.
+    pub layer: RetryLayer,
+    /// The budget its retries draw on.
+    pub budget: RetryBudget,
 }
 
 /// One rate limiter as built: where it is, and the layer (whose clones share its store and
@@ -46,54 +60,49 @@ pub struct RateLimiterInstrument {
 /// here while the router is built ([`Config::build_router_with`](super::Config::build_router_with)),
 /// and the gateway reads them for `/status` (on every call) and `/metrics` (on every scrape).
 ///
-/// How a stateful component plugs in — a circuit breaker, say, whose state is an atomic shared
-/// by its layer's clones:
+/// The resilience components register as typed handles ([`service`](Self::service),
+/// [`retry`](Self::retry)); the gateway reports them in `/status` and through one collector in
+/// `/metrics` ([`Metrics::watch_service`], [`Metrics::watch_retries`]). Anything else with live
+/// state can add its own Prometheus [`collector`](Self::collector):
 ///
 /// ```
 /// use std::sync::Arc;
-/// use std::sync::atomic::{AtomicU8, Ordering};
+/// use std::sync::atomic::{AtomicU64, Ordering};
 ///
-/// use portcullis::config::{Instruments, ServiceProbe};
+/// use portcullis::config::Instruments;
+/// use portcullis::resilience::balance::HostSet;
+/// use portcullis::resilience::breaker::CircuitBreakerLayer;
 /// # #[cfg(feature = "metrics")]
 /// use portcullis::observe::metrics::prometheus_client::{
 ///     collector::Collector,
 ///     encoding::{DescriptorEncoder, EncodeMetric},
-///     metrics::gauge::ConstGauge,
+///     metrics::counter::ConstCounter,
 /// };
 ///
-/// #[derive(Debug, Default)]
-/// struct BreakerState(AtomicU8); // 0 closed, 1 open, 2 half-open
+/// let mut instruments = Instruments::default(); // in a plugin builder: ctx.instruments.borrow_mut()
+/// let breaker = CircuitBreakerLayer::builder().consecutive_failures(5).build();
+/// let hosts = HostSet::builder().host("10.0.0.5:8080").build().unwrap();
+/// instruments.service("orders", Some(breaker.clone()), hosts);
+/// let orders = instruments.service_named("orders").unwrap();
+/// assert_eq!(orders.breaker.as_ref().unwrap().snapshot().state.as_str(), "closed");
+/// assert_eq!(&*orders.hosts.status().hosts[0].address, "10.0.0.5:8080");
 ///
-/// #[derive(Debug)]
-/// struct BreakerProbe(Arc<BreakerState>);
-///
-/// // `/status`: `services[].breaker`.
-/// impl ServiceProbe for BreakerProbe {
-///     fn breaker_state(&self) -> Option<&'static str> {
-///         Some(["closed", "open", "half_open"][usize::from(self.0.0.load(Ordering::Relaxed) % 3)])
-///     }
-/// }
-///
-/// // `/metrics`: `portcullis_breaker_open{service="orders"} 0`, read at scrape time.
+/// // `/metrics`: `portcullis_cache_hits_total{cache="tokens"} 0`, read at scrape time.
 /// # #[cfg(feature = "metrics")]
 /// #[derive(Debug)]
-/// struct BreakerGauge { service: String, state: Arc<BreakerState> }
+/// struct CacheHits(Arc<AtomicU64>);
 ///
 /// # #[cfg(feature = "metrics")]
-/// impl Collector for BreakerGauge {
+/// impl Collector for CacheHits {
 ///     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-///         let open = ConstGauge::new(i64::from(self.state.0.load(Ordering::Relaxed) == 1));
-///         let mut family = encoder.encode_descriptor("breaker_open", "1 while the breaker is open", None, open.metric_type())?;
-///         open.encode(family.encode_family(&[("service", self.service.as_str())])?)
+///         let hits = ConstCounter::new(self.0.load(Ordering::Relaxed));
+///         let mut family = encoder.encode_descriptor("cache_hits", "Token cache hits", None, hits.metric_type())?;
+///         hits.encode(family.encode_family(&[("cache", "tokens")])?)
 ///     }
 /// }
 ///
-/// let state = Arc::new(BreakerState::default()); // the breaker layer holds a clone
-/// let mut instruments = Instruments::default();   // in a plugin builder: ctx.instruments.borrow_mut()
-/// instruments.service_probe("orders", Arc::new(BreakerProbe(state.clone())));
 /// # #[cfg(feature = "metrics")]
-/// instruments.collector(BreakerGauge { service: "orders".into(), state });
-/// assert_eq!(instruments.probes_of("orders").find_map(|p| p.breaker_state()), Some("closed"));
+/// instruments.collector(CacheHits(Arc::default()));
 /// ```
 ///
 /// One collector per *metric name*: a second collector describing the same name would describe
@@ -101,9 +110,12 @@ pub struct RateLimiterInstrument {
 /// that reports every instance (as [`Metrics::watch_rate_limiter`] does for rate limiters).
 ///
 /// [`Metrics::watch_rate_limiter`]: crate::observe::metrics::Metrics::watch_rate_limiter
+/// [`Metrics::watch_service`]: crate::observe::metrics::Metrics::watch_service
+/// [`Metrics::watch_retries`]: crate::observe::metrics::Metrics::watch_retries
 #[derive(Default)]
 pub struct Instruments {
-    pub(crate) services: Vec<(String, Arc<dyn ServiceProbe>)>,
+    pub(crate) services: Vec<ServiceInstrument>,
+    pub(crate) retries: Vec<RetryInstrument>,
     #[cfg(feature = "ratelimit")]
     pub(crate) rate_limiters: Vec<RateLimiterInstrument>,
     #[cfg(feature = "metrics")]
@@ -114,6 +126,7 @@ impl fmt::Debug for Instruments {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Instruments");
         d.field("services", &self.services);
+        d.field("retries", &self.retries);
         #[cfg(feature = "ratelimit")]
         d.field("rate_limiters", &self.rate_limiters);
         #[cfg(feature = "metrics")]
@@ -123,15 +136,35 @@ impl fmt::Debug for Instruments {
 }
 
 impl Instruments {
-    /// Registers what `probe` knows about `service` (several probes may report on one service:
-    /// the first that knows an answer gives it).
-    pub fn service_probe(&mut self, service: &str, probe: Arc<dyn ServiceProbe>) {
-        self.services.push((service.to_owned(), probe));
+    /// Registers an upstream service: its breaker (if it has one) and its hosts. Pass clones of
+    /// the layers the route stacks use, so that the registered handles see their state.
+    pub fn service(&mut self, name: &str, breaker: Option<CircuitBreakerLayer>, hosts: HostSet) {
+        self.services.push(ServiceInstrument { name: name.to_owned(), breaker, hosts });
     }
 
-    /// The probes registered for `service`.
-    pub fn probes_of<'a>(&'a self, service: &'a str) -> impl Iterator<Item = &'a Arc<dyn ServiceProbe>> + 'a {
-        self.services.iter().filter(move |(s, _)| s == service).map(|(_, p)| p)
+    /// The services registered, in registration (config) order.
+    pub fn services(&self) -> &[ServiceInstrument] {
+        &self.services
+    }
+
+    /// The service registered as `name`, if any.
+    pub fn service_named(&self, name: &str) -> Option<&ServiceInstrument> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    /// Registers a route's retry layer and the budget it draws on.
+    pub fn retry(&mut self, route: &str, service: &str, layer: RetryLayer, budget: RetryBudget) {
+        self.retries.push(RetryInstrument {
+            route: route.to_owned(),
+            service: service.to_owned(),
+            layer,
+            budget,
+        });
+    }
+
+    /// The routes' retries registered, in registration (config) order.
+    pub fn retries(&self) -> &[RetryInstrument] {
+        &self.retries
     }
 
     /// Registers a rate limiter.
@@ -155,7 +188,7 @@ impl Instruments {
     }
 
     /// Takes the collectors out (the gateway moves them into its metrics).
-    #[cfg(feature = "metrics")]
+    #[cfg(all(feature = "metrics", feature = "gateway"))]
     pub(crate) fn take_collectors(&mut self) -> Vec<Box<dyn prometheus_client::collector::Collector>> {
         std::mem::take(&mut self.collectors)
     }

@@ -65,7 +65,7 @@ pub use error::{ConfigError, ConfigErrorKind};
 pub use hosts::{DEFAULT_TARGET_PORT, DEFAULT_TARGET_WEIGHT, LbPolicy, OutlierDetectionConfig, Target};
 #[cfg(feature = "ratelimit")]
 pub use instruments::RateLimiterInstrument;
-pub use instruments::{Instruments, ServiceProbe};
+pub use instruments::{Instruments, RetryInstrument, ServiceInstrument};
 pub use plugins::{PLUGINS, PluginSpec};
 pub use retry_policy::{
     DEFAULT_MAX_RETRIES, RetryBackOff, RetryBudgetConfig, RetryHostPredicate, RetryPolicy,

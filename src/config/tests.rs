@@ -575,3 +575,49 @@ fn seed_fails_only_because_its_plugins_are_not_supported_yet() {
     assert_eq!(names, ["jwt", "rate-limiting", "request-transformer"]);
     assert_eq!(route.plugins[1].config["hour"], serde_yaml_ng::Value::from(1000));
 }
+
+/// The build registers every service (breaker only where configured, hosts always) and every
+/// route with a retry policy; routes inheriting their service's policy share its budget.
+#[test]
+fn build_registers_breakers_hosts_and_retries_with_shared_budgets() {
+    let config = load(
+        r#"_format_version: "3.0"
+services:
+- name: orders
+  url: http://orders.internal:8080
+  circuit_breakers: {consecutive_failures: 5}
+  retry_policy: {retry_on: 5xx}
+  routes:
+  - {name: a, paths: [/a]}
+  - {name: b, paths: [/b]}
+  - {name: own, paths: [/own], retry_policy: {retry_on: gateway-error}}
+- name: users
+  targets: [users-1.internal, "users-2.internal:9000"]
+  routes:
+  - {name: users, paths: [/users]}
+"#,
+    )
+    .unwrap();
+    let mut instruments = Instruments::default();
+    config.build_router_with("test.yaml", &mut instruments).unwrap();
+
+    let names: Vec<_> = instruments.services().iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["orders", "users"]);
+    let orders = instruments.service_named("orders").unwrap();
+    assert_eq!(orders.breaker.as_ref().unwrap().snapshot().state.as_str(), "closed");
+    let addresses = |name: &str| -> Vec<String> {
+        let service = instruments.service_named(name).unwrap();
+        service.hosts.hosts().iter().map(|h| h.address().to_string()).collect()
+    };
+    assert_eq!(addresses("orders"), ["orders.internal:8080"]);
+    assert!(instruments.service_named("users").unwrap().breaker.is_none());
+    assert_eq!(addresses("users"), ["users-1.internal:8000", "users-2.internal:9000"]);
+
+    let routes: Vec<_> =
+        instruments.retries().iter().map(|r| (r.route.as_str(), r.service.as_str())).collect();
+    assert_eq!(routes, [("a", "orders"), ("b", "orders"), ("own", "orders")]);
+    let [a, b, own] = instruments.retries() else { unreachable!() };
+    let _permit = a.budget.try_retry().unwrap();
+    assert_eq!(b.budget.snapshot().retries_in_flight, 1, "a and b inherit one policy: one budget");
+    assert_eq!(own.budget.snapshot().retries_in_flight, 0, "a route's own policy has its own budget");
+}

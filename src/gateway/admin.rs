@@ -8,20 +8,34 @@
 //!   "status": "ok",
 //!   "config": {"origin": "gateway.yaml", "version": "sha256:9f86d0…", "loaded_at": "2026-11-28T09:00:00.000Z"},
 //!   "routes": [{"name": "orders", "service": "orders-svc", "paths": ["/orders"], "methods": ["GET"], "hosts": []}],
-//!   "services": [{"name": "orders-svc", "url": "http://10.0.0.5:8080", "breaker": null,
-//!                 "targets": [{"target": "http://10.0.0.5:8080", "ejected": null}]}],
+//!   "services": [{"name": "orders-svc", "url": "http://orders.internal/", "load_balancer": "round_robin",
+//!                 "breaker": {"state": "open", "open_remaining_ms": 4210, "consecutive_failures": 0,
+//!                             "times_opened": 1, "in_flight": 0, "pending": 0, "overflows": 0, "failed_fast": 12},
+//!                 "panic": false, "outlier_detection": true,
+//!                 "targets": [{"address": "10.0.0.5:8080", "weight": 100, "in_flight": 3, "ejected": false,
+//!                              "ejected_for_ms": null, "times_ejected": 0, "success_rate": 99.5},
+//!                             {"address": "10.0.0.6:8080", "weight": 100, "in_flight": 0, "ejected": true,
+//!                              "ejected_for_ms": 27400, "times_ejected": 1, "success_rate": null}]}],
+//!   "retries": [{"route": "orders", "service": "orders-svc", "retries": 7, "exhausted": 1,
+//!                "budget_exhausted": 0, "overflow": 0, "budget": {"active_requests": 3, "retries_in_flight": 0}}],
 //!   "rate_limiters": [{"route": "orders", "service": "orders-svc", "policy": "redis", "healthy": true,
 //!                      "store_errors": {"unavailable": 0, "script": 0}, "bypassed": 0}]
 //! }
 //! ```
 //!
 //! `version` is the SHA-256 of the config file's bytes (`null` when the gateway was built from
-//! an already-parsed config). `breaker` and `ejected` are `null` until a component that knows
-//! them registers a [`ServiceProbe`](crate::config::ServiceProbe).
+//! an already-parsed config). Per service: `breaker` is `null` without `circuit_breakers`
+//! (`open_remaining_ms` is `null` unless the circuit is open); `targets` lists every host in
+//! config order, as the config spells its address (a service with only a `url` has one, the URL's
+//! authority); `ejected_for_ms` is `null` unless the host is ejected, `success_rate` (percent)
+//! `null` until an interval had enough requests; `panic` is true while the service routes across
+//! all hosts because too few are healthy. `retries` has one entry per route with a retry policy:
+//! that route's counters, and the budget it draws on (shared by the routes inheriting one
+//! service-level policy, so they show the same `budget`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -31,6 +45,8 @@ use crate::body::Body;
 use crate::config::{Config, Instruments, RoutePath};
 use crate::error::Rejection;
 use crate::observe::metrics::Metrics;
+use crate::resilience::balance::HostStatus;
+use crate::resilience::breaker::BreakerSnapshot;
 
 /// What the admin endpoints serve, shared by every admin connection.
 #[derive(Debug)]
@@ -92,14 +108,41 @@ impl Admin {
             .services
             .iter()
             .map(|service| {
-                let probes = || self.instruments.probes_of(&service.name);
-                let breaker = probes().find_map(|p| p.breaker_state());
-                let ejected = probes().find_map(|p| p.is_ejected(&service.url));
+                let mut entry = json!({"name": service.name, "url": service.url});
+                // Every service built registers itself; a missing one reports nothing live.
+                if let Some(built) = self.instruments.service_named(&service.name) {
+                    let hosts = built.hosts.status();
+                    entry["load_balancer"] = json!(hosts.load_balancer.as_str());
+                    entry["breaker"] =
+                        built.breaker.as_ref().map_or(Value::Null, |b| breaker_json(&b.snapshot()));
+                    entry["panic"] = json!(hosts.panic);
+                    entry["outlier_detection"] = json!(hosts.outlier_detection);
+                    entry["targets"] = hosts.hosts.iter().map(host_json).collect();
+                } else {
+                    entry["breaker"] = Value::Null;
+                    entry["targets"] = json!([]);
+                }
+                entry
+            })
+            .collect();
+        let retries: Vec<Value> = self
+            .instruments
+            .retries()
+            .iter()
+            .map(|retry| {
+                let counters = retry.layer.snapshot();
+                let budget = retry.budget.snapshot();
                 json!({
-                    "name": service.name,
-                    "url": service.url,
-                    "breaker": breaker,
-                    "targets": [{"target": service.url, "ejected": ejected}],
+                    "route": retry.route,
+                    "service": retry.service,
+                    "retries": counters.retries,
+                    "exhausted": counters.exhausted,
+                    "budget_exhausted": counters.budget_exhausted,
+                    "overflow": counters.overflow,
+                    "budget": {
+                        "active_requests": budget.active_requests,
+                        "retries_in_flight": budget.retries_in_flight,
+                    },
                 })
             })
             .collect();
@@ -124,6 +167,7 @@ impl Admin {
             "config": self.config,
             "routes": self.routes,
             "services": services,
+            "retries": retries,
             "rate_limiters": rate_limiters,
         })
     }
@@ -140,6 +184,35 @@ impl Admin {
         };
         Ok(response)
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn breaker_json(b: &BreakerSnapshot) -> Value {
+    json!({
+        "state": b.state.as_str(),
+        "open_remaining_ms": b.open_remaining.map(millis),
+        "consecutive_failures": b.consecutive_failures,
+        "times_opened": b.times_opened,
+        "in_flight": b.in_flight,
+        "pending": b.pending,
+        "overflows": b.overflows,
+        "failed_fast": b.failed_fast,
+    })
+}
+
+fn host_json(h: &HostStatus) -> Value {
+    json!({
+        "address": &*h.address,
+        "weight": h.weight,
+        "in_flight": h.in_flight,
+        "ejected": h.ejected,
+        "ejected_for_ms": h.ejected_for.map(millis),
+        "times_ejected": h.times_ejected,
+        "success_rate": h.success_rate,
+    })
 }
 
 fn json_response(body: Bytes) -> Response<Body> {

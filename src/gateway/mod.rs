@@ -132,6 +132,12 @@ impl Gateway {
         for limiter in instruments.rate_limiters() {
             metrics.watch_rate_limiter(&limiter.route, &limiter.layer);
         }
+        for service in instruments.services() {
+            metrics.watch_service(&service.name, service.breaker.as_ref(), &service.hosts);
+        }
+        for retry in instruments.retries() {
+            metrics.watch_retries(&retry.route, &retry.service, &retry.layer);
+        }
         for collector in instruments.take_collectors() {
             metrics.register_boxed_collector(collector);
         }

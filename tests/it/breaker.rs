@@ -292,3 +292,44 @@ async fn the_seed_envoy_thresholds_load_as_written() {
     let log = gw.stop().await;
     assert_eq!(log[0]["breaker"], "closed");
 }
+
+/// An open circuit shows in `/status` (state, time left, counters) and in `/metrics` (the
+/// `open` series at 1, the others at 0).
+#[tokio::test]
+async fn an_open_breaker_shows_in_status_and_metrics() {
+    let upstream = Commanded::start().await;
+    let gw =
+        TestGateway::start(&service(&upstream.url(), "{consecutive_failures: 3, open_duration: 30s}", ""))
+            .await;
+    let breaker = || async {
+        get(&crate::metrics::admin_url(&gw, "/status")).await.json()["services"][0]["breaker"].clone()
+    };
+    let closed = breaker().await;
+    assert_eq!(closed["state"], "closed");
+    assert_eq!(closed["open_remaining_ms"], serde_json::Value::Null);
+
+    for _ in 0..3 {
+        assert_eq!(get(&gw.url("/status/500")).await.status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    assert_overloaded(&get(&gw.url("/status/200")).await);
+
+    let open = breaker().await;
+    assert_eq!(open["state"], "open");
+    let remaining = open["open_remaining_ms"].as_u64().unwrap();
+    assert!(remaining > 20_000 && remaining <= 30_000, "open_remaining_ms: {remaining}");
+    assert_eq!(open["times_opened"], 1);
+    assert_eq!(open["failed_fast"], 1);
+    assert_eq!(open["overflows"], 0);
+    assert_eq!(open["in_flight"], 0);
+    assert_eq!(open["pending"], 0);
+
+    let (_, samples) = crate::metrics::scrape(&gw).await;
+    let sample = |series: &str| samples.get(series).copied().unwrap_or_else(|| panic!("no {series}"));
+    assert_eq!(sample(r#"portcullis_circuit_breaker_state{service="orders",state="open"}"#), 1.0);
+    assert_eq!(sample(r#"portcullis_circuit_breaker_state{service="orders",state="closed"}"#), 0.0);
+    assert_eq!(sample(r#"portcullis_circuit_breaker_state{service="orders",state="half_open"}"#), 0.0);
+    assert_eq!(sample(r#"portcullis_circuit_breaker_opened_total{service="orders"}"#), 1.0);
+    assert_eq!(sample(r#"portcullis_circuit_breaker_failed_fast_total{service="orders"}"#), 1.0);
+    assert_eq!(sample(r#"portcullis_circuit_breaker_overflows_total{service="orders"}"#), 0.0);
+    assert_eq!(sample(r#"portcullis_circuit_breaker_in_flight{service="orders"}"#), 0.0);
+}

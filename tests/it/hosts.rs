@@ -495,3 +495,46 @@ fn bad_host_set_config_names_the_place() {
         assert_ne!(err.kind(), ConfigErrorKind::Read);
     }
 }
+
+/// A host ejected by five consecutive 500s shows as ejected in `/status` and `/metrics`; the
+/// other host does not.
+#[tokio::test]
+async fn an_ejected_host_shows_in_status_and_metrics() {
+    let b = backends(2).await;
+    b[0].fail_with(500);
+    let gw = gateway(&targets(&b), HALF).await;
+    statuses(&gw, 10).await;
+    assert_eq!(b[0].hits(), 5);
+
+    let status = get(&crate::metrics::admin_url(&gw, "/status")).await.json();
+    let service = &status["services"][0];
+    assert_eq!(service["panic"], false);
+    assert_eq!(service["outlier_detection"], true);
+    let targets = service["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 2);
+    let (sick, well) = (&targets[0], &targets[1]);
+    assert_eq!(sick["address"], b[0].addr.to_string());
+    assert_eq!(sick["ejected"], true);
+    assert_eq!(sick["times_ejected"], 1);
+    let left = sick["ejected_for_ms"].as_u64().unwrap();
+    assert!(left > 20_000 && left <= 30_000, "ejected_for_ms: {left}");
+    assert_eq!(sick["weight"], 100);
+    assert_eq!(sick["in_flight"], 0);
+    assert_eq!(well["address"], b[1].addr.to_string());
+    assert_eq!(well["ejected"], false);
+    assert_eq!(well["ejected_for_ms"], serde_json::Value::Null);
+    assert_eq!(well["times_ejected"], 0);
+
+    let (_, samples) = crate::metrics::scrape(&gw).await;
+    let sample = |series: String| samples.get(&series).copied().unwrap_or_else(|| panic!("no {series}"));
+    let host = |name: &str, i: usize| format!(r#"{name}{{host="{}",service="hosts"}}"#, b[i].addr);
+    assert_eq!(sample(host("portcullis_upstream_host_ejected", 0)), 1.0);
+    assert_eq!(sample(host("portcullis_upstream_host_ejected", 1)), 0.0);
+    assert_eq!(sample(host("portcullis_upstream_host_ejections_total", 0)), 1.0);
+    assert_eq!(sample(host("portcullis_upstream_host_ejections_total", 1)), 0.0);
+    assert_eq!(sample(host("portcullis_upstream_host_in_flight", 0)), 0.0);
+    assert_eq!(sample(r#"portcullis_upstream_ejected_hosts{service="hosts"}"#.to_owned()), 1.0);
+    assert_eq!(sample(r#"portcullis_upstream_panic{service="hosts"}"#.to_owned()), 0.0);
+    // No breaker configured: no breaker series at all.
+    assert!(!samples.keys().any(|k| k.starts_with("portcullis_circuit_breaker")));
+}

@@ -53,14 +53,14 @@ services:
     (TestGateway::start(&yaml).await, upstream)
 }
 
-fn admin_url(gw: &TestGateway, path: &str) -> String {
+pub(crate) fn admin_url(gw: &TestGateway, path: &str) -> String {
     format!("http://{}{path}", gw.admin.expect("the test gateway has an admin listener"))
 }
 
 /// Scrapes `/metrics` in the classic text format, checks every line strictly, parses it with
 /// `prometheus-parse` too, and returns `series -> value` (series as `name{k="v",...}` with
 /// labels sorted by name).
-async fn scrape(gw: &TestGateway) -> (String, HashMap<String, f64>) {
+pub(crate) async fn scrape(gw: &TestGateway) -> (String, HashMap<String, f64>) {
     let answer = get(&admin_url(gw, "/metrics")).await;
     assert_eq!(answer.status, 200);
     assert_eq!(answer.headers["content-type"], "text/plain; version=0.0.4; charset=utf-8");
@@ -190,7 +190,7 @@ async fn send_with_key(gw: &TestGateway, path: &str, key: &str) -> u16 {
 
 #[tokio::test]
 async fn counters_move_with_each_outcome_and_never_carry_a_key() {
-    let (gw, _upstream) = gateway().await;
+    let (gw, echo) = gateway().await;
     let (_, before) = scrape(&gw).await;
     assert_eq!(requests(&before, "open", "echo-svc", "2xx"), 0.0);
 
@@ -281,7 +281,25 @@ async fn counters_move_with_each_outcome_and_never_carry_a_key() {
     let log = gw.stop().await;
     assert_eq!(log.len(), 13);
     for metrics in [&text, &openmetrics] {
-        // Labels are route and service names and fixed words: no key, query, path or address.
+        // The one address in labels is an upstream host's, as the config names it (`host`, on the
+        // upstream host series only): one per service here.
+        let mut hosts = std::collections::BTreeSet::new();
+        let metrics = &metrics
+            .lines()
+            .map(|line| match line.split_once("host=\"") {
+                Some((before, rest)) => {
+                    assert!(before.starts_with("portcullis_upstream_host_"), "a host label on {line}");
+                    let (host, after) = rest.split_once('"').unwrap();
+                    hosts.insert(host.to_owned());
+                    format!("{before}host=\"…\"{after}\n")
+                }
+                None => format!("{line}\n"),
+            })
+            .collect::<String>();
+        assert_eq!(hosts.len(), 2, "{hosts:?}");
+        assert!(hosts.contains(&echo.addr.to_string()), "{hosts:?}");
+        // Otherwise labels are route and service names and fixed words: no key, query, path or
+        // address.
         for leak in [KEY, WRONG_KEY, FORGED_JWT, "SECRET", "apikey", "Bearer", "eyJ", "nowhere", "127.0.0.1"]
         {
             assert!(!metrics.contains(leak), "`{leak}` leaked into /metrics:\n{metrics}");
@@ -320,8 +338,17 @@ async fn status_reports_routes_services_rate_limiters_and_the_config_version() {
     assert_eq!(services[0]["name"], "echo-svc");
     let url = format!("{}/", upstream.url()); // the resolved URL: scheme, authority, path
     assert_eq!(services[0]["url"], url);
-    assert_eq!(services[0]["targets"], serde_json::json!([{"target": url, "ejected": null}]));
+    assert_eq!(
+        services[0]["targets"],
+        serde_json::json!([{
+            "address": upstream.addr.to_string(), "weight": 1, "in_flight": 0, "ejected": false,
+            "ejected_for_ms": null, "times_ejected": 0, "success_rate": null
+        }])
+    );
     assert_eq!(services[0]["breaker"], serde_json::Value::Null);
+    assert_eq!(services[0]["panic"], false);
+    assert_eq!(services[0]["load_balancer"], "round_robin");
+    assert_eq!(status["retries"], serde_json::json!([]), "no route has a retry policy");
 
     let limiters = status["rate_limiters"].as_array().unwrap();
     assert_eq!(limiters.len(), 1);

@@ -436,3 +436,32 @@ async fn the_seed_envoy_route_and_cluster_work_as_written() {
     assert!(live.hits().iter().all(|hit| hit.method == Method::GET));
     assert!(lines.iter().all(|line| line["upstream_host"] == live.addr.to_string()));
 }
+
+/// After 503, 503, 200 the route's two retries are counted in `/status` and `/metrics`.
+#[tokio::test]
+async fn retries_are_counted_in_status_and_metrics() {
+    let upstream = Scripted::start(&[Act::Status(503), Act::Status(503), Act::Status(200)]).await;
+    let gw = TestGateway::start(&gateway_yaml(
+        &upstream.url(),
+        &format!("{{retry_on: 5xx, num_retries: 2, {FAST}}}"),
+    ))
+    .await;
+    assert_eq!(get(&gw.url("/orders")).await.status, StatusCode::OK);
+    assert_eq!(upstream.count(), 3);
+
+    let status = get(&crate::metrics::admin_url(&gw, "/status")).await.json();
+    assert_eq!(
+        status["retries"],
+        serde_json::json!([{
+            "route": "all", "service": "svc", "retries": 2, "exhausted": 0, "budget_exhausted": 0,
+            "overflow": 0, "budget": {"active_requests": 0, "retries_in_flight": 0}
+        }])
+    );
+
+    let (_, samples) = crate::metrics::scrape(&gw).await;
+    let sample = |series: &str| samples.get(series).copied().unwrap_or_else(|| panic!("no {series}"));
+    assert_eq!(sample(r#"portcullis_retries_total{route="all",service="svc"}"#), 2.0);
+    assert_eq!(sample(r#"portcullis_retries_exhausted_total{route="all",service="svc"}"#), 0.0);
+    assert_eq!(sample(r#"portcullis_retry_budget_exhausted_total{route="all",service="svc"}"#), 0.0);
+    assert_eq!(sample(r#"portcullis_retry_overflow_total{route="all",service="svc"}"#), 0.0);
+}

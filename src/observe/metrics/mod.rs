@@ -19,12 +19,17 @@
 //! | `portcullis_rate_limit_decisions_total` | `route`, `service`, `outcome` (`allowed`, `limited`, `bypassed`) | [`RateLimitOutcome`] |
 //! | `portcullis_auth_failures_total` | `plugin`, `reason` | [`AuthFailure`] |
 //! | `portcullis_access_log_dropped_lines_total` | | [`Metrics::watch_access_log`] |
+//! | `portcullis_circuit_breaker_state` (gauge, 1 for the current state) | `service`, `state` (`closed`, `open`, `half_open`) | [`Metrics::watch_service`] (feature `proxy`) |
+//! | `portcullis_circuit_breaker_opened_total`, `_failed_fast_total`, `_overflows_total`; `portcullis_circuit_breaker_in_flight`, `_pending` (gauges) | `service` | [`Metrics::watch_service`] |
+//! | `portcullis_upstream_host_ejected` (gauge, 0 or 1), `portcullis_upstream_host_ejections_total`, `portcullis_upstream_host_in_flight` (gauge) | `service`, `host` | [`Metrics::watch_service`] |
+//! | `portcullis_upstream_ejected_hosts`, `portcullis_upstream_panic` (gauges) | `service` | [`Metrics::watch_service`] |
+//! | `portcullis_retries_total`, `portcullis_retries_exhausted_total`, `portcullis_retry_budget_exhausted_total`, `portcullis_retry_overflow_total` | `route`, `service` | [`Metrics::watch_retries`] |
 //!
 //! A request is recorded when its response head is ready (an inner `Err` counts as `5xx`); a
 //! request whose client went away before that is not recorded (the access log has it, as 499).
 //!
 //! Labels are bounded by construction: route and service names come from the router (the
-//! config), the rest are fixed words. No consumer id, IP, path, header or token is ever a label.
+//! config), `host` is an upstream address as the config spells it, the rest are fixed words. No consumer id, IP, path, header or token is ever a label.
 //! Requests that matched no route have `route=""` and `service=""`.
 //!
 //! # Cost
@@ -112,6 +117,8 @@
 
 mod histogram;
 mod layer;
+#[cfg(feature = "proxy")]
+mod resilience;
 mod routes;
 
 use std::fmt;
@@ -198,6 +205,9 @@ pub(crate) struct Shared {
     /// metric is described once).
     #[cfg(feature = "ratelimit")]
     rate_limiters: Arc<Mutex<Vec<(String, crate::ratelimit::RateLimitLayer)>>>,
+    /// The breakers, host sets and retry layers reported (one collector for all).
+    #[cfg(feature = "proxy")]
+    resilience: Arc<Mutex<resilience::Watched>>,
 }
 
 /// Label set of the per-route series.
@@ -334,6 +344,10 @@ impl Metrics {
         let rate_limiters = Arc::new(Mutex::new(Vec::new()));
         #[cfg(feature = "ratelimit")]
         registry.register_collector(Box::new(RateLimitStoreErrors(rate_limiters.clone())));
+        #[cfg(feature = "proxy")]
+        let resilience = Arc::new(Mutex::new(resilience::Watched::default()));
+        #[cfg(feature = "proxy")]
+        registry.register_collector(Box::new(resilience::ResilienceCollector(resilience.clone())));
         let routes = RouteCache::new();
         Self {
             shared: Arc::new(Shared {
@@ -342,6 +356,8 @@ impl Metrics {
                 routes,
                 #[cfg(feature = "ratelimit")]
                 rate_limiters,
+                #[cfg(feature = "proxy")]
+                resilience,
             }),
         }
     }
@@ -443,6 +459,36 @@ impl Metrics {
     pub fn watch_rate_limiter(&self, route: &str, limiter: &crate::ratelimit::RateLimitLayer) {
         let mut limiters = self.shared.rate_limiters.lock().unwrap_or_else(|p| p.into_inner());
         limiters.push((route.to_owned(), limiter.clone()));
+    }
+
+    /// Exposes an upstream service's circuit breaker (if any) and hosts, read at scrape time:
+    ///
+    /// - `portcullis_circuit_breaker_state{service, state}` (gauge: 1 for the current state of
+    ///   `closed`, `open`, `half_open`, 0 for the others), `portcullis_circuit_breaker_opened_total`,
+    ///   `..._failed_fast_total`, `..._overflows_total`, `portcullis_circuit_breaker_in_flight`,
+    ///   `..._pending` (all `{service}`), for services with a breaker;
+    /// - `portcullis_upstream_host_in_flight{service, host}`, `portcullis_upstream_host_ejected`
+    ///   (gauge, 0 or 1), `portcullis_upstream_host_ejections_total`, and per service
+    ///   `portcullis_upstream_ejected_hosts{service}` and `portcullis_upstream_panic{service}`
+    ///   (gauge, 0 or 1). `host` is the address as the config spells it.
+    #[cfg(feature = "proxy")]
+    pub fn watch_service(
+        &self,
+        service: &str,
+        breaker: Option<&crate::resilience::breaker::CircuitBreakerLayer>,
+        hosts: &crate::resilience::balance::HostSet,
+    ) {
+        let mut watched = self.shared.resilience.lock().unwrap_or_else(|p| p.into_inner());
+        watched.services.push((service.to_owned(), breaker.cloned(), hosts.clone()));
+    }
+
+    /// Exposes a route's retry counters, read at scrape time:
+    /// `portcullis_retries_total{route, service}`, `portcullis_retries_exhausted_total`,
+    /// `portcullis_retry_budget_exhausted_total`, `portcullis_retry_overflow_total`.
+    #[cfg(feature = "proxy")]
+    pub fn watch_retries(&self, route: &str, service: &str, retry: &crate::resilience::retry::RetryLayer) {
+        let mut watched = self.shared.resilience.lock().unwrap_or_else(|p| p.into_inner());
+        watched.retries.push((route.to_owned(), service.to_owned(), retry.clone()));
     }
 }
 

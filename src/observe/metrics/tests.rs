@@ -224,3 +224,55 @@ fn rate_limiter_store_errors_are_one_family() {
     let series = r#"portcullis_rate_limit_store_errors_total{route="b",kind="script"}"#;
     assert_eq!(sample(&text, series), Some(0.0), "{text}");
 }
+
+/// Several services and routes: each resilience family is described once, with a series per
+/// instance; a service without a breaker has no breaker series, and nothing is described when
+/// nothing is watched.
+#[cfg(feature = "proxy")]
+#[test]
+fn resilience_families_are_described_once_for_every_instance() {
+    use crate::resilience::balance::HostSet;
+    use crate::resilience::breaker::CircuitBreakerLayer;
+    use crate::resilience::classify::RetryOn;
+    use crate::resilience::retry::RetryLayer;
+
+    let metrics = Metrics::new();
+    assert!(!metrics.render().contains("circuit_breaker"), "nothing watched, nothing described");
+    assert!(!metrics.render().contains("upstream_host"));
+
+    let orders_hosts =
+        HostSet::builder().host("10.0.0.5:8080").weighted_host("10.0.0.6:8080", 3).build().unwrap();
+    let users_hosts = HostSet::builder().host("users.internal:80").build().unwrap();
+    metrics.watch_service("orders", Some(&CircuitBreakerLayer::new()), &orders_hosts);
+    metrics.watch_service("users", None, &users_hosts);
+    let retry = RetryLayer::new(RetryOn::default());
+    metrics.watch_retries("orders-read", "orders", &retry);
+    metrics.watch_retries("orders-write", "orders", &retry.clone());
+
+    let text = metrics.render_as(Format::PrometheusText);
+    for family in [
+        "portcullis_circuit_breaker_state gauge",
+        "portcullis_circuit_breaker_opened_total counter",
+        "portcullis_upstream_host_ejected gauge",
+        "portcullis_upstream_host_ejections_total counter",
+        "portcullis_upstream_ejected_hosts gauge",
+        "portcullis_retries_total counter",
+        "portcullis_retry_overflow_total counter",
+    ] {
+        assert_eq!(text.matches(&format!("# TYPE {family}\n")).count(), 1, "{family}:\n{text}");
+    }
+    for line in [
+        r#"portcullis_circuit_breaker_state{service="orders",state="closed"} 1"#,
+        r#"portcullis_circuit_breaker_state{service="orders",state="open"} 0"#,
+        r#"portcullis_circuit_breaker_state{service="orders",state="half_open"} 0"#,
+        r#"portcullis_upstream_host_ejected{service="orders",host="10.0.0.5:8080"} 0"#,
+        r#"portcullis_upstream_host_ejected{service="orders",host="10.0.0.6:8080"} 0"#,
+        r#"portcullis_upstream_host_in_flight{service="users",host="users.internal:80"} 0"#,
+        r#"portcullis_upstream_ejected_hosts{service="users"} 0"#,
+        r#"portcullis_retries_total{route="orders-read",service="orders"} 0"#,
+        r#"portcullis_retries_total{route="orders-write",service="orders"} 0"#,
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
+    }
+    assert!(!text.contains(r#"circuit_breaker_state{service="users""#), "users has no breaker");
+}
