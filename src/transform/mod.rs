@@ -659,14 +659,15 @@ fn upstream_path(rendered: &str) -> Result<String, Rejection> {
 impl<S> Transform<S> {
     /// What the response side needs, `None` when it has nothing to do (the common header-only
     /// request transform: no `Arc` clone, a smaller future).
-    fn after(&self, request_id: Option<&RequestId>, head: bool) -> Option<After> {
+    fn after<B>(&self, req: &Request<B>) -> Option<After> {
         let shared = &self.shared;
         if shared.res_headers.is_empty() && shared.res_json.is_empty() {
             return None;
         }
         // The id is needed only to answer a response body that fails to read.
-        let request_id = if shared.res_json.is_empty() { None } else { request_id.cloned() };
-        Some(After { shared: self.shared.clone(), request_id, head })
+        let request_id =
+            if shared.res_json.is_empty() { None } else { req.extensions().get::<RequestId>().cloned() };
+        Some(After { shared: self.shared.clone(), request_id, head: req.method() == Method::HEAD })
     }
 }
 
@@ -687,12 +688,16 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         if !self.shared.touches_request {
-            let after = self.after(req.extensions().get::<RequestId>(), req.method() == Method::HEAD);
+            let after = self.after(&req);
             return ResponseFuture::inner(self.inner.call(req), after);
         }
         let shared = &*self.shared;
         // Kong reads the body's type from the request as it arrived.
-        let content_type = req.headers().get(CONTENT_TYPE);
+        let content_type = if shared.req_body.is_empty() && !shared.form_to_query {
+            None
+        } else {
+            req.headers().get(CONTENT_TYPE)
+        };
         let body_kind = if shared.req_body.is_empty() {
             None
         } else if rules::is_json(content_type) {
@@ -712,11 +717,11 @@ where
                 );
             }
         };
-        let head = req.method() == Method::HEAD;
         if body_kind.is_none() && !form_to_query {
-            let after = self.after(req.extensions().get::<RequestId>(), head);
+            let after = self.after(&req);
             return ResponseFuture::inner(self.inner.call(req), after);
         }
+        let head = req.method() == Method::HEAD;
         let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|len| len > shared.max_body_bytes) {
             let id = req.extensions().get::<RequestId>();

@@ -18,8 +18,9 @@ pub struct Samples {
     compensation: f64,
 }
 
-/// `pending` is merged once it holds this many samples, or as many as there are distinct
-/// values (so merging costs O(1) a sample and `pending` never outgrows the merged list).
+/// `pending` is merged once it holds this many samples, or a quarter as many as there are
+/// distinct values (so merging moves at most four values a sample, and `pending` adds at most
+/// a sixth to the memory of the merged lists).
 const MIN_BATCH: usize = 1 << 14;
 
 /// A key whose integer order is the float order (negative values included).
@@ -65,33 +66,50 @@ fn radix_sort(keys: &mut Vec<u64>, scratch: &mut Vec<u64>) {
     }
 }
 
-/// Merges the sorted `batch` into the sorted `keys`/`counts`.
-fn merge(keys: &[u64], counts: &[u32], batch: &[u64]) -> (Vec<u64>, Vec<u32>) {
-    let mut out_keys = Vec::with_capacity(keys.len() + batch.len().min(keys.len().max(16)));
-    let mut out_counts = Vec::with_capacity(out_keys.capacity());
-    let (mut i, mut j) = (0, 0);
+/// Merges the sorted `batch` into the sorted `keys`/`counts`, in place: the lists grow by the
+/// number of new values and are filled from the back, so no second copy of them ever exists.
+fn merge(keys: &mut Vec<u64>, counts: &mut Vec<u32>, batch: &[u64]) {
+    let old = keys.len();
+    // How many distinct batch values are new.
+    let (mut i, mut j, mut new) = (0, 0, 0);
     while j < batch.len() {
         let k = batch[j];
-        let mut n = 0u32;
         while j < batch.len() && batch[j] == k {
-            n += 1;
             j += 1;
         }
-        while i < keys.len() && keys[i] < k {
-            out_keys.push(keys[i]);
-            out_counts.push(counts[i]);
+        while i < old && keys[i] < k {
             i += 1;
         }
-        if i < keys.len() && keys[i] == k {
-            n = n.saturating_add(counts[i]);
-            i += 1;
+        if i == old || keys[i] != k {
+            new += 1;
         }
-        out_keys.push(k);
-        out_counts.push(n);
     }
-    out_keys.extend_from_slice(&keys[i..]);
-    out_counts.extend_from_slice(&counts[i..]);
-    (out_keys, out_counts)
+    keys.resize(old + new, 0);
+    counts.resize(old + new, 0);
+    // Fill from the back: `out` never overtakes the unread old values (it is ahead of them by
+    // the number of new values still to place).
+    let (mut i, mut j, mut out) = (old, batch.len(), old + new);
+    while j > 0 {
+        let k = batch[j - 1];
+        let mut n = 0u32;
+        while j > 0 && batch[j - 1] == k {
+            n = n.saturating_add(1);
+            j -= 1;
+        }
+        while i > 0 && keys[i - 1] > k {
+            out -= 1;
+            keys[out] = keys[i - 1];
+            counts[out] = counts[i - 1];
+            i -= 1;
+        }
+        if i > 0 && keys[i - 1] == k {
+            n = n.saturating_add(counts[i - 1]);
+            i -= 1;
+        }
+        out -= 1;
+        keys[out] = k;
+        counts[out] = n;
+    }
 }
 
 impl Samples {
@@ -101,7 +119,7 @@ impl Samples {
             return;
         }
         self.pending.push(key(x));
-        if self.pending.len() >= MIN_BATCH.max(self.keys.len()) {
+        if self.pending.len() >= MIN_BATCH.max(self.keys.len() / 4) {
             self.flush();
         }
         self.len += 1;
@@ -115,8 +133,7 @@ impl Samples {
         let mut batch = std::mem::take(&mut self.pending);
         let mut scratch = Vec::new();
         radix_sort(&mut batch, &mut scratch);
-        let (keys, counts) = merge(&self.keys, &self.counts, &batch);
-        (self.keys, self.counts) = (keys, counts);
+        merge(&mut self.keys, &mut self.counts, &batch);
         // Reuse the batch's allocation for the next one.
         batch.clear();
         self.pending = batch;
@@ -189,7 +206,8 @@ impl Samples {
     fn sorted(&self) -> Vec<(u64, u64)> {
         let mut batch = self.pending.clone();
         radix_sort(&mut batch, &mut Vec::new());
-        let (keys, counts) = merge(&self.keys, &self.counts, &batch);
+        let (mut keys, mut counts) = (self.keys.clone(), self.counts.clone());
+        merge(&mut keys, &mut counts, &batch);
         keys.into_iter().zip(counts.into_iter().map(u64::from)).collect()
     }
 
