@@ -13,10 +13,15 @@
 //! **Same numbers as Python.** Quantiles follow `statistics.quantiles(data, n=100)` (the
 //! default `exclusive` method) exactly. They are computed from a count per distinct value rather
 //! than from the list of all values: the access log writes latencies at microsecond resolution,
-//! so the number of distinct values is bounded by the latency range, not by the number of lines,
-//! and memory stays flat as a log grows — yet the result is exact, not an estimate (an HDR
-//! histogram would round values and could differ from the script at the first decimal). The mean
-//! is summed with Neumaier compensation (Python's `statistics.mean` sums exactly).
+//! so a route's distinct upstream latencies are bounded by the latency range, not by the number
+//! of lines, and that memory stays flat as a log grows — yet the result is exact, not an
+//! estimate (an HDR histogram would round values and could differ from the script at the first
+//! decimal, where a value sits on a rounding boundary). The overhead is the difference of two
+//! such floats, as Python computes it; its rounding makes most (gateway, upstream) pairs a
+//! distinct value, so that multiset grows with the log until it has seen the pairs the latency
+//! range allows (12 bytes a distinct value: 45 MiB of peak RSS for a generated 5-million-line
+//! log, where the script holds every entry). The mean is summed with Neumaier compensation
+//! (Python's `statistics.mean` sums exactly).
 //!
 //! Lines that are not JSON objects are counted as malformed and skipped, never a crash.
 //!
