@@ -511,7 +511,7 @@ impl Shared {
             return Ok(HeaderVal::Literal(None));
         }
         HeaderValue::from_str(&text)
-            .map(|v| HeaderVal::Literal(Some(rules::interned_value(v))))
+            .map(|v| HeaderVal::Literal(Some(v)))
             .map_err(|_| TransformErrorKind::HeaderValue(text))
     }
 

@@ -148,54 +148,7 @@ pub(crate) fn settable_header(
             return Err(TransformErrorKind::Forbidden(name.to_owned(), "gateway-owned"));
         }
     }
-    Ok(interned_name(header))
-}
-
-/// Interned rule names and values: `&'static` text a rule's headers are made `from_static`
-/// from, so the copies a request takes are plain pointer copies, not reference-count updates
-/// (about a tenth of a header-only transform's cost). Each distinct text is leaked once for
-/// the process's life, and only up to [`INTERN_LIMIT`] bytes in all: rebuilding layers (a
-/// config reload) with the same rules adds nothing, and past the limit rules simply keep
-/// shared (counted) headers.
-static INTERNED: std::sync::Mutex<(Vec<&'static str>, usize)> = std::sync::Mutex::new((Vec::new(), 0));
-
-/// Bytes of text [`INTERNED`] may hold.
-const INTERN_LIMIT: usize = 64 << 10;
-
-/// `text` as a `&'static str`: the interned copy, `None` once the limit is reached.
-fn intern(text: &str) -> Option<&'static str> {
-    let mut interned = INTERNED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(found) = interned.0.iter().find(|t| **t == text) {
-        return Some(found);
-    }
-    if interned.1 + text.len() > INTERN_LIMIT {
-        return None;
-    }
-    let leaked: &'static str = Box::leak(text.to_owned().into_boxed_str());
-    interned.0.push(leaked);
-    interned.1 += text.len();
-    Some(leaked)
-}
-
-/// `name` made from interned text (a standard header already is static).
-pub(crate) fn interned_name(name: HeaderName) -> HeaderName {
-    // The text of a name is valid and lowercase, as `from_static` requires.
-    match intern(name.as_str()) {
-        Some(text) => HeaderName::from_static(text),
-        None => name,
-    }
-}
-
-/// `value` made from interned text when `from_static` accepts it (visible ASCII).
-pub(crate) fn interned_value(value: HeaderValue) -> HeaderValue {
-    let Ok(text) = value.to_str() else { return value };
-    if !text.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)) {
-        return value;
-    }
-    match intern(text) {
-        Some(text) => HeaderValue::from_static(text),
-        None => value,
-    }
+    Ok(header)
 }
 
 pub(crate) fn header_name(name: &str) -> Result<HeaderName, TransformErrorKind> {
@@ -227,8 +180,8 @@ pub(crate) fn apply_headers(
     }
     // A literal goes through `entry`: one lookup for the presence test and the write. A
     // template is rendered first (it may read the map, which `entry` borrows), then `entry`:
-    // two lookups, the name's and the source's; rendering a value the rule then drops costs
-    // less than a third lookup, as `replace` targets present headers and `add` absent ones.
+    // the name is looked up once, not twice; the price is a rendering the rule may drop, rare
+    // as `replace` targets present headers and `add` absent ones.
     for (name, value) in &ops.replace {
         let value = match value {
             HeaderVal::Literal(None) => continue,
@@ -413,19 +366,6 @@ mod tests {
         assert!(settable_header("X-Consumer-ID", Some(&other)).is_err());
         assert!(settable_header("X-Consumer-Username", Some(&verified)).is_err());
         assert!(settable_header("X-API-Version", None).is_ok());
-    }
-
-    #[test]
-    fn interned_headers_equal_their_source_and_are_leaked_once() {
-        let name = HeaderName::from_static("x-interned-test");
-        let a = interned_name(name.clone());
-        let b = interned_name(name.clone());
-        assert_eq!((&a, &b), (&name, &name));
-        let (first, second) = (intern("x-interned-test").unwrap(), intern("x-interned-test").unwrap());
-        assert!(std::ptr::eq(first, second), "one copy per distinct text");
-        assert_eq!(interned_value(HeaderValue::from_static("v 1")), "v 1");
-        let obs = HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap();
-        assert_eq!(interned_value(obs.clone()), obs, "not visible ASCII: kept as it was");
     }
 
     #[test]
