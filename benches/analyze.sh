@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Analyzer throughput and memory: generates an access log of N lines (default 5,000,000) in the
 # format the gateway writes (routes, consumers, IPs, 200/401/429/502, microsecond latencies),
-# then times `analyze_logs` on it and reports lines/s and peak RSS (GNU time).
+# then times `analyze_logs` on it and reports lines per CPU second, lines per wall second and
+# peak RSS (GNU time).
 #
 #   benches/analyze.sh [lines=5000000]
 set -euo pipefail
@@ -32,9 +33,11 @@ for i in range(n):
     )
 PY
 size=$(du -h "$tmp/access.log" | cut -f1)
-start=$(date +%s.%N)
-/usr/bin/time -f "%M" -o "$tmp/rss" target/release/examples/analyze_logs "$tmp/access.log" > "$tmp/report.txt"
-end=$(date +%s.%N)
-secs=$(echo "$end - $start" | bc -l)
-printf 'lines: %d (%s)\nseconds: %.2f\nlines/s: %.0f\npeak RSS: %s KiB\n' "$lines" "$size" "$secs" "$(echo "$lines / $secs" | bc -l)" "$(cat "$tmp/rss")"
+# GNU time: peak RSS, CPU seconds (user + sys: what one core spends, whatever else the machine
+# runs) and wall seconds.
+/usr/bin/time -f "%M %U %S %e" -o "$tmp/time" target/release/examples/analyze_logs "$tmp/access.log" > "$tmp/report.txt"
+read -r rss user sys wall < "$tmp/time"
+cpu=$(echo "$user + $sys" | bc -l)
+printf 'lines: %d (%s)\nCPU seconds: %.2f (user %.2f, sys %.2f)\nlines per CPU second: %.0f\nwall seconds: %.2f (lines/s %.0f)\npeak RSS: %s KiB\n' \
+  "$lines" "$size" "$cpu" "$user" "$sys" "$(echo "$lines / $cpu" | bc -l)" "$wall" "$(echo "$lines / $wall" | bc -l)" "$rss"
 head -3 "$tmp/report.txt"

@@ -11,7 +11,7 @@
 //! Prints the report the seed's `analyze_gateway_logs.py` prints, with the same numbers.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufReader, Read};
 use std::process::ExitCode;
 
 use portcullis::observe::analyze::{Analyzer, Window};
@@ -20,15 +20,16 @@ fn usage() -> &'static str {
     "usage: analyze_logs [--since RFC3339] [--until RFC3339] [--json] [--html FILE] [FILE|- ...]"
 }
 
-fn open(path: &str) -> std::io::Result<Box<dyn BufRead>> {
+/// The analyzer reads in large blocks itself: no `BufReader` in between.
+fn open(path: &str) -> std::io::Result<Box<dyn Read>> {
     if path == "-" {
-        return Ok(Box::new(BufReader::with_capacity(1 << 16, std::io::stdin())));
+        return Ok(Box::new(std::io::stdin().lock()));
     }
     let file = File::open(path)?;
     if path.ends_with(".gz") {
-        Ok(Box::new(BufReader::with_capacity(1 << 16, flate2::read::MultiGzDecoder::new(file))))
+        Ok(Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 16, file))))
     } else {
-        Ok(Box::new(BufReader::with_capacity(1 << 16, file)))
+        Ok(Box::new(file))
     }
 }
 

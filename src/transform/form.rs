@@ -84,6 +84,17 @@ impl<'a> Pairs<'a> {
         self.changed = true;
     }
 
+    /// Appends the pairs of a form body (`a=1&b=2`): a pair whose text a query may hold as is
+    /// keeps it byte for byte, another is re-encoded.
+    pub(crate) fn extend_form(&mut self, form: &'a str) {
+        for raw in form.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = raw.split_once('=').unwrap_or((raw, ""));
+            let raw = raw.bytes().all(query_safe).then_some(raw);
+            self.pairs.push(Pair { name: decode(name), raw, value: decode(value) });
+            self.changed = true;
+        }
+    }
+
     /// The list as text.
     pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
@@ -138,6 +149,11 @@ pub(crate) fn decode(text: &str) -> Cow<'_, str> {
     Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
+/// A byte a query may hold literally inside one `name=value` pair (RFC 3986 `pchar`, `/`, `?`).
+fn query_safe(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$'()*+,;=:@/?%".contains(&b)
+}
+
 fn hex(b: u8) -> Option<u8> {
     (b as char).to_digit(16).map(|d| d as u8)
 }
@@ -174,6 +190,18 @@ mod tests {
         let untouched = Pairs::parse("x=%7e+1&y");
         assert_eq!(untouched.encode(), "x=%7e+1&y");
         assert!(!untouched.changed());
+    }
+
+    #[test]
+    fn form_pairs_join_a_query() {
+        let mut q = Pairs::parse("a=0&keep=%7E");
+        let body = "a=1&b=x+y%21&flag&&raw=a b&\u{e9}=\u{e9}";
+        q.extend_form(body);
+        assert!(q.changed());
+        assert_eq!(q.encode(), "a=0&keep=%7E&a=1&b=x+y%21&flag&raw=a%20b&%C3%A9=%C3%A9");
+        let mut unchanged = Pairs::parse("a=0");
+        unchanged.extend_form("");
+        assert!(!unchanged.changed());
     }
 
     #[test]

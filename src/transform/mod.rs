@@ -32,6 +32,12 @@
 //! multipart bodies pass through untouched. `Content-Length` is recomputed whenever a body is
 //! rewritten.
 //!
+//! **`http_method`** sets the method the request continues with. Changed to `GET`, `HEAD` or
+//! `TRACE`, a form (`application/x-www-form-urlencoded`) body's fields are also added to the
+//! query, after the fields already there and before the querystring rules run, as Kong does;
+//! the body is read for that (within the same limit) and still sent as it was. A change to any
+//! other method moves nothing: Kong does not turn a query into a body.
+//!
 //! **`replace.uri`** sets the whole upstream path, as Kong's `kong.service.request.set_path`
 //! does: the service's path is not prepended. The layer rewrites the request URI (so a router
 //! behind it sees the new path) and, with the `proxy` feature, records it in
@@ -249,6 +255,10 @@ struct Shared {
     res_headers: Ops<HeaderName, HeaderVal>,
     res_json: Ops<String, serde_json::Value>,
     max_body_bytes: u64,
+    /// Some request rule exists (else requests pass untouched).
+    touches_request: bool,
+    /// `http_method` is GET, HEAD or TRACE: a form body's fields join the query (Kong).
+    form_to_query: bool,
 }
 
 // === impl TransformBuilder ===
@@ -302,7 +312,8 @@ impl TransformBuilder {
         self
     }
 
-    /// `http_method`: the method the request continues with.
+    /// `http_method`: the method the request continues with (to `GET`, `HEAD` or `TRACE`, a form
+    /// body's fields also join the query; see the [module docs](self)).
     pub fn http_method(mut self, method: Method) -> Self {
         self.method = Some(method);
         self
@@ -322,13 +333,18 @@ impl TransformBuilder {
             header_templates: Vec::new(),
             early_header_templates: false,
             uri: None,
-            method: self.method,
+            method: self.method.clone(),
             req_headers: Ops::default(),
             req_query: Ops::default(),
             req_body: Ops::default(),
             res_headers: Ops::default(),
             res_json: Ops::default(),
             max_body_bytes: self.max_body_bytes,
+            touches_request: false,
+            form_to_query: self
+                .method
+                .as_ref()
+                .is_some_and(|m| [Method::GET, Method::HEAD, Method::TRACE].contains(m)),
         };
         if let Some(uri) = &self.uri {
             let template = Template::parse(uri)
@@ -372,6 +388,11 @@ impl TransformBuilder {
                 .map_err(|kind| TransformError { location: at, kind })?;
         }
         shared.mark_early_header_templates();
+        shared.touches_request = shared.uri.is_some()
+            || shared.method.is_some()
+            || !shared.req_headers.is_empty()
+            || !shared.req_query.is_empty()
+            || !shared.req_body.is_empty();
         Ok(TransformLayer { shared: Arc::new(shared) })
     }
 }
@@ -508,14 +529,6 @@ impl Shared {
         }
         self.early_header_templates = self.header_templates.iter().any(|t| t.early);
     }
-
-    fn touches_request(&self) -> bool {
-        self.uri.is_some()
-            || self.method.is_some()
-            || !self.req_headers.is_empty()
-            || !self.req_query.is_empty()
-            || !self.req_body.is_empty()
-    }
 }
 
 // === impl TransformLayer ===
@@ -550,9 +563,10 @@ enum BodyKind {
 }
 
 impl<S> Transform<S> {
-    /// Applies uri, method, header and querystring rules; returns the rendered templates (the
-    /// body rules still need them) or the rejection.
-    fn rewrite<B>(&self, req: &mut Request<B>) -> Result<Vec<String>, Rejection> {
+    /// Applies uri, method, header and querystring rules (the querystring ones only when
+    /// `defer_query` is false: they then wait for a form body to merge); returns the rendered
+    /// templates (the body rules still need them) or the rejection.
+    fn rewrite<B>(&self, req: &mut Request<B>, defer_query: bool) -> Result<Vec<String>, Rejection> {
         let shared = &*self.shared;
         let rendered: Vec<String> = if shared.templates.is_empty() {
             Vec::new()
@@ -586,7 +600,7 @@ impl<S> Transform<S> {
             rules::apply_headers(&shared.req_headers, &mut headers, &mut env);
             *req.headers_mut() = headers;
         }
-        let new_query = if shared.req_query.is_empty() {
+        let new_query = if shared.req_query.is_empty() || defer_query {
             None
         } else {
             let mut pairs = Pairs::parse(req.uri().query().unwrap_or(""));
@@ -595,17 +609,8 @@ impl<S> Transform<S> {
         };
         if new_path.is_some() || new_query.is_some() {
             let path = new_path.as_deref().unwrap_or(req.uri().path());
-            let query = new_query.as_deref().or(req.uri().query()).filter(|q| !q.is_empty());
-            let pq = match query {
-                Some(query) => format!("{path}?{query}"),
-                None => path.to_owned(),
-            };
-            let mut parts = req.uri().clone().into_parts();
-            parts.path_and_query = Some(
-                PathAndQuery::try_from(pq).map_err(|_| Rejection::bad_request("invalid rewritten URI"))?,
-            );
-            *req.uri_mut() =
-                Uri::from_parts(parts).map_err(|_| Rejection::bad_request("invalid rewritten URI"))?;
+            let query = new_query.as_deref().or(req.uri().query());
+            *req.uri_mut() = with_path_and_query(req.uri(), path, query)?;
             #[cfg(feature = "proxy")]
             if let Some(path) = new_path {
                 req.extensions_mut().insert(crate::proxy::UpstreamPath(path));
@@ -613,6 +618,18 @@ impl<S> Transform<S> {
         }
         Ok(rendered)
     }
+}
+
+/// `uri` with its path and query replaced (an empty query is dropped).
+fn with_path_and_query(uri: &Uri, path: &str, query: Option<&str>) -> Result<Uri, Rejection> {
+    let pq = match query.filter(|q| !q.is_empty()) {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query =
+        Some(PathAndQuery::try_from(pq).map_err(|_| Rejection::bad_request("invalid rewritten URI"))?);
+    Uri::from_parts(parts).map_err(|_| Rejection::bad_request("invalid rewritten URI"))
 }
 
 /// A rendered `replace.uri`: a leading `/`, characters a path cannot hold percent-encoded, then
@@ -639,6 +656,21 @@ fn upstream_path(rendered: &str) -> Result<String, Rejection> {
     }
 }
 
+impl<S> Transform<S> {
+    /// What the response side needs, `None` when it has nothing to do (the common header-only
+    /// request transform: no `Arc` clone, a smaller future).
+    fn after<B>(&self, req: &Request<B>) -> Option<After> {
+        let shared = &self.shared;
+        if shared.res_headers.is_empty() && shared.res_json.is_empty() {
+            return None;
+        }
+        // The id is needed only to answer a response body that fails to read.
+        let request_id =
+            if shared.res_json.is_empty() { None } else { req.extensions().get::<RequestId>().cloned() };
+        Some(After { shared: self.shared.clone(), request_id, head: req.method() == Method::HEAD })
+    }
+}
+
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Transform<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
@@ -655,63 +687,101 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let shared = self.shared.clone();
-        // The future needs the id only to answer a body it fails to read; rejections decided
-        // here read it from the request.
-        let request_id = if shared.req_body.is_empty() && shared.res_json.is_empty() {
+        if !self.shared.touches_request {
+            let after = self.after(&req);
+            return ResponseFuture::inner(self.inner.call(req), after);
+        }
+        let shared = &*self.shared;
+        // Kong reads the body's type from the request as it arrived.
+        let content_type = if shared.req_body.is_empty() && !shared.form_to_query {
             None
         } else {
-            req.extensions().get::<RequestId>().cloned()
+            req.headers().get(CONTENT_TYPE)
         };
-        let head = req.method() == Method::HEAD;
-        if !shared.touches_request() {
-            let future = self.inner.call(req);
-            return ResponseFuture { state: State::Inner { future }, shared, request_id, head };
-        }
-        // Kong reads the body's type from the request as it arrived.
         let body_kind = if shared.req_body.is_empty() {
             None
-        } else if rules::is_json(req.headers().get(CONTENT_TYPE)) {
+        } else if rules::is_json(content_type) {
             Some(BodyKind::Json)
-        } else if rules::is_form(req.headers().get(CONTENT_TYPE)) {
+        } else if rules::is_form(content_type) {
             Some(BodyKind::Form)
         } else {
             None
         };
-        let rendered = match self.rewrite(&mut req) {
+        // Kong: a method changed to GET, HEAD or TRACE takes a form body's fields into the query.
+        let form_to_query = shared.form_to_query && rules::is_form(content_type);
+        let rendered = match self.rewrite(&mut req, form_to_query) {
             Ok(rendered) => rendered,
             Err(rejection) => {
-                let response = Some(rejection.into_response(req.extensions().get::<RequestId>()));
-                return ResponseFuture { state: State::Rejected { response }, shared, request_id, head };
+                return ResponseFuture::rejected(
+                    rejection.into_response(req.extensions().get::<RequestId>()),
+                );
             }
         };
-        let Some(kind) = body_kind else {
-            let future = self.inner.call(req);
-            return ResponseFuture { state: State::Inner { future }, shared, request_id, head };
-        };
+        if body_kind.is_none() && !form_to_query {
+            let after = self.after(&req);
+            return ResponseFuture::inner(self.inner.call(req), after);
+        }
+        let head = req.method() == Method::HEAD;
         let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|len| len > shared.max_body_bytes) {
-            let response =
-                Some(Rejection::payload_too_large().into_response(req.extensions().get::<RequestId>()));
-            return ResponseFuture { state: State::Rejected { response }, shared, request_id, head };
+            let id = req.extensions().get::<RequestId>();
+            return ResponseFuture::rejected(Rejection::payload_too_large().into_response(id));
         }
         // The clone that was driven ready goes with the request; this one waits for the next.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
+        let request_id = req.extensions().get::<RequestId>().cloned();
         let (parts, body) = req.into_parts();
-        ResponseFuture {
-            state: State::ReadRequest {
-                body,
-                parts: Some(parts),
-                inner: Some(inner),
-                buf: Vec::new(),
-                rendered,
-                kind,
-            },
-            shared,
+        let read = ReadRequest {
+            body,
+            parts: Some(parts),
+            inner: Some(inner),
+            buf: Vec::new(),
+            rendered,
+            kind: body_kind,
+            form_to_query,
+            shared: self.shared.clone(),
             request_id,
             head,
-        }
+        };
+        ResponseFuture { state: State::ReadRequest { read: Box::pin(read) } }
+    }
+}
+
+/// What the response side needs once the inner service answers.
+struct After {
+    shared: Arc<Shared>,
+    request_id: Option<RequestId>,
+    // A HEAD answer has no body to rewrite (and its Content-Length describes the GET's).
+    head: bool,
+}
+
+pin_project! {
+    /// A request body being read for the body rules (boxed in the future: rare and large).
+    struct ReadRequest<S, ReqBody> {
+        #[pin]
+        body: ReqBody,
+        parts: Option<http::request::Parts>,
+        inner: Option<S>,
+        buf: Vec<u8>,
+        rendered: Vec<String>,
+        kind: Option<BodyKind>,
+        form_to_query: bool,
+        shared: Arc<Shared>,
+        request_id: Option<RequestId>,
+        head: bool,
+    }
+}
+
+pin_project! {
+    /// A JSON response body being read for the `json` rules.
+    struct ReadResponse<ResBody> {
+        #[pin]
+        body: ResBody,
+        parts: Option<http::response::Parts>,
+        buf: Vec<u8>,
+        shared: Arc<Shared>,
+        request_id: Option<RequestId>,
     }
 }
 
@@ -723,10 +793,6 @@ pin_project! {
     {
         #[pin]
         state: State<S, ReqBody, ResBody>,
-        shared: Arc<Shared>,
-        request_id: Option<RequestId>,
-        // A HEAD answer has no body to rewrite (and its Content-Length describes the GET's).
-        head: bool,
     }
 }
 
@@ -737,22 +803,22 @@ pin_project! {
         S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     {
         Rejected { response: Option<Response<ResBody>> },
-        ReadRequest {
-            #[pin]
-            body: ReqBody,
-            parts: Option<http::request::Parts>,
-            inner: Option<S>,
-            buf: Vec<u8>,
-            rendered: Vec<String>,
-            kind: BodyKind,
-        },
-        Inner { #[pin] future: S::Future },
-        ReadResponse {
-            #[pin]
-            body: ResBody,
-            parts: Option<http::response::Parts>,
-            buf: Vec<u8>,
-        },
+        ReadRequest { read: Pin<Box<ReadRequest<S, ReqBody>>> },
+        Inner { #[pin] future: S::Future, after: Option<After> },
+        ReadResponse { read: Pin<Box<ReadResponse<ResBody>>> },
+    }
+}
+
+impl<S, ReqBody, ResBody> ResponseFuture<S, ReqBody, ResBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    fn inner(future: S::Future, after: Option<After>) -> Self {
+        Self { state: State::Inner { future, after } }
+    }
+
+    fn rejected(response: Response<ResBody>) -> Self {
+        Self { state: State::Rejected { response: Some(response) } }
     }
 }
 
@@ -820,6 +886,33 @@ fn set_length(headers: &mut http::HeaderMap, len: usize) {
     headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
 }
 
+/// Kong's `http_method` change to GET/HEAD/TRACE: the form body's fields are added to the query
+/// (after the fields already there), then the querystring rules run on the result. The body
+/// itself is left as it is.
+fn merge_form_into_query(
+    shared: &Shared,
+    uri: &Uri,
+    body: &[u8],
+    rendered: &[String],
+) -> Result<Option<Uri>, Rejection> {
+    let body = String::from_utf8_lossy(body);
+    let mut pairs = Pairs::parse(uri.query().unwrap_or(""));
+    pairs.extend_form(&body);
+    rules::apply_pairs(&shared.req_query, &mut pairs, rendered);
+    if !pairs.changed() {
+        return Ok(None);
+    }
+    with_path_and_query(uri, uri.path(), Some(&pairs.encode())).map(Some)
+}
+
+/// Whether a response to this request can have a body the `json` rules may rewrite.
+fn has_body(status: http::StatusCode, head: bool) -> bool {
+    !(head
+        || status.is_informational()
+        || status == http::StatusCode::NO_CONTENT
+        || status == http::StatusCode::NOT_MODIFIED)
+}
+
 impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody, ResBody>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -831,7 +924,6 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let shared = &**this.shared;
         loop {
             match this.state.as_mut().project() {
                 StateProj::Rejected { response } => {
@@ -840,9 +932,12 @@ where
                         None => Poll::Pending,
                     };
                 }
-                StateProj::ReadRequest { body, parts, inner, buf, rendered, kind } => {
+                StateProj::ReadRequest { read } => {
+                    let read = read.as_mut().project();
+                    let shared = &**read.shared;
                     let rejection =
-                        match ready!(poll_read(body, buf, shared.max_body_bytes, is_too_large, cx)) {
+                        match ready!(poll_read(read.body, read.buf, shared.max_body_bytes, is_too_large, cx))
+                        {
                             Ok(()) => None,
                             Err(ReadError::TooLarge) => Some(Rejection::payload_too_large()),
                             Err(ReadError::Failed) => {
@@ -850,21 +945,34 @@ where
                             }
                         };
                     if let Some(rejection) = rejection {
-                        let response = Some(rejection.into_response(this.request_id.as_ref()));
-                        this.state.set(State::Rejected { response });
+                        let response = rejection.into_response(read.request_id.as_ref());
+                        this.state.set(State::Rejected { response: Some(response) });
                         continue;
                     }
-                    let (Some(mut parts), Some(mut inner)) = (parts.take(), inner.take()) else {
+                    let (Some(mut parts), Some(mut inner)) = (read.parts.take(), read.inner.take()) else {
                         return Poll::Pending;
                     };
-                    let original = std::mem::take(buf);
-                    let rewritten = match kind {
-                        BodyKind::Json => {
+                    let original = std::mem::take(read.buf);
+                    if *read.form_to_query {
+                        match merge_form_into_query(shared, &parts.uri, &original, read.rendered) {
+                            Ok(Some(uri)) => parts.uri = uri,
+                            Ok(None) => {}
+                            Err(rejection) => {
+                                let response = rejection.into_response(read.request_id.as_ref());
+                                this.state.set(State::Rejected { response: Some(response) });
+                                continue;
+                            }
+                        }
+                    }
+                    let rendered = &*read.rendered;
+                    let rewritten = match read.kind {
+                        None => None,
+                        Some(BodyKind::Json) => {
                             rules::apply_json(&shared.req_body, &original, |v: &Val<String>| {
                                 v.text(rendered).map(|t| serde_json::Value::String(t.to_owned()))
                             })
                         }
-                        BodyKind::Form => {
+                        Some(BodyKind::Form) => {
                             let text = String::from_utf8_lossy(&original);
                             let mut pairs = Pairs::parse(&text);
                             rules::apply_pairs(&shared.req_body, &mut pairs, rendered);
@@ -873,11 +981,19 @@ where
                     };
                     let body = Bytes::from(rewritten.unwrap_or(original));
                     set_length(&mut parts.headers, body.len());
+                    let response_side = !(shared.res_headers.is_empty() && shared.res_json.is_empty());
+                    let after = response_side.then(|| After {
+                        shared: read.shared.clone(),
+                        request_id: read.request_id.take(),
+                        head: *read.head,
+                    });
                     let future = inner.call(Request::from_parts(parts, ReqBody::from(body)));
-                    this.state.set(State::Inner { future });
+                    this.state.set(State::Inner { future, after });
                 }
-                StateProj::Inner { future } => {
+                StateProj::Inner { future, after } => {
                     let mut response = ready!(future.poll(cx))?;
+                    let Some(after) = after.take() else { return Poll::Ready(Ok(response)) };
+                    let shared = &*after.shared;
                     if !shared.res_headers.is_empty() {
                         // Response values are literal: no template to render.
                         let none = http::Extensions::new();
@@ -885,32 +1001,45 @@ where
                             HeaderEnv { templates: &[], query: None, extensions: &none, early: &mut [] };
                         rules::apply_headers(&shared.res_headers, response.headers_mut(), &mut env);
                     }
-                    let wants_body =
-                        !shared.res_json.is_empty() && rules::is_json(response.headers().get(CONTENT_TYPE));
+                    let wants_body = !shared.res_json.is_empty()
+                        && has_body(response.status(), after.head)
+                        && rules::is_json(response.headers().get(CONTENT_TYPE));
+                    if !wants_body {
+                        return Poll::Ready(Ok(response));
+                    }
                     let declared = response
                         .headers()
                         .get(CONTENT_LENGTH)
                         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-                    if !wants_body || declared.is_some_and(|len| len > shared.max_body_bytes) {
+                    if declared.is_some_and(|len| len > shared.max_body_bytes) {
                         return Poll::Ready(Ok(response));
                     }
                     let (parts, body) = response.into_parts();
-                    this.state.set(State::ReadResponse { body, parts: Some(parts), buf: Vec::new() });
+                    let read = ReadResponse {
+                        body,
+                        parts: Some(parts),
+                        buf: Vec::new(),
+                        shared: after.shared,
+                        request_id: after.request_id,
+                    };
+                    this.state.set(State::ReadResponse { read: Box::pin(read) });
                 }
-                StateProj::ReadResponse { body, parts, buf } => {
-                    let read = ready!(poll_read(body, buf, shared.max_body_bytes, |_| false, cx));
-                    if let Err(e) = read {
+                StateProj::ReadResponse { read } => {
+                    let read = read.as_mut().project();
+                    let shared = &**read.shared;
+                    let result = ready!(poll_read(read.body, read.buf, shared.max_body_bytes, |_| false, cx));
+                    if let Err(e) = result {
                         let message = match e {
                             ReadError::TooLarge => "upstream response body over the transform limit",
                             ReadError::Failed => "upstream response body failed",
                         };
                         let response =
-                            Some(Rejection::bad_gateway(message).into_response(this.request_id.as_ref()));
-                        this.state.set(State::Rejected { response });
+                            Rejection::bad_gateway(message).into_response(read.request_id.as_ref());
+                        this.state.set(State::Rejected { response: Some(response) });
                         continue;
                     }
-                    let Some(mut parts) = parts.take() else { return Poll::Pending };
-                    let original = std::mem::take(buf);
+                    let Some(mut parts) = read.parts.take() else { return Poll::Pending };
+                    let original = std::mem::take(read.buf);
                     // Unlike a request (Kong adds fields to an empty one), an empty response body
                     // stays empty: there is no object to change.
                     let empty = original.iter().all(u8::is_ascii_whitespace);

@@ -165,55 +165,57 @@ pub(crate) fn apply_headers(
         headers.remove(name);
     }
     for (old, new) in &ops.rename {
-        let count = headers.get_all(old).iter().count();
-        if count == 1 {
-            if let Some(value) = headers.remove(old) {
-                headers.insert(new.clone(), value);
-            }
-        } else if count > 1 {
-            let values: Vec<HeaderValue> = headers.get_all(old).iter().cloned().collect();
-            headers.remove(old);
-            headers.remove(new);
-            for value in values {
+        // One lookup of `old` takes every value out.
+        let Entry::Occupied(present) = headers.entry(old) else { continue };
+        let (_, mut values) = present.remove_entry_mult();
+        let first = values.next();
+        let rest: Vec<HeaderValue> = values.collect();
+        if let Some(first) = first {
+            // Kong: the renamed values replace any the new name had.
+            headers.insert(new.clone(), first);
+            for value in rest {
                 headers.append(new.clone(), value);
             }
         }
     }
-    // `entry` hashes the name once for the presence test and the write.
-    // A literal goes through `entry` (one hash for the test and the write); a template renders
-    // between the test and the write, as it may read the map.
+    // A literal goes through `entry`: one lookup for the presence test and the write. A
+    // template is rendered first (it may read the map, which `entry` borrows), then `entry`:
+    // the name is looked up once, not twice; the price is a rendering the rule may drop, rare
+    // as `replace` targets present headers and `add` absent ones.
     for (name, value) in &ops.replace {
-        match value {
-            HeaderVal::Literal(None) => {}
+        let value = match value {
+            HeaderVal::Literal(None) => continue,
             HeaderVal::Literal(Some(value)) => {
                 if let Entry::Occupied(mut present) = headers.entry(name) {
                     present.insert(value.clone());
                 }
+                continue;
             }
-            HeaderVal::Template(_) => {
-                if headers.contains_key(name) {
-                    if let Some(value) = value.header(headers, env) {
-                        headers.insert(name.clone(), value);
-                    }
-                }
-            }
+            HeaderVal::Template(_) => match value.header(headers, env) {
+                Some(value) => value,
+                None => continue,
+            },
+        };
+        if let Entry::Occupied(mut present) = headers.entry(name) {
+            present.insert(value);
         }
     }
     for (name, value) in &ops.add {
-        match value {
-            HeaderVal::Literal(None) => {}
+        let value = match value {
+            HeaderVal::Literal(None) => continue,
             HeaderVal::Literal(Some(value)) => {
                 if let Entry::Vacant(absent) = headers.entry(name) {
                     absent.insert(value.clone());
                 }
+                continue;
             }
-            HeaderVal::Template(_) => {
-                if !headers.contains_key(name) {
-                    if let Some(value) = value.header(headers, env) {
-                        headers.insert(name.clone(), value);
-                    }
-                }
-            }
+            HeaderVal::Template(_) => match value.header(headers, env) {
+                Some(value) => value,
+                None => continue,
+            },
+        };
+        if let Entry::Vacant(absent) = headers.entry(name) {
+            absent.insert(value);
         }
     }
     for (name, value) in &ops.append {

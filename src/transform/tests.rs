@@ -286,6 +286,81 @@ async fn response_headers_and_typed_json() {
     assert_eq!(body_of(res).await, "{\"id\":1}", "not JSON by its type: untouched");
 }
 
+#[tokio::test]
+async fn json_rules_leave_head_and_bodyless_answers_alone() {
+    let layer = TransformLayer::builder().response(Action::Add, ResponsePart::Json, ["k:v"]).build().unwrap();
+    let json = |status: u16, length: &str| {
+        Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .header("content-length", length)
+            .body(Body::empty())
+            .unwrap()
+    };
+    // A HEAD answer's Content-Length describes the GET's body: kept.
+    let head = Request::head("/").body(Body::empty()).unwrap();
+    let (_, res) = run(layer.clone(), head, json(200, "120")).await;
+    assert_eq!(res.headers()["content-length"], "120");
+    assert_eq!(body_of(res).await, "");
+    for status in [204, 304] {
+        let (_, res) = run(layer.clone(), get("/").body(Body::empty()).unwrap(), json(status, "0")).await;
+        assert_eq!(res.status(), status);
+        assert_eq!(body_of(res).await, "", "{status}");
+    }
+    // `http_method: HEAD` makes the upstream's answer a HEAD answer too.
+    let to_head = TransformLayer::builder()
+        .http_method(Method::HEAD)
+        .response(Action::Add, ResponsePart::Json, ["k:v"])
+        .build()
+        .unwrap();
+    let (seen, res) = run(to_head, get("/").body(Body::empty()).unwrap(), json(200, "120")).await;
+    assert_eq!(seen.method, "HEAD");
+    assert_eq!(res.headers()["content-length"], "120");
+}
+
+fn form_post(uri: &str, body: &'static str) -> Request<Body> {
+    Request::post(uri)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::from(body))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn method_changed_to_get_takes_form_fields_into_the_query() {
+    let layer = TransformLayer::builder()
+        .http_method(Method::GET)
+        .request(Action::Remove, RequestPart::Querystring, ["secret"])
+        .request(Action::Add, RequestPart::Querystring, ["via:gw"])
+        .build()
+        .unwrap();
+    let (seen, _) = run(layer.clone(), form_post("/f?a=0", "a=1&b=x+y&secret=s"), Response::default()).await;
+    assert_eq!(seen.method, "GET");
+    // Kong: the body's fields join the query (before the querystring rules run) and the body
+    // itself is left as it was.
+    assert_eq!(seen.uri, "/f?a=0&a=1&b=x+y&via=gw");
+    assert_eq!(seen.body, "a=1&b=x+y&secret=s");
+    assert_eq!(seen.headers["content-length"], "18");
+
+    // Not a form: nothing moves.
+    let (seen, _) = run(layer.clone(), json_post(r#"{"a":1}"#), Response::default()).await;
+    assert_eq!((seen.method.as_str(), seen.uri.as_str()), ("GET", "/j?via=gw"));
+    assert_eq!(seen.body, r#"{"a":1}"#);
+
+    // An empty form: the query is only the rules' work.
+    let (seen, _) = run(layer, form_post("/f?a=0", ""), Response::default()).await;
+    assert_eq!(seen.uri, "/f?a=0&via=gw");
+
+    // GET to POST: Kong moves nothing (the query stays, no body is made).
+    let to_post = TransformLayer::builder().http_method(Method::POST).build().unwrap();
+    let (seen, _) = run(to_post, get("/p?a=1").body(Body::empty()).unwrap(), Response::default()).await;
+    assert_eq!((seen.method.as_str(), seen.uri.as_str(), &seen.body[..]), ("POST", "/p?a=1", &b""[..]));
+
+    // Read within the body limit like any body rule.
+    let small = TransformLayer::builder().http_method(Method::GET).max_body_bytes(4).build().unwrap();
+    let (_, res) = run(small, form_post("/f", "a=1&b=2"), Response::default()).await;
+    assert_eq!(res.status(), 413);
+}
+
 /// A body whose chunks are produced only when polled, counting chunks produced but not yet
 /// consumed by the service at the end of the stack.
 struct Lazy {

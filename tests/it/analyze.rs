@@ -112,6 +112,66 @@ async fn same_numbers_as_the_seed_script() {
     assert!(report.spikes.iter().any(|s| s.status == 429 && s.count == 40));
 }
 
+/// 60,000 generated lines: enough samples per route and of overhead for the analyzer to merge
+/// many batches of values, with latencies at microsecond resolution as the gateway writes them
+/// (and a few written otherwise: more digits, exponents, strings, integers).
+fn generated(lines: u32) -> String {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    let mut out = String::new();
+    for i in 0..lines {
+        let status = [200, 200, 200, 200, 200, 200, 200, 401, 429, 502][next(10) as usize];
+        let up_us = 300 + next(40_000) + if next(20) == 0 { next(200_000) } else { 0 };
+        let up = match next(50) {
+            0 => format!("{}.{:06}", up_us / 1000, next(1_000_000)),
+            1 => format!("\"{}.{:03}\"", up_us / 1000, up_us % 1000),
+            2 => format!("{}e-3", up_us),
+            3 => format!("{}", up_us / 1000),
+            _ => format!("{}.{:03}", up_us / 1000, up_us % 1000),
+        };
+        // Now and then a gateway time below the upstream's: a negative overhead, skipped.
+        let gw_us = (up_us + 40 + next(700)).saturating_sub(if next(100) == 0 { 2_000 } else { 0 });
+        let consumer = if status == 429 && next(3) > 0 {
+            format!(r#""consumer_id":"c{}","#, next(40))
+        } else {
+            String::new()
+        };
+        out.push_str(&format!(
+            r#"{{"timestamp":"2026-11-28T07:{:02}:{:02}.000Z","status":{status},{consumer}"client_ip":"10.0.{}.{}","route_name":"r{}","upstream_latency_ms":{},"gateway_latency_ms":{}.{:03}}}"#,
+            (i / 1000) % 60,
+            (i / 20) % 60,
+            next(3),
+            next(200),
+            next(12),
+            if status == 401 { "null".to_owned() } else { up },
+            gw_us / 1000,
+            gw_us % 1000,
+        ));
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn same_numbers_as_the_seed_script_across_many_batches() {
+    let text = generated(60_000);
+    let path = temp_path("analyze-many.log");
+    std::fs::write(&path, &text).unwrap();
+    let mut analyzer = Analyzer::default();
+    analyzer.feed_reader(std::io::Cursor::new(text.as_bytes())).unwrap();
+    let ours = analyzer.report().to_text();
+    let python = python_report(&path);
+    let _ = std::fs::remove_file(&path);
+    assert!(ours.starts_with(&python), "--- python ---\n{python}\n--- portcullis ---\n{ours}");
+    assert!(python.contains("Parsed 60000 log entries"));
+    assert!(python.contains("=== Gateway Processing Overhead ==="));
+}
+
 #[test]
 fn json_round_trips_and_html_has_one_svg_per_route() {
     let mut analyzer = Analyzer::default();

@@ -84,6 +84,44 @@ async fn querystring_order_and_colon_values() {
 }
 
 #[tokio::test]
+async fn http_method_get_moves_a_form_body_into_the_query() {
+    let up = Upstream::start().await;
+    let config = r#"        http_method: GET
+        remove: {querystring: [password]}
+"#;
+    let gw = TestGateway::start(&transformer(&up, config)).await;
+    let form = "user=al+b&password=x&lang=fr";
+    let req = Request::post(gw.url("/t?page=2"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Full::new(Bytes::from_static(form.as_bytes())))
+        .unwrap();
+    assert_eq!(send(req).await.status, 200);
+    let seen = up.last();
+    assert_eq!(seen.method, "GET");
+    // Kong: the form's fields join the query before the querystring rules; the body stays.
+    assert_eq!(seen.uri, "/t?page=2&user=al+b&lang=fr");
+    assert_eq!(seen.body, form);
+
+    // A JSON body is not a form: only the method changes.
+    let req = Request::post(gw.url("/t?page=2"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(br#"{"user":"al"}"#)))
+        .unwrap();
+    assert_eq!(send(req).await.status, 200);
+    let seen = up.last();
+    assert_eq!((seen.method.as_str(), seen.uri.as_str()), ("GET", "/t?page=2"));
+    assert_eq!(seen.body, r#"{"user":"al"}"#);
+    gw.stop().await;
+
+    // GET to POST moves nothing (Kong): the query stays and no body appears.
+    let gw = TestGateway::start(&transformer(&up, "        http_method: POST\n")).await;
+    assert_eq!(get(&gw.url("/t?user=al")).await.status, 200);
+    let seen = up.last();
+    assert_eq!((seen.method.as_str(), seen.uri.as_str(), seen.body.len()), ("POST", "/t?user=al", 0));
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn replace_uri_with_named_captures() {
     let up = Upstream::start().await;
     let routes = r#"  - name: htest

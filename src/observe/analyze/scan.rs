@@ -67,13 +67,8 @@ impl<'a> Cursor<'a> {
         let start = self.at;
         let mut escaped = false;
         loop {
-            // Jump to the next quote or backslash; the bytes skipped must not be control characters.
-            let rest = self.bytes.get(self.at..).unwrap_or_default();
-            let run = memchr::memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
-            if rest[..run].iter().any(|&b| b < 0x20) {
-                return Err(Miss::Invalid);
-            }
-            self.at += run;
+            // Jump to the next quote, backslash or control character (invalid in a string).
+            self.at = next_special(self.bytes, self.at);
             match self.bytes.get(self.at) {
                 None => return Err(Miss::Invalid),
                 Some(b'"') => {
@@ -94,8 +89,8 @@ impl<'a> Cursor<'a> {
                         _ => return Err(Miss::Invalid),
                     }
                 }
-                Some(&b) if b < 0x20 => return Err(Miss::Invalid),
-                Some(_) => self.at += 1,
+                // A control character.
+                Some(_) => return Err(Miss::Invalid),
             }
         }
     }
@@ -180,7 +175,7 @@ impl<'a> Cursor<'a> {
                 }
             }
             Some(b'{') => {
-                self.object(depth + 1, &mut |_, _| Ok(()))?;
+                self.object(depth + 1, &mut ignore)?;
                 Ok(Field::Other)
             }
             _ => Err(Miss::Invalid),
@@ -188,11 +183,10 @@ impl<'a> Cursor<'a> {
     }
 
     /// An object; `keep(key, value)` sees every top-level member (keys without escapes only).
-    fn object(
-        &mut self,
-        depth: u32,
-        keep: &mut dyn FnMut(&'a str, Field<'a>) -> Result<(), Miss>,
-    ) -> Result<(), Miss> {
+    fn object<F>(&mut self, depth: u32, keep: &mut F) -> Result<(), Miss>
+    where
+        F: FnMut(&'a str, Field<'a>) -> Result<(), Miss>,
+    {
         self.eat(b'{')?;
         self.ws();
         if self.bytes.get(self.at) == Some(&b'}') {
@@ -221,6 +215,39 @@ impl<'a> Cursor<'a> {
             }
         }
     }
+}
+
+/// Keeps no member of a nested object.
+fn ignore<'a>(_: &'a str, _: Field<'a>) -> Result<(), Miss> {
+    Ok(())
+}
+
+/// The index of the first `"`, `\\` or control character at or after `from` (`bytes.len()`
+/// when there is none): eight bytes at a time, as most strings in a log line are short and a
+/// SIMD search's setup would cost more than it saves.
+fn next_special(bytes: &[u8], from: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut at = from;
+    while let Some(chunk) = bytes.get(at..at + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(word);
+        let quote = w ^ (ONES * u64::from(b'"'));
+        let backslash = w ^ (ONES * u64::from(b'\\'));
+        // A byte's high bit is set where it is zero (or below 0x20); only bytes above the
+        // lowest such byte can be false positives, and the lowest is all this needs.
+        let found = (quote.wrapping_sub(ONES) & !quote)
+            | (backslash.wrapping_sub(ONES) & !backslash)
+            | (w.wrapping_sub(ONES * 0x20) & !w);
+        let found = found & HIGH;
+        if found != 0 {
+            return at + (found.trailing_zeros() / 8) as usize;
+        }
+        at += 8;
+    }
+    let tail = bytes.get(at..).unwrap_or_default();
+    at + tail.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20).unwrap_or(tail.len())
 }
 
 /// Reads `line` (already trimmed). `Err(Miss::Invalid)`: not a JSON object at all.
@@ -294,6 +321,27 @@ mod tests {
                 "serde_json agrees: {}",
                 String::from_utf8_lossy(bad)
             );
+        }
+    }
+
+    #[test]
+    fn special_bytes_are_found_at_every_offset() {
+        for len in 0..40 {
+            for at in 0..=len {
+                for special in [b'"', b'\\', 0x01, 0x1f] {
+                    let mut bytes: Vec<u8> = (0..len).map(|i| b"a~ \x7f\xc3\xa9!#"[i % 8]).collect();
+                    if at < len {
+                        bytes[at] = special;
+                        // Bytes after the first special one do not matter.
+                        if at + 1 < len {
+                            bytes[at + 1] = b'"';
+                        }
+                    }
+                    for from in 0..=at.min(len) {
+                        assert_eq!(next_special(&bytes, from), at, "len {len} at {at} from {from}");
+                    }
+                }
+            }
         }
     }
 
