@@ -58,7 +58,7 @@ use std::path::Path;
 pub use build::RouteService;
 pub use duration::{InvalidDuration, parse_duration};
 pub use error::{ConfigError, ConfigErrorKind};
-pub use plugins::{PLUGINS, PluginSpec};
+pub use plugins::{CONSUMER_SCOPED, PLUGINS, PluginSpec};
 pub use schema::{
     AccessLog, Config, Consumer, FORMAT_VERSIONS, Gateway, Plugin, Protocol, Route, RoutePath, Service, Tls,
     Upstream,

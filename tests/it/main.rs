@@ -8,6 +8,7 @@ mod config;
 #[cfg(feature = "jwt")]
 mod jwt;
 mod proxy;
+mod quota;
 mod ratelimit;
 mod routing;
 mod seed;

@@ -199,6 +199,7 @@ fn the_seed_rate_limiting_block_parses() {
 }
 
 /// Fires `n` concurrent GETs at each URL in turn (round robin) and counts the statuses.
+#[cfg(feature = "redis")]
 async fn burst(urls: &[String], n: usize) -> std::collections::BTreeMap<u16, usize> {
     let client = client();
     let tasks: Vec<_> = (0..n)

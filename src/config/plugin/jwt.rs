@@ -340,6 +340,7 @@ mod tests {
             service,
             route,
             path: "services[0].routes[0].plugins[0]".into(),
+            consumer: None,
         };
         let parsed: JwtPluginConfig = ctx.parse(plugin).unwrap();
         assert_eq!(parsed.key_claim_name, "kid");

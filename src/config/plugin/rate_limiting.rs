@@ -264,7 +264,12 @@ fn redis_store(
             c.redis_database.unwrap_or(0)
         );
         let route = ctx.route.name.clone().unwrap_or_else(|| ctx.path.clone());
-        let prefix = format!("portcullis:rl:{}:{route}", ctx.service.name);
+        let mut prefix = format!("portcullis:rl:{}:{route}", ctx.service.name);
+        // A consumer's own quota never shares a counter with the route's generic one.
+        if let Some(consumer) = ctx.consumer {
+            prefix.push_str(":consumer=");
+            prefix.push_str(&super::consumer_identity(consumer).id);
+        }
         let store = crate::ratelimit::RedisStore::new(&url, prefix)
             .map_err(|e| ctx.error("redis_host", e.to_string()))?
             .timeout(std::time::Duration::from_millis(c.redis_timeout.unwrap_or(2000).max(1)));
