@@ -156,7 +156,7 @@ impl RedisStore {
 
     /// Whether this request may talk to Redis: the breaker is closed, or it is this request's
     /// turn to probe.
-    fn admit(&self) -> bool {
+    pub(super) fn admit(&self) -> bool {
         let open_until = self.open_until.load(Ordering::Acquire);
         if open_until == 0 {
             return true;
@@ -170,13 +170,18 @@ impl RedisStore {
                 .is_ok()
     }
 
-    fn trip(&self) {
+    /// Closes the breaker after a success.
+    pub(super) fn close(&self) {
+        self.open_until.store(0, Ordering::Release);
+    }
+
+    pub(super) fn trip(&self) {
         self.open_until.store(Self::now() + self.cooldown, Ordering::Release);
         // A stalled connection may hold requests forever: start afresh next time.
         *self.connection.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
-    async fn connection(&self) -> redis::RedisResult<MultiplexedConnection> {
+    pub(super) async fn connection(&self) -> redis::RedisResult<MultiplexedConnection> {
         if let Some(connection) = self.connection.lock().unwrap_or_else(|p| p.into_inner()).clone() {
             return Ok(connection);
         }
@@ -189,8 +194,18 @@ impl RedisStore {
         Ok(connection)
     }
 
+    /// The Redis key of limiter key `key`: `{<prefix>:<key>}`, one hash tag per client.
+    pub(super) fn redis_key(&self, key: &str) -> String {
+        format!("{{{}:{key}}}", self.prefix)
+    }
+
+    /// The per-command timeout.
+    pub(super) fn command_timeout(&self) -> Duration {
+        self.timeout
+    }
+
     async fn run(&self, key: &str, policy: &Policy) -> Result<Verdict, StoreError> {
-        let redis_key = format!("{{{}:{key}}}", self.prefix);
+        let redis_key = self.redis_key(key);
         let ttl_ms = policy.ttl().div_ceil(1000).max(1000);
         let call = async {
             let mut connection = self.connection().await?;
@@ -227,7 +242,7 @@ impl RedisStore {
     }
 }
 
-fn is_unavailable(error: &redis::RedisError) -> bool {
+pub(super) fn is_unavailable(error: &redis::RedisError) -> bool {
     error.is_io_error()
         || error.is_timeout()
         || error.is_connection_dropped()
@@ -280,7 +295,7 @@ impl Store for Arc<RedisStore> {
             let result = this.run(&key, &policy).await;
             match &result {
                 Err(StoreError::Unavailable(_)) => this.trip(),
-                _ => this.open_until.store(0, Ordering::Release),
+                _ => this.close(),
             }
             result
         }))
