@@ -8,8 +8,10 @@
 //! - `ratelimit/layer-sliding-window`: a request through `SlidingWindowLayer` on a `service_fn`
 //!   (key extraction, headers, outcome included).
 //! - `ratelimit/redis/*` (feature `redis`, when `redis-server` is on the PATH): one sequential
-//!   decision against a Redis started on a free port, and a `PING` on the same kind of
-//!   connection in the same run.
+//!   decision against a Redis started on a free port, and a `PING` over the store's own
+//!   connection ([`RedisStore::ping`]) in the same run (the anchor: within 1.3×); and `decisions-64-in-flight`: 64
+//!   tasks deciding in a loop through one store on a two-thread runtime, so 64 decisions are
+//!   always in flight on its multiplexed connection (criterion reports decisions per second).
 //!
 //! `cargo bench --bench ratelimit --features redis -- --warm-up-time 1 --measurement-time 3`
 
@@ -26,6 +28,8 @@ use portcullis::ratelimit::{
 use tower::{Layer, Service, ServiceExt};
 
 const KEYS: usize = 10_000;
+#[cfg(feature = "redis")]
+const IN_FLIGHT: usize = 64;
 
 fn keys() -> Vec<String> {
     (0..KEYS).map(|i| format!("consumer:user-{i:05}")).collect()
@@ -124,9 +128,42 @@ fn redis(c: &mut Criterion) {
             black_box(rt.block_on(pending).unwrap())
         })
     });
-    let mut ping = rt.block_on(redis::Client::open(url).unwrap().get_multiplexed_async_connection()).unwrap();
-    group.bench_function("ping-sequential", |b| {
-        b.iter(|| black_box(rt.block_on(redis::cmd("PING").query_async::<String>(&mut ping)).unwrap()))
+    // The baseline: a PING round trip over the store's own multiplexed connection.
+    group.bench_function("ping-sequential", |b| b.iter(|| rt.block_on(store.ping()).unwrap()));
+
+    // 64 decisions in flight at all times (64 tasks deciding in a loop) on a two-thread runtime,
+    // through one store and its one multiplexed connection: decisions per second.
+    let multi = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let store = Arc::new(RedisStore::new(&url, "bench-64").unwrap());
+    let keys = Arc::new(keys);
+    group.throughput(criterion::Throughput::Elements(1));
+    group.bench_function("decisions-64-in-flight", |b| {
+        b.iter_custom(|iters| {
+            let per_task = iters.div_ceil(IN_FLIGHT as u64);
+            multi.block_on(async {
+                let started = std::time::Instant::now();
+                let tasks: Vec<_> = (0..IN_FLIGHT)
+                    .map(|t| {
+                        let (store, policy, keys) = (store.clone(), policy.clone(), keys.clone());
+                        tokio::spawn(async move {
+                            for i in 0..per_task as usize {
+                                let key = &keys[(t * 997 + i) % KEYS];
+                                let verdict = match store.decide(key, &policy) {
+                                    Decided::Pending(pending) => pending.await,
+                                    Decided::Ready(verdict) => verdict,
+                                };
+                                black_box(verdict.unwrap());
+                            }
+                        })
+                    })
+                    .collect();
+                for task in tasks {
+                    task.await.unwrap();
+                }
+                // Per decision: the time for all of them, spread over the iterations asked.
+                started.elapsed().mul_f64(iters as f64 / (per_task * IN_FLIGHT as u64) as f64)
+            })
+        })
     });
     group.finish();
     let _ = child.kill();

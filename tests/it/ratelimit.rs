@@ -430,6 +430,38 @@ pub(crate) mod on_redis {
         redis.signal("-CONT");
     }
 
+    /// Several windows at once on Redis (the general script): the most constrained governs,
+    /// both are counted, and the key lives for two of the longest window.
+    #[tokio::test]
+    async fn several_windows_on_redis() {
+        let Some(redis) = RedisServer::start().await else { return };
+        let upstream = Upstream::start().await;
+        let config = format!(
+            "{{minute: 2, hour: 3, limit_by: ip, policy: redis, redis_host: 127.0.0.1, redis_port: {}}}",
+            redis.port
+        );
+        let gw = TestGateway::start(&service(&upstream.url(), &config)).await;
+        let mut answers = Vec::new();
+        for _ in 0..3 {
+            answers.push(get(&gw.url("/v1/orders")).await);
+        }
+        let statuses: Vec<_> = answers.iter().map(|a| a.status.as_u16()).collect();
+        assert_eq!(statuses, [200, 200, 429]);
+        assert_eq!(answers[1].headers["x-ratelimit-remaining-hour"], "1");
+        assert_eq!(answers[1].headers["x-ratelimit-remaining-minute"], "0");
+        assert_eq!(
+            answers[2].json()["message"].as_str().unwrap().split('.').next(),
+            Some("Request limit of 2/minute exceeded")
+        );
+        let mut conn = redis.connection().await;
+        let keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut conn).await.unwrap();
+        let counts: (u64, u64) =
+            redis::cmd("HMGET").arg(&keys[0]).arg("1c").arg("2c").query_async(&mut conn).await.unwrap();
+        assert_eq!(counts, (2, 2), "the denied request was counted nowhere");
+        let ttl: i64 = redis::cmd("PTTL").arg(&keys[0]).query_async(&mut conn).await.unwrap();
+        assert!(ttl > 3_600_000, "{ttl}");
+    }
+
     #[tokio::test]
     async fn a_script_error_is_reported_apart_from_unavailable() {
         use portcullis::ratelimit::{Decided, RedisStore, SlidingWindowLayer, Store, StoreError};
