@@ -11,7 +11,9 @@
 //!   decision against a Redis started on a free port, and a `PING` over the store's own
 //!   connection ([`RedisStore::ping`]) in the same run (the anchor: within 1.3×); and `decisions-64-in-flight`: 64
 //!   tasks deciding in a loop through one store on a two-thread runtime, so 64 decisions are
-//!   always in flight on its multiplexed connection (criterion reports decisions per second).
+//!   always in flight on its multiplexed connection (criterion reports decisions per second);
+//!   `hybrid-decision-sequential`: a `HybridStore` (`sync_rate: 1`) decision on hot keys (local;
+//!   the background sync of the 10k keys runs meanwhile).
 //!
 //! `cargo bench --bench ratelimit --features redis -- --warm-up-time 1 --measurement-time 3`
 
@@ -131,9 +133,33 @@ fn redis(c: &mut Criterion) {
     // The baseline: a PING round trip over the store's own multiplexed connection.
     group.bench_function("ping-sequential", |b| b.iter(|| rt.block_on(store.ping()).unwrap()));
 
+    // Hybrid (`sync_rate`): decisions are local once a key is hot; the sync runs every second
+    // in the background on another runtime (started by the first decision, made there).
+    let multi = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let hybrid = Arc::new(portcullis::ratelimit::HybridStore::new(
+        RedisStore::new(&url, "bench-hybrid").unwrap(),
+        std::time::Duration::from_secs(1),
+    ));
+    multi.block_on(async {
+        for key in &keys {
+            if let Decided::Pending(pending) = hybrid.decide(key, &policy) {
+                pending.await.unwrap();
+            }
+        }
+    });
+    let mut i = 0usize;
+    group.bench_function("hybrid-decision-sequential", |b| {
+        b.iter(|| {
+            i = (i + 1) % KEYS;
+            match hybrid.decide(&keys[i], &policy) {
+                Decided::Ready(verdict) => black_box(verdict.unwrap()),
+                Decided::Pending(pending) => black_box(rt.block_on(pending).unwrap()),
+            }
+        })
+    });
+
     // 64 decisions in flight at all times (64 tasks deciding in a loop) on a two-thread runtime,
     // through one store and its one multiplexed connection: decisions per second.
-    let multi = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let store = Arc::new(RedisStore::new(&url, "bench-64").unwrap());
     let keys = Arc::new(keys);
     group.throughput(criterion::Throughput::Elements(1));
