@@ -1,6 +1,7 @@
 //! Config → tower services: the one place where policy (the file) meets mechanism (the layers).
 //! Nothing here decides how a request is handled; it only chooses and stacks layers.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 
 use http::{Request, Response};
@@ -21,44 +22,6 @@ use crate::timeout::RouteTimeoutLayer;
 pub type RouteService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
 
 impl Config {
-    /// Per-consumer plugin instances (a consumer's own rate-limiting quota) are not wired yet:
-    /// refuse them rather than ignore them silently.
-    fn refuse_consumer_scoped_plugins(&self, origin: &str) -> Result<(), ConfigError> {
-        let not_yet = "consumer-scoped plugins are not supported yet";
-        for (c, consumer) in self.consumers.iter().enumerate() {
-            let has_plugins = match &consumer.plugins {
-                None | Some(serde_yaml_ng::Value::Null) => false,
-                Some(serde_yaml_ng::Value::Sequence(list)) => !list.is_empty(),
-                Some(_) => true,
-            };
-            if has_plugins {
-                return Err(ConfigError::unsupported(origin, format!("consumers[{c}].plugins"), not_yet));
-            }
-        }
-        let scoped = self.services.iter().enumerate().flat_map(|(s, service)| {
-            let on_service = service
-                .plugins
-                .iter()
-                .enumerate()
-                .map(move |(i, p)| (format!("services[{s}].plugins[{i}]"), p));
-            let on_routes = service.routes.iter().enumerate().flat_map(move |(r, route)| {
-                route
-                    .plugins
-                    .iter()
-                    .enumerate()
-                    .map(move |(i, p)| (format!("services[{s}].routes[{r}].plugins[{i}]"), p))
-            });
-            on_service.chain(on_routes)
-        });
-        let global = self.plugins.iter().enumerate().map(|(i, p)| (format!("plugins[{i}]"), p));
-        for (at, plugin) in global.chain(scoped) {
-            if plugin.consumer.is_some() {
-                return Err(ConfigError::unsupported(origin, format!("{at}.consumer"), not_yet));
-            }
-        }
-        Ok(())
-    }
-
     /// Builds the router with one proxying stack per route.
     ///
     /// `origin` names the file in errors, as [`Config::from_file`] does.
@@ -84,7 +47,6 @@ impl Config {
         origin: &str,
         instruments: &std::cell::RefCell<Instruments>,
     ) -> Result<Router<RouteService>, ConfigError> {
-        self.refuse_consumer_scoped_plugins(origin)?;
         let mut builder = Router::builder();
         // Router errors name a route by its insertion index; this maps it back to the file.
         let mut locations = Vec::new();
@@ -153,17 +115,35 @@ impl Config {
                     .service(proxy.clone());
                 let mut stack = BoxCloneSyncService::new(stack);
                 // Innermost first: the highest-priority plugin ends up outermost and runs first.
-                for (plugin, path) in plugin::applicable(self, s, r).into_iter().rev() {
-                    let ctx = PluginContext {
+                for applicable in plugin::applicable(self, s, r).into_iter().rev() {
+                    let ctx = |path: String, consumer| PluginContext {
                         origin,
                         config: self,
                         service,
                         route,
                         path,
+                        consumer,
                         instruments,
                         route_label: &route_label,
                     };
-                    stack = plugin::build(&ctx, plugin)?(stack);
+                    let generic = match applicable.generic {
+                        Some(i) => Some(plugin::build(&ctx(i.path, None), i.plugin)?),
+                        None => None,
+                    };
+                    if applicable.consumers.is_empty() {
+                        stack = generic.map_or(stack.clone(), |wrap| wrap(stack));
+                        continue;
+                    }
+                    // Consumer-scoped instances: each built once, here, around the same inner
+                    // stack; a request picks one by its consumer.
+                    let mut by_consumer = HashMap::new();
+                    for (c, i) in applicable.consumers {
+                        let consumer = &self.consumers[c];
+                        let wrap = plugin::build(&ctx(i.path, Some(consumer)), i.plugin)?;
+                        by_consumer.insert(plugin::consumer_identity(consumer).id, wrap(stack.clone()));
+                    }
+                    let generic = generic.map_or(stack.clone(), |wrap| wrap(stack));
+                    stack = BoxCloneSyncService::new(plugin::ConsumerScoped::new(generic, by_consumer));
                 }
                 let mut spec = Route::new()
                     .service_name(service.name.clone())

@@ -52,6 +52,8 @@ pub struct RateLimiterInstrument {
     pub service: String,
     /// `local` or `redis`.
     pub policy: &'static str,
+    /// The consumer whose own quota this is (its id), `None` for the route's generic limiter.
+    pub consumer: Option<String>,
     /// The limiter itself.
     pub layer: crate::ratelimit::RateLimitLayer,
 }

@@ -66,7 +66,7 @@ pub use hosts::{DEFAULT_TARGET_PORT, DEFAULT_TARGET_WEIGHT, LbPolicy, OutlierDet
 #[cfg(feature = "ratelimit")]
 pub use instruments::RateLimiterInstrument;
 pub use instruments::{Instruments, RetryInstrument, ServiceInstrument};
-pub use plugins::{PLUGINS, PluginSpec};
+pub use plugins::{CONSUMER_SCOPED, PLUGINS, PluginSpec};
 pub use retry_policy::{
     DEFAULT_MAX_RETRIES, RetryBackOff, RetryBudgetConfig, RetryHostPredicate, RetryPolicy,
 };

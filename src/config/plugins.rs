@@ -31,3 +31,14 @@ pub(crate) fn lookup<'r>(registry: &'r [PluginSpec], name: &str) -> Option<&'r P
 pub(crate) fn names(registry: &[PluginSpec]) -> String {
     registry.iter().map(|spec| spec.name).collect::<Vec<_>>().join(", ")
 }
+
+/// The plugins that may be scoped to a consumer (`consumer:` on a plugin, or a consumer's own
+/// `plugins:`), as in Kong: the ones that act on an identified caller. The auth plugins (`jwt`,
+/// `key-auth`, `oauth2-introspection`) and `acl` are what find and judge the consumer, so Kong
+/// refuses them there (`no_consumer`); so does portcullis, by path.
+pub const CONSUMER_SCOPED: &[&str] = &["rate-limiting", "request-transformer", "response-transformer"];
+
+/// Whether plugin `name` may be scoped to a consumer.
+pub(crate) fn consumer_scope_allowed(name: &str) -> bool {
+    CONSUMER_SCOPED.contains(&name)
+}

@@ -428,9 +428,12 @@ pub struct Consumer {
     /// ACL groups (later issue; kept as written).
     #[serde(default)]
     pub acls: Option<serde_yaml_ng::Value>,
-    /// This consumer's own plugins, e.g. its rate-limiting quota (later issue; kept as written).
-    #[serde(default)]
-    pub plugins: Option<serde_yaml_ng::Value>,
+    /// This consumer's own plugin instances, e.g. its rate-limiting quota: for this consumer
+    /// they replace the route's, service's or global instance of the same name (Kong's
+    /// precedence). Each may name a `service` or `route` to apply there only. Only plugins Kong
+    /// lets a consumer scope are accepted (not the auth plugins, which find the consumer).
+    #[serde(default, deserialize_with = "nullable_list")]
+    pub plugins: Vec<Plugin>,
 }
 
 // === plugins ===
@@ -460,6 +463,13 @@ pub struct Plugin {
     /// and route plugins.
     #[serde(default)]
     pub consumer: Option<String>,
+}
+
+/// A list that may also be written `~` (none).
+fn nullable_list<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Vec<T>, D::Error> {
+    Ok(Option::<Vec<T>>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 fn empty_mapping() -> serde_yaml_ng::Value {

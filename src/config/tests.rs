@@ -149,7 +149,8 @@ fn full_example_parses_with_the_right_values() {
     assert_eq!(alice.username.as_deref(), Some("alice"));
     assert_eq!(alice.custom_id.as_deref(), Some("1001"));
     assert!(alice.jwt_secrets.is_some() && alice.keyauth_credentials.is_some());
-    assert!(alice.acls.is_some() && alice.plugins.is_some());
+    assert!(alice.acls.is_some());
+    assert_eq!(alice.plugins[0].name, "rate-limiting");
     assert_eq!(config.consumers[1].username, None);
 }
 
@@ -428,6 +429,44 @@ fn every_known_plugin_is_rejected_until_implemented() {
     }
 }
 
+#[test]
+fn consumer_scope_only_for_the_plugins_kong_allows() {
+    let with = |yaml: &str| Config::from_yaml_with(yaml, "test.yaml", ALL_SUPPORTED).unwrap_err();
+    let consumers = "consumers:\n- username: alice\n  plugins:\n";
+    let err = with(&format!("{}{consumers}  - name: jwt\n", service("")));
+    assert_eq!(err.path(), "consumers[0].plugins[0].name");
+    assert!(err.message().contains("plugin `jwt` cannot be scoped to a consumer"), "{err}");
+    assert!(err.message().contains("rate-limiting, request-transformer, response-transformer"), "{err}");
+    let err = with(&format!(
+        "{}consumers:\n- username: alice\nplugins:\n- name: acl\n  consumer: alice\n",
+        service("")
+    ));
+    assert_eq!(err.path(), "plugins[0].consumer");
+    let err = with(&route(&format!(
+        "    paths: [/b]\n    plugins:\n    - name: key-auth\n      consumer: alice\n{consumers}  - name: rate-limiting\n"
+    )));
+    assert_eq!(err.path(), "services[0].routes[1].plugins[0].consumer");
+    let err = with(&format!("{}{consumers}  - name: rate-limiting\n    consumer: alice\n", service("")));
+    assert_eq!(err.path(), "consumers[0].plugins[0].consumer");
+    assert!(err.message().contains("already scoped"), "{err}");
+    let err = with(&format!("{}{consumers}  - name: rate-limiting\n    route: nope\n", service("")));
+    assert_eq!(err.path(), "consumers[0].plugins[0].route");
+    let err = with(&format!(
+        "{}{consumers}  - name: rate-limiting\n  - name: request-transformer\n  - name: rate-limiting\n",
+        service("")
+    ));
+    assert_eq!(err.path(), "consumers[0].plugins[2].name");
+    assert!(err.message().contains("duplicate plugin `rate-limiting`"), "{err}");
+    // Accepted: the same plugin per route, and `plugins: ~`.
+    let yaml = format!(
+        "{}consumers:\n- username: alice\n  plugins:\n  - {{name: rate-limiting, route: r0}}\n  - {{name: rate-limiting, route: r1}}\n- username: bob\n  plugins: ~\n",
+        route("    paths: [/b]\n")
+    );
+    let config = Config::from_yaml_with(&yaml, "test.yaml", ALL_SUPPORTED).unwrap();
+    assert_eq!(config.consumers[0].plugins.len(), 2);
+    assert!(config.consumers[1].plugins.is_empty());
+}
+
 /// All plugins supported: what the file would mean once every plugin has landed.
 const ALL_SUPPORTED: &[PluginSpec] = &[
     PluginSpec { name: "jwt", supported: true },
@@ -443,7 +482,7 @@ const ALL_SUPPORTED: &[PluginSpec] = &[
 fn plugin_fields_references_and_duplicates() {
     let yaml = format!(
         "{}consumers:\n- username: alice\nplugins:\n- name: rate-limiting\n  service: svc\n  route: r0\n  consumer: alice\n  enabled: false\n  tags: [t]\n  config: {{minute: 6}}\n- name: jwt\n",
-        route("    paths: [/b]\n    plugins:\n    - name: acl\n      consumer: alice\n")
+        route("    paths: [/b]\n    plugins:\n    - name: request-transformer\n      consumer: alice\n")
     );
     let config = Config::from_yaml_with(&yaml, "test.yaml", ALL_SUPPORTED).unwrap();
     let global = &config.plugins[0];

@@ -12,6 +12,8 @@ enum Scope {
     Global,
     Service,
     Route,
+    /// `consumers[i].plugins`: scoped to that consumer by where it is.
+    Consumer,
 }
 
 /// Names the file defines, for resolving plugin references.
@@ -45,6 +47,10 @@ impl Config {
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             self.validate_consumers()?;
+            for (index, consumer) in self.consumers.iter().enumerate() {
+                let at = format!("consumers[{index}].plugins");
+                validate_plugins(&at, &consumer.plugins, Scope::Consumer, registry, &names)?;
+            }
             validate_plugins("plugins", &self.plugins, Scope::Global, registry, &names)?;
             upstreams
         };
@@ -204,6 +210,20 @@ fn validate_plugins(
                 ));
             }
         }
+        if (scope == Scope::Consumer || plugin.consumer.is_some())
+            && !plugins::consumer_scope_allowed(&plugin.name)
+        {
+            let at = if scope == Scope::Consumer { format!("{at}.name") } else { format!("{at}.consumer") };
+            return Err(Invalid::new(
+                at,
+                format!(
+                    "plugin `{}` cannot be scoped to a consumer, expected one of {} (as in Kong: auth \
+                     plugins are what finds the consumer)",
+                    plugin.name,
+                    plugins::CONSUMER_SCOPED.join(", ")
+                ),
+            ));
+        }
         let references = [
             ("service", &plugin.service, &names.services),
             ("route", &plugin.route, &names.routes),
@@ -211,7 +231,13 @@ fn validate_plugins(
         ];
         for (key, reference, defined) in references {
             let Some(reference) = reference else { continue };
-            if key != "consumer" && scope != Scope::Global {
+            if key == "consumer" && scope == Scope::Consumer {
+                return Err(Invalid::new(
+                    format!("{at}.consumer"),
+                    "`consumer` is not allowed on a consumer's own plugins; they are already scoped to it",
+                ));
+            }
+            if key != "consumer" && !matches!(scope, Scope::Global | Scope::Consumer) {
                 return Err(Invalid::new(
                     format!("{at}.{key}"),
                     format!(

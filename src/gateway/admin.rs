@@ -18,7 +18,7 @@
 //!                              "ejected_for_ms": 27400, "times_ejected": 1, "success_rate": null}]}],
 //!   "retries": [{"route": "orders", "service": "orders-svc", "retries": 7, "exhausted": 1,
 //!                "budget_exhausted": 0, "overflow": 0, "budget": {"active_requests": 3, "retries_in_flight": 0}}],
-//!   "rate_limiters": [{"route": "orders", "service": "orders-svc", "policy": "redis", "healthy": true,
+//!   "rate_limiters": [{"route": "orders", "service": "orders-svc", "policy": "redis", "consumer": null, "healthy": true,
 //!                      "store_errors": {"unavailable": 0, "script": 0}, "bypassed": 0}]
 //! }
 //! ```
@@ -156,6 +156,7 @@ impl Admin {
                     "route": limiter.route,
                     "service": limiter.service,
                     "policy": limiter.policy,
+                    "consumer": limiter.consumer,
                     "healthy": limiter.layer.store_available(),
                     "store_errors": {"unavailable": stats.unavailable, "script": stats.script_errors},
                     "bypassed": stats.bypassed,

@@ -41,9 +41,15 @@
 //! limit. `RedisStore` (feature `redis`, Kong's `policy: redis`) makes the limit exact across
 //! replicas at the price of one round trip per decision; when Redis fails, `fault_tolerant`
 //! chooses between admitting (no headers, logged as `bypassed`) and answering 503, and a breaker
-//! keeps an outage from costing every request a timeout. Prefer the memory store for a single
-//! replica or for limits that protect the gateway itself; Redis for per-customer quotas that
-//! must hold across replicas.
+//! keeps an outage from costing every request a timeout (`redis_timeout` once per
+//! `RedisStore::cooldown`, `redis_breaker_cooldown` in the config, default 1 s). Prefer the
+//! memory store for a single replica or for limits that protect the gateway itself; Redis for
+//! per-customer quotas that must hold across replicas.
+//!
+//! Between the two, `HybridStore` (Kong's `sync_rate`) decides window limits locally and
+//! syncs the counters with Redis in the background every `sync_every`: no round trip for busy
+//! clients, at the price of admitting up to about `rate × sync_every × (G − 1) / G` requests over
+//! the limit with `G` replicas (measured in its docs). Redis keeps the exact totals.
 //!
 //! ```no_run
 //! # #[cfg(feature = "redis")] {
@@ -81,6 +87,8 @@
 
 mod core;
 mod future;
+#[cfg(feature = "redis")]
+mod hybrid;
 mod layer;
 pub mod leaky_bucket;
 mod limit_by;
@@ -94,6 +102,8 @@ pub mod window;
 
 pub use self::core::{Clock, Decision, ManualClock, Micros, SECOND, SystemClock};
 pub use future::ResponseFuture;
+#[cfg(feature = "redis")]
+pub use hybrid::{HybridStore, SyncReport};
 pub use layer::{LeakyBucketLayer, RateLimitLayer, RateLimitStats, SlidingWindowLayer, TokenBucketLayer};
 pub use limit_by::LimitBy;
 pub use policy::{KeyState, Period, Policy, Verdict};

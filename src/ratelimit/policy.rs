@@ -91,6 +91,14 @@ impl Verdict {
         Self { now, len: 0, items: [(None, EMPTY); 6] }
     }
 
+    /// A verdict of one decision.
+    #[inline]
+    pub(crate) fn one(now: Micros, period: Option<Period>, decision: Decision) -> Self {
+        let mut verdict = Self::new(now);
+        verdict.push(period, decision);
+        verdict
+    }
+
     fn push(&mut self, period: Option<Period>, decision: Decision) {
         if self.len < self.items.len() {
             self.items[self.len] = (period, decision);
@@ -131,6 +139,33 @@ impl Policy {
             Policy::TokenBucket(_) => KeyState::TokenBucket(TokenBucketState::default()),
             Policy::LeakyBucket(_) => KeyState::LeakyBucket(LeakyBucketState::default()),
         }
+    }
+
+    /// How many windows a window policy has (0 for the buckets).
+    pub(crate) fn window_count(&self) -> usize {
+        match self {
+            Policy::Windows(windows) => windows.len(),
+            _ => 0,
+        }
+    }
+
+    /// [`decide`](Self::decide) for a one-window policy on that window's state alone (the
+    /// memory store's hot path). Any other policy: the state is a fresh key's.
+    #[inline]
+    pub(crate) fn decide_one_window(&self, state: &mut WindowState, now: Micros) -> Verdict {
+        let mut verdict = Verdict::new(now);
+        if let Policy::Windows(windows) = self {
+            if let [(period, limit)] = windows.as_slice() {
+                let decision = limit.check(state, now);
+                if decision.allowed {
+                    limit.commit(state);
+                }
+                verdict.push(Some(*period), decision);
+                return verdict;
+            }
+        }
+        let mut fresh = self.initial_state();
+        self.decide(&mut fresh, now)
     }
 
     /// Decides one request at `now` and updates `state` only if it is admitted.

@@ -44,10 +44,12 @@ impl WindowLimit {
     /// Moves `state` to the window containing `now` (without counting anything).
     #[inline]
     pub fn roll(&self, state: &mut WindowState, now: Micros) {
-        let index = now / self.period;
-        if index == state.index {
+        // Still in the same window (the common case): a multiplication, not a division.
+        let start = state.index.saturating_mul(self.period);
+        if now >= start && now - start < self.period {
             return;
         }
+        let index = now / self.period;
         state.previous = if index == state.index + 1 { state.current } else { 0 };
         state.current = 0;
         state.index = index;
@@ -68,7 +70,7 @@ impl WindowLimit {
     #[inline]
     pub fn check(&self, state: &mut WindowState, now: Micros) -> Decision {
         self.roll(state, now);
-        // One division per decision (in `roll`): the hot path of the memory store.
+        // No division within a window (see `roll`): the hot path of the memory store.
         let elapsed = now - state.index * self.period;
         let to_boundary = self.period - elapsed;
         let used = self.weighted_previous(state, elapsed) + state.current;

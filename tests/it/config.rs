@@ -130,19 +130,3 @@ fn the_axum_examples_run_and_check_themselves() {
         );
     }
 }
-
-/// A consumer's own plugins are not wired yet: they are refused by path, never silently ignored.
-#[test]
-fn consumer_scoped_plugins_are_refused_not_ignored() {
-    let base = "_format_version: \"3.0\"\nservices:\n- name: s\n  url: http://127.0.0.1:1\n  routes:\n  - name: r\n    paths: [/x]\n";
-    let own = format!(
-        "{base}consumers:\n- username: alice\n  plugins: [{{name: rate-limiting, config: {{minute: 600}}}}]\n"
-    );
-    let err = portcullis::gateway::Gateway::from_yaml(&own, "gw.yaml").unwrap_err().to_string();
-    assert_eq!(err, "gw.yaml: consumers[0].plugins: consumer-scoped plugins are not supported yet");
-    let scoped = format!(
-        "{base}consumers:\n- username: alice\nplugins:\n- name: rate-limiting\n  consumer: alice\n  config: {{minute: 6}}\n"
-    );
-    let err = portcullis::gateway::Gateway::from_yaml(&scoped, "gw.yaml").unwrap_err().to_string();
-    assert_eq!(err, "gw.yaml: plugins[0].consumer: consumer-scoped plugins are not supported yet");
-}

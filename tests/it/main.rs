@@ -11,6 +11,7 @@ mod hosts;
 mod jwt;
 mod metrics;
 mod proxy;
+mod quota;
 mod ratelimit;
 mod retry;
 mod routing;

@@ -355,7 +355,7 @@ async fn status_reports_routes_services_rate_limiters_and_the_config_version() {
     assert_eq!(
         limiters[0],
         serde_json::json!({
-            "route": "limited", "service": "echo-svc", "policy": "local", "healthy": true,
+            "route": "limited", "service": "echo-svc", "policy": "local", "consumer": null, "healthy": true,
             "store_errors": {"unavailable": 0, "script": 0}, "bypassed": 0
         })
     );

@@ -199,6 +199,7 @@ fn the_seed_rate_limiting_block_parses() {
 }
 
 /// Fires `n` concurrent GETs at each URL in turn (round robin) and counts the statuses.
+#[cfg(feature = "redis")]
 async fn burst(urls: &[String], n: usize) -> std::collections::BTreeMap<u16, usize> {
     let client = client();
     let tasks: Vec<_> = (0..n)
@@ -429,6 +430,38 @@ pub(crate) mod on_redis {
         redis.signal("-CONT");
     }
 
+    /// Several windows at once on Redis (the general script): the most constrained governs,
+    /// both are counted, and the key lives for two of the longest window.
+    #[tokio::test]
+    async fn several_windows_on_redis() {
+        let Some(redis) = RedisServer::start().await else { return };
+        let upstream = Upstream::start().await;
+        let config = format!(
+            "{{minute: 2, hour: 3, limit_by: ip, policy: redis, redis_host: 127.0.0.1, redis_port: {}}}",
+            redis.port
+        );
+        let gw = TestGateway::start(&service(&upstream.url(), &config)).await;
+        let mut answers = Vec::new();
+        for _ in 0..3 {
+            answers.push(get(&gw.url("/v1/orders")).await);
+        }
+        let statuses: Vec<_> = answers.iter().map(|a| a.status.as_u16()).collect();
+        assert_eq!(statuses, [200, 200, 429]);
+        assert_eq!(answers[1].headers["x-ratelimit-remaining-hour"], "1");
+        assert_eq!(answers[1].headers["x-ratelimit-remaining-minute"], "0");
+        assert_eq!(
+            answers[2].json()["message"].as_str().unwrap().split('.').next(),
+            Some("Request limit of 2/minute exceeded")
+        );
+        let mut conn = redis.connection().await;
+        let keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut conn).await.unwrap();
+        let counts: (u64, u64) =
+            redis::cmd("HMGET").arg(&keys[0]).arg("1c").arg("2c").query_async(&mut conn).await.unwrap();
+        assert_eq!(counts, (2, 2), "the denied request was counted nowhere");
+        let ttl: i64 = redis::cmd("PTTL").arg(&keys[0]).query_async(&mut conn).await.unwrap();
+        assert!(ttl > 3_600_000, "{ttl}");
+    }
+
     #[tokio::test]
     async fn a_script_error_is_reported_apart_from_unavailable() {
         use portcullis::ratelimit::{Decided, RedisStore, SlidingWindowLayer, Store, StoreError};
@@ -444,5 +477,235 @@ pub(crate) mod on_redis {
         // Another key still works: a script error does not open the breaker.
         let Decided::Pending(pending) = store.decide("other", &policy) else { panic!("breaker opened") };
         assert!(pending.await.unwrap().allowed());
+    }
+}
+
+#[test]
+fn sync_rate_and_breaker_cooldown_errors_name_the_key() {
+    let at = "services[0].routes[0].plugins[0].config";
+    let e = build_error("{minute: 5, sync_rate: 1}");
+    assert!(e.contains(&format!("{at}.sync_rate")) && e.contains("policy: redis"), "{e}");
+    let e = build_error("{minute: 5, sync_rate: -2, policy: redis, redis_host: h}");
+    assert!(e.contains(&format!("{at}.sync_rate")) && e.contains("expected -1"), "{e}");
+    let e = build_error(
+        "{algorithm: token-bucket, capacity: 3, refill_per_second: 1, sync_rate: 1, policy: redis, redis_host: h}",
+    );
+    assert!(e.contains(&format!("{at}.sync_rate")) && e.contains("window algorithms"), "{e}");
+    let e = build_error("{minute: 5, redis_breaker_cooldown: 5s}");
+    assert!(e.contains(&format!("{at}.redis_breaker_cooldown")), "{e}");
+    let e = build_error("{minute: 5, policy: redis, redis_host: h, redis_breaker_cooldown: soon}");
+    assert!(e.contains(&format!("{at}.redis_breaker_cooldown")) && e.contains("invalid duration"), "{e}");
+    // Kong's exports write `sync_rate: -1` whatever the policy.
+    let yaml =
+        format!("_format_version: \"3.0\"\n{}", service("http://127.0.0.1:1", "{minute: 5, sync_rate: -1}"));
+    Gateway::from_yaml(&yaml, "gw.yaml").unwrap();
+}
+
+#[cfg(feature = "redis")]
+mod hybrid {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use portcullis::ratelimit::{
+        Decided, HybridStore, ManualClock, Policy, RedisStore, SECOND, SlidingWindowLayer, Store,
+    };
+
+    use super::on_redis::RedisServer;
+    use super::*;
+
+    /// One decision, and whether it was local (no round trip).
+    async fn decide(store: &Arc<HybridStore>, key: &str, policy: &Arc<Policy>) -> (bool, bool) {
+        match store.decide(key, policy) {
+            Decided::Ready(verdict) => (verdict.unwrap().allowed(), true),
+            Decided::Pending(pending) => (pending.await.unwrap().allowed(), false),
+        }
+    }
+
+    /// Two gateways (two hybrid stores on one Redis) share `minute: 100`; 1,000 requests at
+    /// 1,000/s alternate between them, each store syncing every `sync_every`. Returns how many
+    /// were admitted, and checks that Redis holds exactly that count afterwards.
+    async fn two_gateways(redis: &RedisServer, sync_every: Duration, run: usize) -> u64 {
+        let url = format!("redis://127.0.0.1:{}/0", redis.port);
+        let clock = ManualClock::new(1_700_000_040 * SECOND); // a minute boundary
+        let prefix = format!("hybrid-{run}");
+        let store = || {
+            Arc::new(
+                HybridStore::new(RedisStore::new(&url, prefix.clone()).unwrap(), sync_every)
+                    .clock(Arc::new(clock.clone()))
+                    .background_sync(false),
+            )
+        };
+        let gateways = [store(), store()];
+        let policy: Arc<Policy> = Arc::new(SlidingWindowLayer::new().minute(100).policy().clone());
+        let every = sync_every.as_millis() as u64;
+        let (mut admitted, mut round_trips) = (0, 0);
+        for ms in 0..1000u64 {
+            if ms > 0 && ms % every == 0 {
+                for gateway in &gateways {
+                    gateway.sync().await.unwrap();
+                }
+            }
+            let (allowed, local) = decide(&gateways[(ms % 2) as usize], "client", &policy).await;
+            admitted += u64::from(allowed);
+            round_trips += u64::from(!local);
+            clock.advance(Duration::from_millis(1));
+        }
+        // Only each gateway's first decision (a key it never saw) waited for Redis.
+        assert_eq!(round_trips, 2);
+        for gateway in &gateways {
+            gateway.sync().await.unwrap();
+        }
+        let mut conn = redis.connection().await;
+        let counted: u64 = redis::cmd("HGET")
+            .arg(format!("{{{prefix}:client}}"))
+            .arg("1c")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(counted, admitted, "Redis holds the exact total of what both admitted");
+        let ttl: i64 =
+            redis::cmd("PTTL").arg(format!("{{{prefix}:client}}")).query_async(&mut conn).await.unwrap();
+        assert!(ttl > 0);
+        admitted
+    }
+
+    /// The accuracy loss of `sync_rate`: the admitted count over the limit grows with the sync
+    /// interval, bounded by what the other gateway admits between two syncs
+    /// (`rate × sync_every × (G − 1) / G`) and never beyond `(G − 1) × limit`.
+    #[tokio::test]
+    async fn hybrid_accuracy_as_a_function_of_sync_every() {
+        let Some(redis) = RedisServer::start().await else { return };
+        let mut table = Vec::new();
+        for (run, ms) in [1u64, 10, 50, 100, 250, 1000].into_iter().enumerate() {
+            let admitted = two_gateways(&redis, Duration::from_millis(ms), run).await;
+            let over = admitted.saturating_sub(100);
+            // 1,000 requests/s, half of them on the other gateway.
+            let bound = (1000 * ms / 1000 / 2 + 1).min(100);
+            assert!(admitted >= 100, "sync_every {ms} ms: only {admitted} admitted");
+            assert!(over <= bound, "sync_every {ms} ms: {over} over the limit, bound {bound}");
+            table.push((ms, over));
+        }
+        eprintln!(
+            "hybrid accuracy (2 gateways, limit 100/min, 1000 req/s): sync_every ms -> admitted over limit: {table:?}"
+        );
+        assert!(table.windows(2).all(|w| w[0].1 <= w[1].1), "the loss grows with the interval: {table:?}");
+    }
+
+    /// A client slower than the sync interval is limited exactly, whichever gateway it hits: a
+    /// cold key's totals are read from Redis before the decision.
+    #[tokio::test]
+    async fn a_slow_client_alternating_gateways_is_limited_exactly() {
+        let Some(redis) = RedisServer::start().await else { return };
+        let url = format!("redis://127.0.0.1:{}/0", redis.port);
+        let clock = ManualClock::new(1_700_000_040 * SECOND);
+        let store = || {
+            Arc::new(
+                HybridStore::new(RedisStore::new(&url, "slow").unwrap(), Duration::from_millis(100))
+                    .clock(Arc::new(clock.clone()))
+                    .background_sync(false),
+            )
+        };
+        let gateways = [store(), store()];
+        let policy: Arc<Policy> = Arc::new(SlidingWindowLayer::new().minute(10).policy().clone());
+        let mut admitted = 0;
+        // One request every 2 s for a minute, alternating; both gateways sync in between.
+        for i in 0..30 {
+            let (allowed, local) = decide(&gateways[i % 2], "client", &policy).await;
+            assert!(!local, "a key not decided on for two sync periods is read from Redis first");
+            admitted += usize::from(allowed);
+            for _ in 0..20 {
+                clock.advance(Duration::from_millis(100));
+                for gateway in &gateways {
+                    gateway.sync().await.unwrap();
+                }
+            }
+        }
+        assert_eq!(admitted, 10);
+    }
+
+    /// Redis unreachable: a hybrid store goes on limiting per gateway (no error, no 503), and
+    /// what it admitted stays pending for a sync that succeeds.
+    #[tokio::test]
+    async fn without_redis_a_hybrid_store_limits_locally() {
+        let url = format!("redis://{}/0", closed_port().await);
+        let store = Arc::new(
+            HybridStore::new(RedisStore::new(&url, "down").unwrap(), Duration::from_millis(50))
+                .background_sync(false),
+        );
+        let policy: Arc<Policy> = Arc::new(SlidingWindowLayer::new().minute(3).policy().clone());
+        let mut answers = Vec::new();
+        for _ in 0..5 {
+            answers.push(decide(&store, "client", &policy).await);
+        }
+        // The first (cold) decision tried Redis and opened the breaker; the rest are local.
+        assert_eq!(answers, [(true, false), (true, true), (true, true), (false, true), (false, true)]);
+        assert!(matches!(store.sync().await, Err(portcullis::ratelimit::StoreError::Unavailable(_))));
+    }
+
+    /// Through two real gateways with `sync_rate: 0.05`: a burst admits at most each gateway's
+    /// own limit, and once the background syncs have run both know the shared count.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_gateways_with_sync_rate_share_the_limit_after_a_sync() {
+        let Some(redis) = RedisServer::start().await else { return };
+        let upstream = Upstream::start().await;
+        let config = format!(
+            "{{minute: 100, limit_by: ip, policy: redis, redis_host: 127.0.0.1, redis_port: {}, sync_rate: 0.05}}",
+            redis.port
+        );
+        let a = TestGateway::start(&service(&upstream.url(), &config)).await;
+        let b = TestGateway::start(&service(&upstream.url(), &config)).await;
+        let urls = [a.url("/v1/orders"), b.url("/v1/orders")];
+        let counts = burst(&urls, 600).await;
+        let admitted = counts.get(&200).copied().unwrap_or(0);
+        assert!((100..=200).contains(&admitted), "{counts:?}");
+        assert_eq!(counts.values().sum::<usize>(), 600);
+        // A few sync periods later, both gateways see the shared count.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for url in &urls {
+            let res = get(url).await;
+            assert_eq!(res.status, 429, "{counts:?} {:?}", res.headers);
+        }
+        let mut conn = redis.connection().await;
+        let keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut conn).await.unwrap();
+        assert_eq!(keys.len(), 1, "{keys:?}");
+        let counted: usize = redis::cmd("HGET").arg(&keys[0]).arg("1c").query_async(&mut conn).await.unwrap();
+        assert_eq!(counted, admitted, "every admitted request was pushed to Redis");
+    }
+
+    /// `redis_breaker_cooldown`: after a failure the breaker stays open that long, so Redis
+    /// coming back is noticed only after it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_breaker_cooldown_is_configurable() {
+        let Some(mut redis) = RedisServer::start().await else { return };
+        let upstream = Upstream::start().await;
+        let config = |cooldown: &str| {
+            format!(
+                "{{minute: 100, limit_by: ip, policy: redis, redis_host: 127.0.0.1, redis_port: {}, redis_timeout: 200ms, redis_breaker_cooldown: {cooldown}}}",
+                redis.port
+            )
+        };
+        let long = TestGateway::start(&service(&upstream.url(), &config("30s"))).await;
+        let short = TestGateway::start(&service(&upstream.url(), &config("100"))).await;
+        for gw in [&long, &short] {
+            assert!(get(&gw.url("/v1/orders")).await.headers.contains_key("x-ratelimit-limit"));
+        }
+        redis.kill();
+        for gw in [&long, &short] {
+            let res = get(&gw.url("/v1/orders")).await;
+            assert!(res.headers.get("x-ratelimit-limit").is_none(), "bypassed");
+        }
+        redis.restart().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut resumed = false;
+        for _ in 0..20 {
+            if get(&short.url("/v1/orders")).await.headers.contains_key("x-ratelimit-limit") {
+                resumed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(resumed, "a 100 ms cooldown lets a probe through soon after Redis is back");
+        let res = get(&long.url("/v1/orders")).await;
+        assert!(res.headers.get("x-ratelimit-limit").is_none(), "the 30 s cooldown still holds");
     }
 }

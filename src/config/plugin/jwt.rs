@@ -342,6 +342,7 @@ mod tests {
             path: "services[0].routes[0].plugins[0]".into(),
             instruments: &Default::default(),
             route_label: "r",
+            consumer: None,
         };
         let parsed: JwtPluginConfig = ctx.parse(plugin).unwrap();
         assert_eq!(parsed.key_claim_name, "kid");

@@ -7,6 +7,7 @@
 //! decides how a request is handled.
 
 pub(crate) mod acl;
+mod consumer_scope;
 pub(crate) mod key_auth;
 pub(crate) mod oauth2_introspection;
 #[cfg(feature = "ratelimit")]
@@ -21,6 +22,8 @@ pub(crate) mod jwt;
 
 use serde::de::DeserializeOwned;
 
+pub(crate) use consumer_scope::ConsumerScoped;
+
 use super::schema::{Config, Plugin, Route, Service};
 use super::{ConfigError, RouteService};
 
@@ -28,7 +31,8 @@ use super::{ConfigError, RouteService};
 pub(crate) type Wrap = Arc<dyn Fn(RouteService) -> RouteService + Send + Sync>;
 
 /// Where a plugin instance is being built.
-#[allow(dead_code)] // `service` and `route`: for plugins that key on them (rate limiting).
+// `service`, `route` and `consumer` key a rate limit's Redis counters.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) struct PluginContext<'a> {
     /// The file, for errors.
     pub(crate) origin: &'a str,
@@ -44,6 +48,10 @@ pub(crate) struct PluginContext<'a> {
     pub(crate) instruments: &'a std::cell::RefCell<super::Instruments>,
     /// The route's name as the router labels it (its `name`, else `<service>.routes[<i>]`).
     pub(crate) route_label: &'a str,
+    /// The consumer this instance is scoped to (it runs only for that consumer's requests);
+    /// `None` for the instance every other caller gets. Plugins keeping state keep this
+    /// instance's apart (a rate limit's Redis keys).
+    pub(crate) consumer: Option<&'a super::schema::Consumer>,
 }
 
 impl PluginContext<'_> {
@@ -115,41 +123,221 @@ pub(crate) fn build(ctx: &PluginContext<'_>, plugin: &Plugin) -> Result<Wrap, Co
     ))
 }
 
-/// The plugin instances that apply to `route` of `service`, one per name (the most specific:
-/// route > service > global), in execution order (highest priority first), each with the path
-/// where it was written.
-pub(crate) fn applicable<'c>(config: &'c Config, s: usize, r: usize) -> Vec<(&'c Plugin, String)> {
+/// How specific an instance's scope is, most specific first (Kong's precedence, without
+/// consumer groups): consumer+route+service, consumer+route, consumer+service, route+service,
+/// consumer, route, service, global.
+fn rank(consumer: bool, route: bool, service: bool) -> u8 {
+    match (consumer, route, service) {
+        (true, true, true) => 0,
+        (true, true, false) => 1,
+        (true, false, true) => 2,
+        (false, true, true) => 3,
+        (true, false, false) => 4,
+        (false, true, false) => 5,
+        (false, false, true) => 6,
+        (false, false, false) => 7,
+    }
+}
+
+/// One plugin instance and where it was written.
+pub(crate) struct Instance<'c> {
+    /// The instance.
+    pub(crate) plugin: &'c Plugin,
+    /// Where it was written (`consumers[0].plugins[1]`), for errors.
+    pub(crate) path: String,
+}
+
+/// One plugin (by name) as it applies to a route: the instance every caller gets, and the
+/// consumers that get their own instance instead.
+pub(crate) struct Applicable<'c> {
+    /// For callers without an instance of their own; `None` when the plugin runs only for some
+    /// consumers.
+    pub(crate) generic: Option<Instance<'c>>,
+    /// `(index in consumers, instance)`, for each consumer whose own instance wins over
+    /// `generic` by precedence.
+    pub(crate) consumers: Vec<(usize, Instance<'c>)>,
+}
+
+impl Applicable<'_> {
+    fn name(&self) -> &str {
+        match (&self.generic, self.consumers.first()) {
+            (Some(i), _) | (None, Some((_, i))) => &i.plugin.name,
+            (None, None) => "",
+        }
+    }
+}
+
+/// Which consumer `reference` names (by username, custom_id or id, as validation checked).
+fn consumer_index(config: &Config, reference: &str) -> Option<usize> {
+    config
+        .consumers
+        .iter()
+        .position(|c| [&c.id, &c.username, &c.custom_id].iter().any(|v| v.as_deref() == Some(reference)))
+}
+
+/// The plugins that apply to `route` of `service`, one entry per name, in execution order
+/// (highest priority first).
+///
+/// Among the enabled instances targeting the route, the most specific scope wins (see
+/// [`rank`]): the generic instance is the best one without a consumer, and a consumer gets its
+/// own best instance when that one is more specific than the generic one. Instances come from
+/// the route, the service, the global list (`service:`/`route:`/`consumer:` references) and the
+/// consumers' own lists (`service:`/`route:` references); within one rank the first found
+/// (route, service, global, consumers) wins.
+pub(crate) fn applicable<'c>(config: &'c Config, s: usize, r: usize) -> Vec<Applicable<'c>> {
     let service = &config.services[s];
     let route = &service.routes[r];
-    let mut chosen: Vec<(&Plugin, String)> = Vec::new();
-    let mut consider = |plugin: &'c Plugin, path: String| {
-        if !plugin.enabled || chosen.iter().any(|(p, _)| p.name == plugin.name) {
-            return;
-        }
-        chosen.push((plugin, path));
+    // (name, consumer, rank, instance) for every enabled instance targeting this route.
+    let mut found: Vec<(Option<usize>, u8, Instance<'c>)> = Vec::new();
+    let targets = |plugin: &Plugin| {
+        plugin.route.as_ref().is_none_or(|name| route.name.as_ref() == Some(name))
+            && plugin.service.as_ref().is_none_or(|name| *name == service.name)
     };
+    let mut consider =
+        |plugin: &'c Plugin, path: String, consumer: Option<usize>, route: bool, service: bool| {
+            if plugin.enabled {
+                let rank = rank(
+                    consumer.is_some(),
+                    route || plugin.route.is_some(),
+                    service || plugin.service.is_some(),
+                );
+                found.push((consumer, rank, Instance { plugin, path }));
+            }
+        };
+    let by_field = |plugin: &Plugin| plugin.consumer.as_deref().and_then(|c| consumer_index(config, c));
     for (i, plugin) in route.plugins.iter().enumerate() {
-        if plugin.consumer.is_none() {
-            consider(plugin, format!("services[{s}].routes[{r}].plugins[{i}]"));
-        }
+        consider(plugin, format!("services[{s}].routes[{r}].plugins[{i}]"), by_field(plugin), true, false);
     }
     for (i, plugin) in service.plugins.iter().enumerate() {
-        if plugin.consumer.is_none() {
-            consider(plugin, format!("services[{s}].plugins[{i}]"));
+        consider(plugin, format!("services[{s}].plugins[{i}]"), by_field(plugin), false, true);
+    }
+    for (i, plugin) in config.plugins.iter().enumerate().filter(|(_, p)| targets(p)) {
+        consider(plugin, format!("plugins[{i}]"), by_field(plugin), false, false);
+    }
+    for (c, consumer) in config.consumers.iter().enumerate() {
+        for (i, plugin) in consumer.plugins.iter().enumerate().filter(|(_, p)| targets(p)) {
+            consider(plugin, format!("consumers[{c}].plugins[{i}]"), Some(c), false, false);
         }
     }
-    let targets = |plugin: &Plugin| {
-        let route_ok = plugin.route.as_ref().is_none_or(|name| route.name.as_ref() == Some(name));
-        let service_ok = plugin.service.as_ref().is_none_or(|name| *name == service.name);
-        route_ok && service_ok && plugin.consumer.is_none()
-    };
-    // Global plugins scoped to this route or service are more specific than unscoped ones.
-    let mut globals: Vec<(usize, &Plugin)> =
-        config.plugins.iter().enumerate().filter(|(_, p)| targets(p)).collect();
-    globals.sort_by_key(|(_, p)| !(p.route.is_some() || p.service.is_some()));
-    for (i, plugin) in globals {
-        consider(plugin, format!("plugins[{i}]"));
+    // Stable: equal ranks keep the order found.
+    found.sort_by_key(|(_, rank, _)| *rank);
+
+    let mut chosen: Vec<(Applicable<'c>, u8)> = Vec::new();
+    for (consumer, rank, instance) in found {
+        let index = match chosen.iter().position(|(a, _)| a.name() == instance.plugin.name) {
+            Some(index) => index,
+            None => {
+                chosen.push((Applicable { generic: None, consumers: Vec::new() }, u8::MAX));
+                chosen.len() - 1
+            }
+        };
+        let (entry, generic_rank) = &mut chosen[index];
+        match consumer {
+            // Sorted by rank: the first generic instance is the best one, and a consumer's own
+            // instance found before it is more specific.
+            None if entry.generic.is_none() => {
+                entry.generic = Some(instance);
+                *generic_rank = rank;
+            }
+            Some(c) if rank < *generic_rank && !entry.consumers.iter().any(|(seen, _)| *seen == c) => {
+                entry.consumers.push((c, instance));
+            }
+            _ => {}
+        }
     }
-    chosen.sort_by_key(|(p, _)| -priority(&p.name));
+    let mut chosen: Vec<Applicable<'c>> = chosen.into_iter().map(|(a, _)| a).collect();
+    chosen.sort_by_key(|a| -priority(a.name()));
     chosen
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PluginSpec;
+
+    /// An applicable plugin as paths: the generic instance's, and `(consumer index, path)`s.
+    type Applied = (Option<String>, Vec<(usize, String)>);
+
+    fn applied(yaml: &str, s: usize, r: usize) -> Vec<Applied> {
+        let registry: Vec<PluginSpec> =
+            crate::config::PLUGINS.iter().map(|p| PluginSpec { supported: true, ..*p }).collect();
+        let config = Config::from_yaml_with(yaml, "t.yaml", &registry).unwrap();
+        applicable(&config, s, r)
+            .into_iter()
+            .map(|a| (a.generic.map(|i| i.path), a.consumers.into_iter().map(|(c, i)| (c, i.path)).collect()))
+            .collect()
+    }
+
+    const BASE: &str = r#"_format_version: "3.0"
+consumers:
+- {username: alice, id: c-alice}
+- {username: bob, custom_id: "1002"}
+- {username: carol}
+services:
+- name: svc
+  url: http://127.0.0.1:1
+  plugins: [{name: rate-limiting, config: {minute: 7}}]
+  routes:
+  - name: r0
+    paths: [/a]
+  - name: r1
+    paths: [/b]
+    plugins:
+    - {name: rate-limiting, config: {minute: 5}}
+    - {name: rate-limiting, consumer: alice, config: {minute: 4}}
+"#;
+
+    #[test]
+    fn kong_precedence_per_consumer() {
+        let yaml = format!(
+            "{BASE}plugins:\n- {{name: rate-limiting, consumer: c-alice, config: {{minute: 2}}}}\n\
+             - {{name: rate-limiting, consumer: '1002', service: svc, config: {{minute: 3}}}}\n\
+             - {{name: rate-limiting, config: {{minute: 9}}}}\n"
+        );
+        // r0: the service's instance for everyone; alice's own (consumer alone, by id) beats
+        // it, bob's consumer+service one (by custom_id) too; the global one loses to the service.
+        assert_eq!(
+            applied(&yaml, 0, 0),
+            [(
+                Some("services[0].plugins[0]".into()),
+                vec![(1, "plugins[1]".into()), (0, "plugins[0]".into())]
+            )]
+        );
+        // r1: the route's instance; alice's consumer+route instance beats her consumer-alone one.
+        assert_eq!(
+            applied(&yaml, 0, 1),
+            [(
+                Some("services[0].routes[1].plugins[0]".into()),
+                vec![(0, "services[0].routes[1].plugins[1]".into()), (1, "plugins[1]".into())]
+            )]
+        );
+    }
+
+    #[test]
+    fn a_consumers_own_list_scoped_further_and_plugins_only_some_consumers_have() {
+        let yaml = BASE.replace(
+            "- {username: carol}",
+            "- username: carol\n  plugins:\n  - {name: rate-limiting, route: r0, config: {minute: 1}}\n  - {name: request-transformer, enabled: false}\n  - {name: response-transformer}\n",
+        );
+        let r0 = applied(&yaml, 0, 0);
+        assert_eq!(
+            r0,
+            [
+                (Some("services[0].plugins[0]".into()), vec![(2, "consumers[2].plugins[0]".into())]),
+                (None, vec![(2, "consumers[2].plugins[2]".into())]),
+            ]
+        );
+        // On r1 carol's rate limit (scoped to r0) does not apply: she gets the route's.
+        let r1 = applied(&yaml, 0, 1);
+        assert_eq!(r1[0].1, [(0, "services[0].routes[1].plugins[1]".to_owned())]);
+    }
+
+    #[test]
+    fn a_route_and_service_scoped_global_beats_a_consumer_alone() {
+        let yaml = format!(
+            "{BASE}plugins:\n- {{name: rate-limiting, consumer: carol, config: {{minute: 2}}}}\n\
+             - {{name: rate-limiting, route: r0, service: svc, config: {{minute: 3}}}}\n"
+        );
+        assert_eq!(applied(&yaml, 0, 0), [(Some("plugins[1]".into()), vec![])]);
+    }
 }

@@ -2,6 +2,7 @@
 //! and `drain_per_second`, built into the [`ratelimit`](crate::ratelimit) layers.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{HeaderName, StatusCode};
 use serde::Deserialize;
@@ -35,17 +36,21 @@ struct RateLimitingConfig {
     redis_database: Option<u32>,
     redis_username: Option<String>,
     redis_password: Option<String>,
-    /// Milliseconds, as in Kong.
-    redis_timeout: Option<u64>,
+    /// Kong's integer milliseconds, or a duration (`200ms`).
+    #[serde(default, deserialize_with = "crate::config::duration::deserialize_option")]
+    redis_timeout: Option<Duration>,
+    /// How long the breaker around Redis stays open after a failure before one request probes
+    /// again (default 1 s); milliseconds or a duration, like `redis_timeout`.
+    #[serde(default, deserialize_with = "crate::config::duration::deserialize_option")]
+    redis_breaker_cooldown: Option<Duration>,
     #[serde(default = "yes")]
     fault_tolerant: bool,
     #[serde(default)]
     hide_client_headers: bool,
     error_code: Option<u16>,
     error_message: Option<String>,
-    /// Kong's sync interval for the `cluster`/`redis` counters; accepted, every decision is
-    /// synchronous here.
-    #[allow(dead_code)]
+    /// Kong's sync interval, in seconds: `-1` (default) or `0` decide on Redis per request; a
+    /// positive value decides locally and syncs the counters every `sync_rate` seconds.
     sync_rate: Option<f64>,
     #[serde(default)]
     algorithm: Algorithm,
@@ -96,6 +101,7 @@ pub(crate) fn build(ctx: &PluginContext<'_>, plugin: &Plugin) -> Result<Wrap, Co
         route: ctx.route_label.to_owned(),
         service: ctx.service.name.clone(),
         policy: if config.policy == PolicyName::Local { "local" } else { "redis" },
+        consumer: ctx.consumer.map(|c| super::consumer_identity(c).id.to_string()),
         layer: layer.clone(),
     });
     Ok(Arc::new(move |svc| BoxCloneSyncService::new(layer.layer(svc))))
@@ -251,7 +257,32 @@ fn redis_store(
     ctx: &PluginContext<'_>,
     c: &RateLimitingConfig,
 ) -> Result<Option<Arc<dyn crate::ratelimit::Store>>, ConfigError> {
+    let sync_every = match c.sync_rate {
+        None => None,
+        Some(rate) if rate == -1.0 || rate == 0.0 => None,
+        Some(rate) if rate > 0.0 && rate.is_finite() => Some(Duration::from_secs_f64(rate)),
+        Some(rate) => {
+            return Err(
+                ctx.error("sync_rate", format!("expected -1 (every request) or seconds > 0, got {rate}"))
+            );
+        }
+    };
+    if sync_every.is_some() {
+        if c.policy == PolicyName::Local {
+            return Err(ctx.error("sync_rate", "only used with `policy: redis`"));
+        }
+        if matches!(c.algorithm, Algorithm::TokenBucket | Algorithm::LeakyBucket) {
+            return Err(ctx.error(
+                "sync_rate",
+                "only window algorithms (`sliding-window`, `fixed-window`) can sync counters; buckets decide on Redis",
+            ));
+        }
+    }
     if c.policy == PolicyName::Local {
+        // (Kong's exports carry `redis_timeout` whatever the policy; this key is ours.)
+        if c.redis_breaker_cooldown.is_some() {
+            return Err(ctx.error("redis_breaker_cooldown", "only used with `policy: redis`"));
+        }
         return Ok(None);
     }
     let Some(host) = c.redis_host.as_deref().filter(|h| !h.is_empty()) else {
@@ -270,16 +301,27 @@ fn redis_store(
             c.redis_database.unwrap_or(0)
         );
         let route = ctx.route.name.clone().unwrap_or_else(|| ctx.path.clone());
-        let prefix = format!("portcullis:rl:{}:{route}", ctx.service.name);
-        let store = crate::ratelimit::RedisStore::new(&url, prefix)
+        let mut prefix = format!("portcullis:rl:{}:{route}", ctx.service.name);
+        // A consumer's own quota never shares a counter with the route's generic one.
+        if let Some(consumer) = ctx.consumer {
+            prefix.push_str(":consumer=");
+            prefix.push_str(&super::consumer_identity(consumer).id);
+        }
+        let mut store = crate::ratelimit::RedisStore::new(&url, prefix)
             .map_err(|e| ctx.error("redis_host", e.to_string()))?
-            .timeout(std::time::Duration::from_millis(c.redis_timeout.unwrap_or(2000).max(1)));
-        Ok(Some(Arc::new(Arc::new(store))))
+            .timeout(c.redis_timeout.unwrap_or(Duration::from_millis(2000)).max(Duration::from_millis(1)));
+        if let Some(cooldown) = c.redis_breaker_cooldown {
+            store = store.cooldown(cooldown);
+        }
+        match sync_every {
+            Some(every) => Ok(Some(Arc::new(Arc::new(crate::ratelimit::HybridStore::new(store, every))))),
+            None => Ok(Some(Arc::new(Arc::new(store)))),
+        }
     }
     #[cfg(not(feature = "redis"))]
     {
-        let _ =
-            (host, &c.redis_port, &c.redis_database, &c.redis_username, &c.redis_password, &c.redis_timeout);
+        let _ = (host, &c.redis_port, &c.redis_database, &c.redis_username, &c.redis_password);
+        let _ = (c.redis_timeout, sync_every);
         Err(ConfigError::unsupported(
             ctx.origin,
             format!("{}.config.policy", ctx.path),

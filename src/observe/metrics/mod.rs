@@ -544,10 +544,22 @@ impl Collector for RateLimitStoreErrors {
             None,
             MetricType::Counter,
         )?;
+        // A route may have several limiters (a consumer's own quota beside the generic one):
+        // one series per route, their sum, as Prometheus forbids a series twice.
+        let mut by_route: Vec<(&str, u64, u64)> = Vec::new();
         for (route, limiter) in limiters.iter() {
             let stats = limiter.stats();
-            for (kind, n) in [("unavailable", stats.unavailable), ("script", stats.script_errors)] {
-                let labels = [("route", route.as_str()), ("kind", kind)];
+            match by_route.iter_mut().find(|(r, _, _)| *r == route.as_str()) {
+                Some(entry) => {
+                    entry.1 += stats.unavailable;
+                    entry.2 += stats.script_errors;
+                }
+                None => by_route.push((route, stats.unavailable, stats.script_errors)),
+            }
+        }
+        for (route, unavailable, script) in by_route {
+            for (kind, n) in [("unavailable", unavailable), ("script", script)] {
+                let labels = [("route", route), ("kind", kind)];
                 let mut metric = family.encode_family(&labels)?;
                 metric.encode_counter::<NoLabelSet, u64, u64>(&n, None)?;
             }

@@ -219,10 +219,14 @@ fn rate_limiter_store_errors_are_one_family() {
     let b: crate::ratelimit::RateLimitLayer = SlidingWindowLayer::new().second(5).into();
     metrics.watch_rate_limiter("a", &a);
     metrics.watch_rate_limiter("b", &b);
+    // A consumer's own quota on route `b`: still one series for the route.
+    let b_alice: crate::ratelimit::RateLimitLayer = SlidingWindowLayer::new().second(3).into();
+    metrics.watch_rate_limiter("b", &b_alice);
     let text = metrics.render();
     assert_eq!(text.matches("# TYPE portcullis_rate_limit_store_errors counter").count(), 1, "{text}");
     let series = r#"portcullis_rate_limit_store_errors_total{route="b",kind="script"}"#;
     assert_eq!(sample(&text, series), Some(0.0), "{text}");
+    assert_eq!(text.matches(series).count(), 1, "{text}");
 }
 
 /// Several services and routes: each resilience family is described once, with a series per
