@@ -67,6 +67,7 @@ pub use jsonwebtoken::Algorithm;
 pub use jwks::DEFAULT_JWKS_REFRESH_INTERVAL;
 
 use jwks::JwksCache;
+#[cfg(feature = "config")]
 pub(crate) use token::algorithm as parse_algorithm;
 use token::{Check, VerifiedCache};
 
