@@ -6,25 +6,26 @@ use std::hash::{BuildHasher, RandomState};
 ///
 /// The keys are the one part of the report that grows with the log's *diversity* (every client
 /// IP that got a 401 must be counted to know the top 10 exactly), so they are packed: the key
-/// bytes back to back in one string, an end offset and a count per key, and an open-addressing
-/// table of entry numbers. About 30 bytes a key (an IPv4 address) where a `HashMap<String, _>`
-/// plus an ordered list took about 150.
+/// bytes back to back in one string, an end offset and a count per key (`u32`s), and an
+/// open-addressing table of entry numbers at most three quarters full. About 30 bytes a key (an
+/// IPv4 address) where a `HashMap<String, _>` plus an ordered list took about 150.
 #[derive(Debug, Default)]
 pub(super) struct Counter {
     hasher: RandomState,
-    /// Entry number + 1 (0: empty); a power of two long, at most half full.
+    /// Entry number + 1 (0: empty); a power of two long, at most three quarters full.
     slots: Vec<u32>,
     /// Every key's bytes, in first-seen order.
     keys: String,
     /// Where key `i` ends in `keys` (it starts where key `i - 1` ends).
-    ends: Vec<usize>,
-    counts: Vec<u64>,
+    ends: Vec<u32>,
+    /// Saturating: four billion 401s from one IP would take a terabyte of log.
+    counts: Vec<u32>,
 }
 
 impl Counter {
     fn key(&self, i: usize) -> &str {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        &self.keys[start..self.ends[i]]
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.keys[start..self.ends[i] as usize]
     }
 
     /// The slot holding `key`, or the empty slot where it belongs.
@@ -40,21 +41,31 @@ impl Counter {
         }
     }
 
+    /// Whether one more entry keeps the table at most three quarters full.
+    fn has_room(&self) -> bool {
+        (self.counts.len() + 1) * 4 <= self.slots.len() * 3
+    }
+
     pub(super) fn add(&mut self, key: &str) {
-        // Entry numbers are u32: past 4 billion keys, stop adding new ones rather than wrap.
-        if (self.counts.len() + 1) * 2 > self.slots.len() && self.counts.len() < u32::MAX as usize / 2 {
+        // Offsets and entry numbers are u32: past 4 GiB of keys or a billion of them, new keys
+        // are no longer added (existing ones still count) rather than wrap.
+        let fits = self.keys.len() + key.len() <= u32::MAX as usize && self.counts.len() < 1 << 30;
+        if self.slots.is_empty() || (!self.has_room() && fits) {
             self.grow();
         }
         let at = self.find(key);
         match self.slots[at] {
-            0 if self.counts.len() * 2 < self.slots.len() => {
+            0 if fits && self.has_room() => {
                 self.keys.push_str(key);
-                self.ends.push(self.keys.len());
+                self.ends.push(self.keys.len() as u32);
                 self.counts.push(1);
                 self.slots[at] = self.counts.len() as u32;
             }
             0 => {}
-            entry => self.counts[entry as usize - 1] += 1,
+            entry => {
+                let count = &mut self.counts[entry as usize - 1];
+                *count = count.saturating_add(1);
+            }
         }
     }
 
@@ -71,7 +82,7 @@ impl Counter {
     pub(super) fn top(&self, n: usize) -> Vec<(String, u64)> {
         let mut order: Vec<usize> = (0..self.counts.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(self.counts[i]));
-        order.into_iter().take(n).map(|i| (self.key(i).to_owned(), self.counts[i])).collect()
+        order.into_iter().take(n).map(|i| (self.key(i).to_owned(), u64::from(self.counts[i]))).collect()
     }
 }
 
@@ -97,8 +108,8 @@ mod tests {
             top,
             [("10.0.0.4".to_owned(), 15), ("10.0.0.9".to_owned(), 15), ("10.0.0.14".to_owned(), 15)]
         );
-        assert_eq!(counter.counts.iter().sum::<u64>(), 3 * (10_000 / 5) * 15);
-        assert!(counter.slots.len() <= 4 * 10_000);
+        assert_eq!(counter.counts.iter().map(|&c| u64::from(c)).sum::<u64>(), 3 * (10_000 / 5) * 15);
+        assert_eq!(counter.slots.len(), 16_384, "at most three quarters full, a power of two");
         assert_eq!(Counter::default().top(10), []);
     }
 }

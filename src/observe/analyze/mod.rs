@@ -30,7 +30,7 @@
 //!   take a few values per pair of binades. A generated 5-million-line log has 551 decimal
 //!   differences and 5,589 distinct overhead doubles (about 70 KB);
 //! - each client IP with a 401 and each rate-limited consumer, with its count — the top 10 is
-//!   exact only if every key is counted. Keys are packed (about 40 bytes each, see `Counter`).
+//!   exact only if every key is counted. Keys are packed (about 30 bytes each, see `Counter`).
 //!
 //! So a log repeating the same population of clients and latency range takes the same memory
 //! at any length; memory grows only while the log keeps showing new IPs or new latencies.
