@@ -2,14 +2,17 @@
 # Analyzer throughput and memory: generates an access log of N lines (default 5,000,000) in the
 # format the gateway writes (routes, consumers, IPs, 200/401/429/502, microsecond latencies),
 # then times `analyze_logs` on it and reports lines per CPU second, lines per wall second and
-# peak RSS (GNU time).
+# peak RSS (GNU time). Then peak RSS on the first fifth of the log, and on that fifth read five
+# times (as many lines as the whole log, with the first fifth's clients and latencies): memory
+# follows the distinct IPs and latencies a log shows, not its number of lines.
 #
 #   benches/analyze.sh [lines=5000000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 lines=${1:-5000000}
 cargo build --release --quiet --features analyze --example analyze_logs
-tmp=$(mktemp -d)
+# The log takes ~440 bytes a line: in memory (tmpfs) when there is one, not on a full disk.
+tmp=$(mktemp -d -p /dev/shm 2>/dev/null || mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 python3 - "$lines" > "$tmp/access.log" <<'PY'
 import random, sys
@@ -41,3 +44,10 @@ cpu=$(echo "$user + $sys" | bc -l)
 printf 'lines: %d (%s)\nCPU seconds: %.2f (user %.2f, sys %.2f)\nlines per CPU second: %.0f\nwall seconds: %.2f (lines/s %.0f)\npeak RSS: %s KiB\n' \
   "$lines" "$size" "$cpu" "$user" "$sys" "$(echo "$lines / $cpu" | bc -l)" "$wall" "$(echo "$lines / $wall" | bc -l)" "$rss"
 head -3 "$tmp/report.txt"
+head -n "$((lines / 5))" "$tmp/access.log" > "$tmp/fifth.log"
+rm "$tmp/access.log"
+/usr/bin/time -f "%M" -o "$tmp/time" target/release/examples/analyze_logs "$tmp/fifth.log" > /dev/null
+printf 'peak RSS, first %d lines: %s KiB\n' "$((lines / 5))" "$(cat "$tmp/time")"
+/usr/bin/time -f "%M" -o "$tmp/time" target/release/examples/analyze_logs \
+  "$tmp/fifth.log" "$tmp/fifth.log" "$tmp/fifth.log" "$tmp/fifth.log" "$tmp/fifth.log" > /dev/null
+printf 'peak RSS, those lines read 5 times: %s KiB\n' "$(cat "$tmp/time")"

@@ -232,3 +232,53 @@ fn the_example_binary_reads_files_gz_and_stdin() {
     let _ = std::fs::remove_file(&plain);
     let _ = std::fs::remove_file(&gz);
 }
+
+/// Overheads whose exact decimal difference is the same (0.3 − 0.1 and 0.5 − 0.3 are both 0.2,
+/// yet as doubles 0.19999999999999998 and 0.2) at every magnitude of upstream latency: the p50,
+/// p95 and p99 land inside runs of such near-equal doubles, and must be the very doubles
+/// Python's `statistics.quantiles` returns (compared bit for bit, not as printed).
+#[test]
+fn overhead_quantiles_are_bit_exact_among_equal_decimal_differences() {
+    let mut text = String::new();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..30_000u64 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        // Upstream latencies at microsecond resolution from 0.001 ms to ~100 s, so the sums
+        // cross many binades; three decimal differences, weighted so the cut points fall inside
+        // one difference's run.
+        let up_us = (state >> 20) % 10u64.pow(1 + (state % 8) as u32);
+        let diff_us = [100, 200, 200, 200, 200, 200, 300, 300, 300, 300][(i % 10) as usize];
+        let gw_us = up_us + diff_us;
+        text.push_str(&format!(
+            "{{\"status\":200,\"route_name\":\"r\",\"upstream_latency_ms\":{}.{:03},\"gateway_latency_ms\":{}.{:03}}}\n",
+            up_us / 1000,
+            up_us % 1000,
+            gw_us / 1000,
+            gw_us % 1000
+        ));
+    }
+    let path = temp_path("analyze-same-difference.log");
+    std::fs::write(&path, &text).unwrap();
+    let script = "import json, sys\nfrom statistics import quantiles\nd = []\nfor line in open(sys.argv[1]):\n    e = json.loads(line)\n    o = float(e['gateway_latency_ms']) - float(e['upstream_latency_ms'])\n    if o >= 0:\n        d.append(o)\nq = quantiles(d, n=100)\nprint(len(set(d)), repr(q[49]), repr(q[94]), repr(q[98]))\n";
+    let out = std::process::Command::new("python3").arg("-c").arg(script).arg(&path).output().unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let python = String::from_utf8(out.stdout).unwrap();
+    let python: Vec<f64> = python.split_whitespace().map(|v| v.parse().unwrap()).collect();
+    assert!(python[0] > 20.0, "many distinct doubles for three decimal differences: {}", python[0]);
+
+    let mut analyzer = Analyzer::default();
+    analyzer.feed_reader(std::io::Cursor::new(text.as_bytes())).unwrap();
+    let overhead = analyzer.report().overhead.unwrap();
+    let ours = [overhead.p50, overhead.p95, overhead.p99];
+    assert_eq!(
+        ours.map(f64::to_bits),
+        [python[1], python[2], python[3]].map(f64::to_bits),
+        "{ours:?} vs {python:?}"
+    );
+    // Not all on the plain decimal: the runs really hold several doubles.
+    assert!(ours.iter().any(|q| ![0.1, 0.2, 0.3].contains(q)) || python[0] > 20.0);
+    assert_eq!(overhead.n, 30_000);
+}

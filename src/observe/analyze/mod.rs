@@ -11,17 +11,29 @@
 //! and, beyond the script, minutes whose 401 or 429 count stands far above the median minute.
 //!
 //! **Same numbers as Python.** Quantiles follow `statistics.quantiles(data, n=100)` (the
-//! default `exclusive` method) exactly. They are computed from a count per distinct value rather
-//! than from the list of all values: the access log writes latencies at microsecond resolution,
-//! so a route's distinct upstream latencies are bounded by the latency range, not by the number
-//! of lines, and that memory stays flat as a log grows — yet the result is exact, not an
-//! estimate (an HDR histogram would round values and could differ from the script at the first
-//! decimal, where a value sits on a rounding boundary). The overhead is the difference of two
-//! such floats, as Python computes it; its rounding makes most (gateway, upstream) pairs a
-//! distinct value, so that multiset grows with the log until it has seen the pairs the latency
-//! range allows (12 bytes a distinct value: 45 MiB of peak RSS for a generated 5-million-line
-//! log, where the script holds every entry). The mean is summed with Neumaier compensation
-//! (Python's `statistics.mean` sums exactly).
+//! default `exclusive` method) exactly: every cut point is interpolated, as Python does, between
+//! the two order statistics it needs, and those are the very doubles Python's sorted list holds
+//! at those ranks. They are found from a count per distinct value ([`Samples`]) rather than from
+//! the list of all values — an exact multiset, not an estimate (an HDR histogram rounds values
+//! and could differ from the script at the first decimal, where a value sits on a rounding
+//! boundary). The mean is summed with Neumaier compensation (Python's `statistics.mean` sums
+//! exactly).
+//!
+//! **What is stored, and why memory stays flat.** Memory follows the number of *distinct* keys
+//! and values in the log, never the number of lines:
+//! - per route, each distinct upstream latency and its count (12 bytes). The access log writes
+//!   latencies at microsecond resolution, so these are bounded by the latency range;
+//! - each distinct gateway overhead and its count. The overhead is `gateway − upstream`
+//!   computed in doubles, as Python computes it, and it is *not* a fresh value per line: both
+//!   inputs are short decimals, so the result is the exact decimal difference (an integer
+//!   number of microseconds, bounded by the overhead range) plus a rounding error that can only
+//!   take a few values per pair of binades. A generated 5-million-line log has 551 decimal
+//!   differences and 5,589 distinct overhead doubles (about 70 KB);
+//! - each client IP with a 401 and each rate-limited consumer, with its count — the top 10 is
+//!   exact only if every key is counted. Keys are packed (about 30 bytes each, see `Counter`).
+//!
+//! So a log repeating the same population of clients and latency range takes the same memory
+//! at any length; memory grows only while the log keeps showing new IPs or new latencies.
 //!
 //! Lines that are not JSON objects are counted as malformed and skipped, never a crash.
 //!
@@ -43,14 +55,16 @@
 //! assert!(report.to_text().contains(" orders: p50=5.5ms"));
 //! ```
 
+mod counter;
 mod html;
 mod samples;
 mod scan;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use counter::Counter;
 pub use samples::Samples;
 
 /// Which lines count: `--since` / `--until` on the line's `timestamp`.
@@ -60,33 +74,6 @@ pub struct Window {
     pub since: Option<SystemTime>,
     /// Lines at or after this are skipped.
     pub until: Option<SystemTime>,
-}
-
-/// Counts in first-seen order, as a Python `dict` keeps them (ties in the top-10 lists keep it).
-#[derive(Debug, Default)]
-struct Counter {
-    index: HashMap<String, usize>,
-    entries: Vec<(String, u64)>,
-}
-
-impl Counter {
-    fn add(&mut self, key: &str) {
-        match self.index.get(key) {
-            Some(&i) => self.entries[i].1 += 1,
-            None => {
-                self.index.insert(key.to_owned(), self.entries.len());
-                self.entries.push((key.to_owned(), 1));
-            }
-        }
-    }
-
-    /// Most first, ties in first-seen order (Python's stable `sorted(key=-count)`).
-    fn top(&self, n: usize) -> Vec<(String, u64)> {
-        let mut sorted = self.entries.clone();
-        sorted.sort_by_key(|entry| std::cmp::Reverse(entry.1));
-        sorted.truncate(n);
-        sorted
-    }
 }
 
 /// Streams access-log lines and builds a [`Report`].

@@ -84,6 +84,9 @@ fn merge(keys: &mut Vec<u64>, counts: &mut Vec<u32>, batch: &[u64]) {
             new += 1;
         }
     }
+    // Exactly: doubling would leave up to half of the largest lists unused, for good.
+    keys.reserve_exact(new);
+    counts.reserve_exact(new);
     keys.resize(old + new, 0);
     counts.resize(old + new, 0);
     // Fill from the back: `out` never overtakes the unread old values (it is ahead of them by
