@@ -302,7 +302,19 @@ impl HybridStore {
         let slot = shard.entry_ref(key).or_default();
         for (i, global) in slot.global.iter_mut().enumerate().take(windows) {
             let at = |j: usize| reply.get(3 * i + j).and_then(|v| u64::try_from(*v).ok()).unwrap_or(0);
-            *global = WindowState { index: at(0), current: at(1), previous: at(2) };
+            let read = WindowState { index: at(0), current: at(1), previous: at(2) };
+            // Redis totals only grow within a window, so a smaller one is a stale read (a cold
+            // read that left before a sync's push and returned after it): keep what is known,
+            // or this gateway would forget counts it pushed itself and admit them again.
+            *global = match read.index.cmp(&global.index) {
+                std::cmp::Ordering::Greater => read,
+                std::cmp::Ordering::Equal => WindowState {
+                    index: read.index,
+                    current: read.current.max(global.current),
+                    previous: read.previous.max(global.previous),
+                },
+                std::cmp::Ordering::Less => *global,
+            };
         }
         slot.refreshed_at = now;
     }
