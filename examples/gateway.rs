@@ -102,7 +102,7 @@ async fn main() -> ExitCode {
     };
     println!("portcullis listening on http://{}", listeners.local_addr().unwrap_or(listen));
     if let Some(admin) = listeners.admin_addr() {
-        println!("admin: http://{admin}/healthz");
+        println!("admin: http://{admin}/healthz  http://{admin}/metrics  http://{admin}/status");
     }
     if config_path.is_none() {
         let addr = listeners.local_addr().unwrap_or(listen);
