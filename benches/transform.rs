@@ -5,6 +5,8 @@
 //! - `transform/headers-5-rules-2-templated`: the same, behind a header-only transform (remove,
 //!   rename, a literal add, and two templated rules: `$(headers.x-user)` and `$(request_id)`).
 //!   The difference is the layer's cost per request.
+//! - `transform/gateway-request/*`: both again with the request as a route's stack receives it in
+//!   the gateway (the forwarding headers and the request id already added by the front layers).
 //! - `transform/json-body-replace`: a 200-byte JSON body rewritten by one templated `replace`.
 //!
 //! `cargo bench --bench transform`
@@ -45,6 +47,24 @@ fn request() -> Request<Body> {
     req
 }
 
+/// The same request as a route's stack receives it in the gateway: the front layers have added
+/// the forwarding headers and the request id (SPEC §0), so the header map has already grown.
+fn gateway_request() -> Request<Body> {
+    let mut req = request();
+    let headers = req.headers_mut();
+    for (name, value) in [
+        ("x-forwarded-for", "203.0.113.7"),
+        ("x-forwarded-proto", "http"),
+        ("x-forwarded-host", "api.example.com"),
+        ("x-forwarded-port", "80"),
+        ("x-real-ip", "203.0.113.7"),
+        ("x-request-id", "0f8f2a52-5c0c-4b6e-9d36-0c1e7a3b9a10"),
+    ] {
+        headers.insert(name, http::HeaderValue::from_static(value));
+    }
+    req
+}
+
 fn bench(c: &mut Criterion) {
     let bare = service_fn(|req: Request<Body>| {
         black_box(&req);
@@ -67,6 +87,13 @@ fn bench(c: &mut Criterion) {
     let mut svc = layer.layer(bare);
     group.bench_function("headers-5-rules-2-templated", |b| {
         b.iter_batched(request, |req| ready(svc.call(req)), BatchSize::SmallInput)
+    });
+    let mut bare_svc = bare;
+    group.bench_function("gateway-request/bare", |b| {
+        b.iter_batched(gateway_request, |req| ready(bare_svc.call(req)), BatchSize::SmallInput)
+    });
+    group.bench_function("gateway-request/headers-5-rules-2-templated", |b| {
+        b.iter_batched(gateway_request, |req| ready(svc.call(req)), BatchSize::SmallInput)
     });
 
     let layer = TransformLayer::builder()
