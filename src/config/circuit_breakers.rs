@@ -7,12 +7,11 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::duration;
+use super::retry_policy::DEFAULT_MAX_RETRIES;
 use crate::resilience::breaker::{CircuitBreakerLayer, FailureRate};
 
 /// Envoy's default for each of `max_connections`, `max_pending_requests`, `max_requests`.
 const DEFAULT_LIMIT: u32 = 1024;
-/// Envoy's default `max_retries`.
-const DEFAULT_MAX_RETRIES: u32 = 3;
 
 /// A service's `circuit_breakers`, resolved: the thresholds (Envoy's defaults for omitted keys)
 /// and the classic breaker (off unless `consecutive_failures` or `failure_rate` is set).

@@ -87,9 +87,7 @@ impl Outcome {
     /// 502, 503 or 504 from the upstream, a connect failure, a reset or a timeout.
     pub fn is_gateway_failure(self) -> bool {
         match self {
-            Outcome::Upstream(status) => {
-                matches!(status.as_u16(), 502..=504)
-            }
+            Outcome::Upstream(status) => matches!(status.as_u16(), 502..=504),
             Outcome::ConnectFailure | Outcome::Reset | Outcome::Timeout => true,
             Outcome::Local(_) => false,
         }
@@ -149,7 +147,7 @@ impl RetryOn {
         match outcome {
             Outcome::Upstream(status) => {
                 (any(Self::FIVE_XX) && status.is_server_error())
-                    || (any(Self::GATEWAY_ERROR) && matches!(status.as_u16(), 502..=504))
+                    || (any(Self::GATEWAY_ERROR) && outcome.is_gateway_failure())
                     || (any(Self::RETRIABLE_4XX) && status == StatusCode::CONFLICT)
                     || self.status_codes.contains(&status)
             }

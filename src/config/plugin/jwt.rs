@@ -233,8 +233,8 @@ mod tests {
         )
     }
 
-    #[test]
-    fn credentials_and_config_build_at_every_scope() {
+    #[tokio::test]
+    async fn credentials_and_config_build_at_every_scope() {
         let pem = PEM.replace('\n', "\n      ");
         let consumers = format!(
             "- username: alice\n  jwt_secrets:\n  - {{key: a-hs, secret: s3cret}}\n  - key: a-rs\n    algorithm: RS256\n    rsa_public_key: |\n      {pem}\n- username: anon\n  jwt_secrets: [{{key: a-jwks, algorithm: ES256, jwks_url: http://127.0.0.1:1/jwks}}]\n"
@@ -246,7 +246,12 @@ mod tests {
         Config::from_yaml(&yaml, "test.yaml").unwrap().build_router("test.yaml").unwrap();
         // Service and global scope.
         let service = "_format_version: \"3.0\"\nservices:\n- name: svc\n  url: http://127.0.0.1:9000\n  plugins: [{name: jwt}]\n  routes:\n  - {name: r0, paths: [/a]}\nplugins: [{name: jwt, config: {secret_is_base64: true}}]\nconsumers:\n- username: bob\n  jwt_secrets: [{key: b, secret: c2VjcmV0}]\n";
-        Config::from_yaml(service, "test.yaml").unwrap().build_router("test.yaml").unwrap();
+        let router = Config::from_yaml(service, "test.yaml").unwrap().build_router("test.yaml").unwrap();
+        // The service-scope instance runs (the route has none): no token, 401 before any upstream.
+        let req = http::Request::get("/a").body(crate::Body::empty()).unwrap();
+        let res = tower::ServiceExt::oneshot(router, req).await.unwrap();
+        assert_eq!(res.status(), http::StatusCode::UNAUTHORIZED);
+        assert!(res.headers().contains_key(http::header::WWW_AUTHENTICATE));
     }
 
     #[test]
