@@ -38,7 +38,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 
-pub use server::{ServerSettings, serve};
+pub use server::{HEADER_HEADROOM, ServerSettings, serve};
 
 use self::admin::Admin;
 use crate::config::{AccessLog, Config, ConfigError, Instruments, RouteService};

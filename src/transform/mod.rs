@@ -127,7 +127,7 @@ pub use template::TemplateError;
 use crate::error::{BoxError, Rejection};
 use crate::observe::request_id::RequestId;
 use form::Pairs;
-use rules::{HeaderEnv, HeaderTemplate, HeaderVal, Ops, Val};
+use rules::{HeaderEnv, HeaderOp, HeaderTemplate, HeaderVal, Ops, Val};
 use template::{Env, Template};
 
 /// What a rule does; Kong's config keys.
@@ -249,14 +249,16 @@ struct Shared {
     early_header_templates: bool,
     uri: Option<usize>,
     method: Option<Method>,
-    req_headers: Ops<HeaderName, HeaderVal>,
+    req_headers: Vec<HeaderOp>,
     req_query: Ops<String, Val<String>>,
     req_body: Ops<String, Val<String>>,
-    res_headers: Ops<HeaderName, HeaderVal>,
+    res_headers: Vec<HeaderOp>,
     res_json: Ops<String, serde_json::Value>,
     max_body_bytes: u64,
     /// Some request rule exists (else requests pass untouched).
     touches_request: bool,
+    /// The request rules are header rules only: applied in `call`, nothing else to do.
+    headers_only: bool,
     /// `http_method` is GET, HEAD or TRACE: a form body's fields join the query (Kong).
     form_to_query: bool,
 }
@@ -334,13 +336,14 @@ impl TransformBuilder {
             early_header_templates: false,
             uri: None,
             method: self.method.clone(),
-            req_headers: Ops::default(),
+            req_headers: Vec::new(),
             req_query: Ops::default(),
             req_body: Ops::default(),
-            res_headers: Ops::default(),
+            res_headers: Vec::new(),
             res_json: Ops::default(),
             max_body_bytes: self.max_body_bytes,
             touches_request: false,
+            headers_only: false,
             form_to_query: self
                 .method
                 .as_ref()
@@ -366,6 +369,7 @@ impl TransformBuilder {
             };
             format!("{key}[{n}]")
         };
+        let (mut req_headers, mut res_headers) = (Ops::default(), Ops::default());
         for (action, part, entry) in &self.request {
             let key = match part {
                 RequestPart::Headers => "headers",
@@ -374,7 +378,7 @@ impl TransformBuilder {
             };
             let at = location(format!("{}.{key}", label(*action)));
             shared
-                .request_rule(*action, *part, entry)
+                .request_rule(&mut req_headers, *action, *part, entry)
                 .map_err(|kind| TransformError { location: at, kind })?;
         }
         for (action, part, entry, ty) in &self.response {
@@ -384,15 +388,21 @@ impl TransformBuilder {
             };
             let at = location(format!("{}.{key}", label(*action)));
             shared
-                .response_rule(*action, *part, entry, *ty)
+                .response_rule(&mut res_headers, *action, *part, entry, *ty)
                 .map_err(|kind| TransformError { location: at, kind })?;
         }
-        shared.mark_early_header_templates();
+        shared.mark_early_header_templates(&req_headers);
+        shared.req_headers = req_headers.compile();
+        shared.res_headers = res_headers.compile();
         shared.touches_request = shared.uri.is_some()
             || shared.method.is_some()
             || !shared.req_headers.is_empty()
             || !shared.req_query.is_empty()
             || !shared.req_body.is_empty();
+        shared.headers_only = shared.uri.is_none()
+            && shared.method.is_none()
+            && shared.req_query.is_empty()
+            && shared.req_body.is_empty();
         Ok(TransformLayer { shared: Arc::new(shared) })
     }
 }
@@ -400,6 +410,7 @@ impl TransformBuilder {
 impl Shared {
     fn request_rule(
         &mut self,
+        headers: &mut Ops<HeaderName, HeaderVal>,
         action: Action,
         part: RequestPart,
         entry: &str,
@@ -408,7 +419,7 @@ impl Shared {
             Action::Remove => {
                 let name = entry.split(':').next().unwrap_or(entry);
                 match part {
-                    RequestPart::Headers => self.req_headers.remove.push(rules::header_name(name)?),
+                    RequestPart::Headers => headers.remove.push(rules::header_name(name)?),
                     RequestPart::Querystring => self.req_query.remove.push(name.to_owned()),
                     RequestPart::Body => self.req_body.remove.push(name.to_owned()),
                 }
@@ -416,10 +427,9 @@ impl Shared {
             Action::Rename => {
                 let (old, new) = rules::split_entry(entry)?;
                 match part {
-                    RequestPart::Headers => self
-                        .req_headers
-                        .rename
-                        .push((rules::header_name(old)?, rules::settable_header(new, None)?)),
+                    RequestPart::Headers => {
+                        headers.rename.push((rules::header_name(old)?, rules::settable_header(new, None)?))
+                    }
                     RequestPart::Querystring => self.req_query.rename.push((old.to_owned(), new.to_owned())),
                     RequestPart::Body => self.req_body.rename.push((old.to_owned(), new.to_owned())),
                 }
@@ -431,7 +441,7 @@ impl Shared {
                     RequestPart::Headers => {
                         let header = rules::settable_header(name, Some(&template))?;
                         let value = self.header_value(template)?;
-                        self.req_headers.push_value(action, header, value);
+                        headers.push_value(action, header, value);
                     }
                     RequestPart::Querystring => {
                         let value = self.text_value(template);
@@ -449,6 +459,7 @@ impl Shared {
 
     fn response_rule(
         &mut self,
+        headers: &mut Ops<HeaderName, HeaderVal>,
         action: Action,
         part: ResponsePart,
         entry: &str,
@@ -458,17 +469,16 @@ impl Shared {
             Action::Remove => {
                 let name = entry.split(':').next().unwrap_or(entry);
                 match part {
-                    ResponsePart::Headers => self.res_headers.remove.push(rules::header_name(name)?),
+                    ResponsePart::Headers => headers.remove.push(rules::header_name(name)?),
                     ResponsePart::Json => self.res_json.remove.push(name.to_owned()),
                 }
             }
             Action::Rename => {
                 let (old, new) = rules::split_entry(entry)?;
                 match part {
-                    ResponsePart::Headers => self
-                        .res_headers
-                        .rename
-                        .push((rules::header_name(old)?, rules::settable_header(new, None)?)),
+                    ResponsePart::Headers => {
+                        headers.rename.push((rules::header_name(old)?, rules::settable_header(new, None)?))
+                    }
                     ResponsePart::Json => self.res_json.rename.push((old.to_owned(), new.to_owned())),
                 }
             }
@@ -481,7 +491,7 @@ impl Shared {
                     ResponsePart::Headers => {
                         let header = rules::settable_header(name, None)?;
                         let value = self.header_value(Template::parse(value)?)?;
-                        self.res_headers.push_value(action, header, value);
+                        headers.push_value(action, header, value);
                     }
                     ResponsePart::Json if value.is_empty() => {}
                     ResponsePart::Json => {
@@ -510,16 +520,13 @@ impl Shared {
         if text.is_empty() {
             return Ok(HeaderVal::Literal(None));
         }
-        HeaderValue::from_str(&text)
-            .map(|v| HeaderVal::Literal(Some(v)))
-            .map_err(|_| TransformErrorKind::HeaderValue(text))
+        rules::literal_value(&text).map(|v| HeaderVal::Literal(Some(v)))
     }
 
     /// Templates must see the request as it arrived: one reading a header that some request
     /// header rule changes is rendered before the rules run; the others read nothing a header
     /// rule changes, so they render when (and only if) their rule needs them.
-    fn mark_early_header_templates(&mut self) {
-        let ops = &self.req_headers;
+    fn mark_early_header_templates(&mut self, ops: &Ops<HeaderName, HeaderVal>) {
         let touched: Vec<&HeaderName> = (ops.remove.iter())
             .chain(ops.rename.iter().flat_map(|(old, new)| [old, new]))
             .chain([&ops.replace, &ops.add, &ops.append].into_iter().flatten().map(|(name, _)| name))
@@ -566,6 +573,28 @@ impl<S> Transform<S> {
     /// Applies uri, method, header and querystring rules (the querystring ones only when
     /// `defer_query` is false: they then wait for a form body to merge); returns the rendered
     /// templates (the body rules still need them) or the rejection.
+    /// Applies the request's header rules.
+    fn rewrite_headers<B>(&self, req: &mut Request<B>) {
+        let shared = &*self.shared;
+        // Out of the request for the rules' run, so templates can read the extensions.
+        let mut headers = std::mem::take(req.headers_mut());
+        let mut early: Vec<Option<HeaderValue>> = if shared.early_header_templates {
+            let env = Env { headers: &headers, query: req.uri().query(), extensions: req.extensions() };
+            let render = |t: &HeaderTemplate| if t.early { t.template.render_header(&env) } else { None };
+            shared.header_templates.iter().map(render).collect()
+        } else {
+            Vec::new()
+        };
+        let mut env = HeaderEnv {
+            templates: &shared.header_templates,
+            query: req.uri().query(),
+            extensions: req.extensions(),
+            early: &mut early,
+        };
+        rules::apply_headers(&shared.req_headers, &mut headers, &mut env);
+        *req.headers_mut() = headers;
+    }
+
     fn rewrite<B>(&self, req: &mut Request<B>, defer_query: bool) -> Result<Vec<String>, Rejection> {
         let shared = &*self.shared;
         let rendered: Vec<String> = if shared.templates.is_empty() {
@@ -582,23 +611,7 @@ impl<S> Transform<S> {
             *req.method_mut() = method.clone();
         }
         if !shared.req_headers.is_empty() {
-            // Out of the request for the rules' run, so templates can read the extensions.
-            let mut headers = std::mem::take(req.headers_mut());
-            let mut early: Vec<Option<HeaderValue>> = if shared.early_header_templates {
-                let env = Env { headers: &headers, query: req.uri().query(), extensions: req.extensions() };
-                let render = |t: &HeaderTemplate| if t.early { t.template.render_header(&env) } else { None };
-                shared.header_templates.iter().map(render).collect()
-            } else {
-                Vec::new()
-            };
-            let mut env = HeaderEnv {
-                templates: &shared.header_templates,
-                query: req.uri().query(),
-                extensions: req.extensions(),
-                early: &mut early,
-            };
-            rules::apply_headers(&shared.req_headers, &mut headers, &mut env);
-            *req.headers_mut() = headers;
+            self.rewrite_headers(req);
         }
         let new_query = if shared.req_query.is_empty() || defer_query {
             None
@@ -687,7 +700,11 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        if !self.shared.touches_request {
+        if self.shared.headers_only {
+            // The common case (and no rule at all): no template list, no URI, no body.
+            if !self.shared.req_headers.is_empty() {
+                self.rewrite_headers(&mut req);
+            }
             let after = self.after(&req);
             return ResponseFuture::inner(self.inner.call(req), after);
         }

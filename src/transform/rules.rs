@@ -131,8 +131,7 @@ pub(crate) fn settable_header(
     name: &str,
     value: Option<&Template>,
 ) -> Result<HeaderName, TransformErrorKind> {
-    let header = HeaderName::from_bytes(name.as_bytes())
-        .map_err(|_| TransformErrorKind::HeaderName(name.to_owned()))?;
+    let header = header_name(name)?;
     let framing = header == http::header::CONTENT_LENGTH || header == http::header::HOST;
     if crate::sanitize::is_hop_by_hop(&header) || framing {
         return Err(TransformErrorKind::Forbidden(name.to_owned(), "hop-by-hop or framing"));
@@ -152,75 +151,180 @@ pub(crate) fn settable_header(
 }
 
 pub(crate) fn header_name(name: &str) -> Result<HeaderName, TransformErrorKind> {
-    HeaderName::from_bytes(name.as_bytes()).map_err(|_| TransformErrorKind::HeaderName(name.to_owned()))
+    HeaderName::from_bytes(name.as_bytes())
+        .map(static_name)
+        .map_err(|_| TransformErrorKind::HeaderName(name.to_owned()))
+}
+
+/// A literal header value, backed by interned bytes (see [`intern`]).
+pub(crate) fn literal_value(text: &str) -> Result<HeaderValue, TransformErrorKind> {
+    let value = HeaderValue::from_str(text).map_err(|_| TransformErrorKind::HeaderValue(text.to_owned()))?;
+    Ok(match intern(value.as_bytes()) {
+        Some(bytes) => HeaderValue::from_maybe_shared(bytes::Bytes::from_static(bytes)).unwrap_or(value),
+        None => value,
+    })
+}
+
+/// `name`, backed by interned bytes (see [`intern`]).
+fn static_name(name: HeaderName) -> HeaderName {
+    match intern(name.as_str().as_bytes()).and_then(|bytes| std::str::from_utf8(bytes).ok()) {
+        // `as_str` of a valid name is its canonical lower-case form, which `from_static` accepts.
+        Some(text) => HeaderName::from_static(text),
+        None => name,
+    }
+}
+
+/// Bytes that live as long as the process, shared by every layer that names them.
+///
+/// A rule's header names and literal values are copied into every request they apply to;
+/// `Bytes` from a static slice clones and drops without touching a reference count, where
+/// shared bytes cost two atomic operations per copy. The set only grows by distinct strings
+/// (a config reload with the same rules adds nothing) and stops at [`INTERN_LIMIT`] bytes;
+/// past it, `None`: the caller keeps its reference-counted bytes.
+fn intern(bytes: &[u8]) -> Option<&'static [u8]> {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    #[derive(Default)]
+    struct Interned {
+        set: HashSet<&'static [u8]>,
+        bytes: usize,
+    }
+    static INTERNED: OnceLock<Mutex<Interned>> = OnceLock::new();
+    let mut interned = INTERNED.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(found) = interned.set.get(bytes) {
+        return Some(found);
+    }
+    if interned.bytes + bytes.len() > INTERN_LIMIT {
+        return None;
+    }
+    interned.bytes += bytes.len();
+    let leaked: &'static [u8] = Box::leak(bytes.to_vec().into_boxed_slice());
+    interned.set.insert(leaked);
+    Some(leaked)
+}
+
+/// The most bytes [`intern`] keeps.
+const INTERN_LIMIT: usize = 256 << 10;
+
+/// One header rule, compiled: [`Ops`]' five lists flattened in Kong's order, so a request
+/// walks one slice, and rules with an empty literal value (which never fire) left out.
+#[derive(Debug, Clone)]
+pub(crate) enum HeaderOp {
+    Remove(HeaderName),
+    Rename(HeaderName, HeaderName),
+    Replace(HeaderName, HeaderVal),
+    Add(HeaderName, HeaderVal),
+    Append(HeaderName, HeaderVal),
+}
+
+impl Ops<HeaderName, HeaderVal> {
+    /// The rules in the order they apply.
+    pub(crate) fn compile(&self) -> Vec<HeaderOp> {
+        let fires = |value: &HeaderVal| !matches!(value, HeaderVal::Literal(None));
+        let with_value = |list: &[(HeaderName, HeaderVal)], op: fn(HeaderName, HeaderVal) -> HeaderOp| {
+            let fired = list.iter().filter(|(_, value)| fires(value));
+            fired.map(move |(name, value)| op(name.clone(), value.clone())).collect::<Vec<_>>()
+        };
+        let mut ops: Vec<HeaderOp> = self.remove.iter().cloned().map(HeaderOp::Remove).collect();
+        ops.extend(self.rename.iter().cloned().map(|(old, new)| HeaderOp::Rename(old, new)));
+        ops.extend(with_value(&self.replace, HeaderOp::Replace));
+        ops.extend(with_value(&self.add, HeaderOp::Add));
+        ops.extend(with_value(&self.append, HeaderOp::Append));
+        ops
+    }
 }
 
 /// Headers: Kong's request-transformer and response-transformer semantics.
-pub(crate) fn apply_headers(
-    ops: &Ops<HeaderName, HeaderVal>,
-    headers: &mut HeaderMap,
-    env: &mut HeaderEnv<'_>,
-) {
-    for name in &ops.remove {
-        headers.remove(name);
-    }
-    for (old, new) in &ops.rename {
-        // One lookup of `old` takes every value out.
-        let Entry::Occupied(present) = headers.entry(old) else { continue };
-        let (_, mut values) = present.remove_entry_mult();
-        let first = values.next();
-        let rest: Vec<HeaderValue> = values.collect();
-        if let Some(first) = first {
-            // Kong: the renamed values replace any the new name had.
-            headers.insert(new.clone(), first);
-            for value in rest {
-                headers.append(new.clone(), value);
+///
+/// `HeaderMap::entry` and `insert` make room for one more header before they look: on a full
+/// map (hyper sizes a request's map to its headers) that reallocates it even when the rule
+/// only renames or replaces. So a full map takes paths that grow it only when a header (or a
+/// second value) is really added.
+pub(crate) fn apply_headers(ops: &[HeaderOp], headers: &mut HeaderMap, env: &mut HeaderEnv<'_>) {
+    for op in ops {
+        match op {
+            HeaderOp::Remove(name) => {
+                headers.remove(name);
+            }
+            HeaderOp::Rename(old, new) => rename(headers, old, new),
+            HeaderOp::Replace(name, value) => {
+                // A template is rendered before the lookup: it may read the map.
+                let value = match value {
+                    HeaderVal::Literal(value) => value.clone(),
+                    HeaderVal::Template(_) => value.header(headers, env),
+                };
+                if let Some(value) = value {
+                    replace(headers, name, value);
+                }
+            }
+            HeaderOp::Add(name, HeaderVal::Literal(value)) => {
+                if let (Entry::Vacant(absent), Some(value)) = (headers.entry(name), value) {
+                    absent.insert(value.clone());
+                }
+            }
+            HeaderOp::Add(name, value) => {
+                // Rendered, then one lookup for the test and the write; the price is a
+                // rendering the rule may drop, rare as `add` targets absent headers.
+                if let Some(value) = value.header(headers, env) {
+                    if let Entry::Vacant(absent) = headers.entry(name) {
+                        absent.insert(value);
+                    }
+                }
+            }
+            HeaderOp::Append(name, value) => {
+                if let Some(value) = value.header(headers, env) {
+                    headers.append(name.clone(), value);
+                }
             }
         }
     }
-    // A literal goes through `entry`: one lookup for the presence test and the write. A
-    // template is rendered first (it may read the map, which `entry` borrows), then `entry`:
-    // the name is looked up once, not twice; the price is a rendering the rule may drop, rare
-    // as `replace` targets present headers and `add` absent ones.
-    for (name, value) in &ops.replace {
-        let value = match value {
-            HeaderVal::Literal(None) => continue,
-            HeaderVal::Literal(Some(value)) => {
-                if let Entry::Occupied(mut present) = headers.entry(name) {
-                    present.insert(value.clone());
-                }
-                continue;
-            }
-            HeaderVal::Template(_) => match value.header(headers, env) {
-                Some(value) => value,
-                None => continue,
-            },
-        };
+}
+
+fn is_full(headers: &HeaderMap) -> bool {
+    headers.keys_len() >= headers.capacity()
+}
+
+/// Kong: the renamed values replace any the new name had.
+fn rename(headers: &mut HeaderMap, old: &HeaderName, new: &HeaderName) {
+    let (first, rest) = if is_full(headers) {
+        // Copies of the extra values (rare), then `remove`, which never grows the map.
+        let rest: Vec<HeaderValue> = headers.get_all(old).iter().skip(1).cloned().collect();
+        match headers.remove(old) {
+            Some(first) => (first, rest),
+            None => return,
+        }
+    } else {
+        // One lookup of `old` takes every value out.
+        let Entry::Occupied(present) = headers.entry(old) else { return };
+        let (_, mut values) = present.remove_entry_mult();
+        let Some(first) = values.next() else { return };
+        (first, values.collect())
+    };
+    headers.insert(new.clone(), first);
+    for value in rest {
+        headers.append(new.clone(), value);
+    }
+}
+
+/// Kong: `replace` sets a header only if present, replacing all its values.
+fn replace(headers: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
+    if !is_full(headers) {
         if let Entry::Occupied(mut present) = headers.entry(name) {
             present.insert(value);
         }
+        return;
     }
-    for (name, value) in &ops.add {
-        let value = match value {
-            HeaderVal::Literal(None) => continue,
-            HeaderVal::Literal(Some(value)) => {
-                if let Entry::Vacant(absent) = headers.entry(name) {
-                    absent.insert(value.clone());
-                }
-                continue;
+    let mut values = headers.get_all(name).iter();
+    match (values.next().is_some(), values.next().is_some()) {
+        (false, _) => {}
+        (true, false) => {
+            if let Some(slot) = headers.get_mut(name) {
+                *slot = value;
             }
-            HeaderVal::Template(_) => match value.header(headers, env) {
-                Some(value) => value,
-                None => continue,
-            },
-        };
-        if let Entry::Vacant(absent) = headers.entry(name) {
-            absent.insert(value);
         }
-    }
-    for (name, value) in &ops.append {
-        if let Some(value) = value.header(headers, env) {
-            headers.append(name.clone(), value);
+        // Several values to drop: `insert` (which may grow the map).
+        (true, true) => {
+            headers.insert(name.clone(), value);
         }
     }
 }
@@ -389,6 +493,81 @@ mod tests {
         assert_eq!(apply_json(&ops, b"[1]", |v: &String| Some(Value::String(v.clone()))), None);
         let empty = apply_json(&ops, b"", |v: &String| Some(Value::String(v.clone()))).unwrap();
         assert_eq!(empty, br#"{"name":"ignored","added":"1","tags":["t2"],"one":["b"]}"#);
+    }
+
+    /// A map with no room left, as hyper hands one over (sized to the headers it parsed).
+    fn full_map() -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [("a", "1"), ("b", "2"), ("x-old", "o1"), ("c", "3"), ("d", "4")] {
+            headers.append(HeaderName::from_static(name), HeaderValue::from_static(value));
+        }
+        headers.append("e", HeaderValue::from_static("5"));
+        while headers.keys_len() < headers.capacity() {
+            let name = format!("pad-{}", headers.keys_len());
+            headers.insert(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_static("p"));
+        }
+        assert!(is_full(&headers));
+        headers
+    }
+
+    fn apply(ops: &Ops<HeaderName, HeaderVal>, headers: &mut HeaderMap) {
+        let (mut early, extensions) = (Vec::new(), http::Extensions::new());
+        let mut env = HeaderEnv { templates: &[], query: None, extensions: &extensions, early: &mut early };
+        apply_headers(&ops.compile(), headers, &mut env);
+    }
+
+    fn literal(text: &str) -> HeaderVal {
+        HeaderVal::Literal(Some(literal_value(text).unwrap()))
+    }
+
+    #[test]
+    fn rename_and_replace_on_a_full_map_keep_every_value_and_do_not_grow_it() {
+        let mut ops: Ops<HeaderName, HeaderVal> = Ops::default();
+        ops.rename.push((header_name("X-Old").unwrap(), header_name("X-New").unwrap()));
+        ops.replace.push((header_name("a").unwrap(), literal("one")));
+        ops.replace.push((header_name("absent").unwrap(), literal("never")));
+        let mut headers = full_map();
+        let capacity = headers.capacity();
+        apply(&ops, &mut headers);
+        assert_eq!(headers.capacity(), capacity, "no reallocation");
+        let all = |h: &HeaderMap, n: &str| {
+            h.get_all(n).iter().map(|v| v.to_str().unwrap().to_owned()).collect::<Vec<_>>()
+        };
+        assert_eq!(all(&headers, "x-new"), ["o1"]);
+        assert!(!headers.contains_key("x-old"));
+        assert_eq!(all(&headers, "a"), ["one"]);
+        assert!(!headers.contains_key("absent"));
+
+        // Several values: every one is renamed, all of a replaced header's go (adding a second
+        // value to a full map grows it: http reserves a key slot for every append).
+        let mut headers = full_map();
+        headers.append("x-old", HeaderValue::from_static("o2"));
+        headers.append("a", HeaderValue::from_static("1b"));
+        apply(&ops, &mut headers);
+        assert_eq!(all(&headers, "x-new"), ["o1", "o2"]);
+        assert_eq!(all(&headers, "a"), ["one"]);
+
+        // The same rules on a map with room take the one-lookup paths, same result.
+        let mut roomy = full_map();
+        roomy.append("x-old", HeaderValue::from_static("o2"));
+        roomy.reserve(4);
+        apply(&ops, &mut roomy);
+        assert_eq!(all(&roomy, "x-new"), ["o1", "o2"]);
+        assert_eq!(all(&roomy, "a"), ["one"]);
+    }
+
+    #[test]
+    fn literal_names_and_values_are_interned() {
+        let (a, b) = (literal_value("v-interned").unwrap(), literal_value("v-interned").unwrap());
+        assert_eq!(a.as_bytes().as_ptr(), b.as_bytes().as_ptr(), "one copy for every layer");
+        let (a, b) = (header_name("X-Interned").unwrap(), header_name("x-interned").unwrap());
+        assert_eq!(a, b);
+        assert_eq!(a.as_str().as_ptr(), b.as_str().as_ptr());
+        // Still checked: a value a header cannot carry is an error, not an interned string.
+        assert!(matches!(literal_value("bad\nvalue"), Err(TransformErrorKind::HeaderValue(_))));
+        // Bytes outside visible ASCII are a valid header value and stay one.
+        let latin = literal_value("caf\u{e9}").unwrap();
+        assert_eq!(latin.as_bytes(), "caf\u{e9}".as_bytes());
     }
 
     #[test]

@@ -138,11 +138,8 @@ impl Template {
                 }
                 Alt::Source(Source::RequestId) => {
                     let Some(id) = env.extensions.get::<RequestId>() else { continue };
-                    // `as_str` reads an id that is not text as empty.
-                    return match id.header_value() {
-                        value if value.to_str().is_ok() => shared_header(value),
-                        _ => None,
-                    };
+                    // Always visible ASCII (generated, static, or checked by `RequestId::parse`).
+                    return shared_header(id.header_value());
                 }
                 Alt::Source(_) => {}
             }

@@ -122,3 +122,53 @@ async fn sigterm_drains_in_flight_requests_and_flushes_the_log() {
     let _ = std::fs::remove_file(&log);
     let _ = std::fs::remove_file(&config);
 }
+
+/// hyper sizes a request's header map to the headers it parsed; the server reserves room for
+/// the gateway's own headers and the route layers' once, so none of them reallocates the map.
+#[tokio::test]
+async fn requests_arrive_with_room_for_the_headers_layers_add() {
+    use portcullis::Body;
+    use portcullis::gateway::{HEADER_HEADROOM, ServerSettings, serve};
+    use std::sync::{Arc, Mutex};
+
+    let room = Arc::new(Mutex::new(Vec::new()));
+    let seen = room.clone();
+    let service = tower::service_fn(move |req: http::Request<Body>| {
+        let headers = req.headers();
+        seen.lock().unwrap().push((headers.keys_len(), headers.capacity()));
+        std::future::ready(Ok::<_, std::convert::Infallible>(http::Response::new(Body::empty())))
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let settings = ServerSettings {
+        max_header_bytes: 32 * 1024,
+        max_body_bytes: None,
+        header_read_timeout: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(5),
+        shutdown_timeout: Duration::from_secs(1),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, service, settings, async {
+        let _ = stopped.await;
+    }));
+    // 6 headers (hyper's map is then full) and 20 (past a doubling).
+    for extra in [2, 16] {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut head = String::from("GET / HTTP/1.1\r\nhost: t\r\nuser-agent: u\r\nconnection: close\r\n");
+        for i in 0..extra {
+            head.push_str(&format!("x-h{i}: v\r\n"));
+        }
+        head.push_str("accept: */*\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    let _ = stop.send(());
+    server.await.unwrap();
+    let room = room.lock().unwrap().clone();
+    assert_eq!(room.len(), 2);
+    for (keys, capacity) in room {
+        assert!(capacity - keys >= HEADER_HEADROOM, "{keys} headers, room for {capacity}");
+    }
+}
