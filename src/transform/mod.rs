@@ -699,15 +699,35 @@ where
         self.inner.poll_ready(cx)
     }
 
+    // Small enough to inline, so the request is not copied on its way through; the rest of
+    // the work is out of line.
+    #[inline]
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        if self.shared.headers_only {
-            // The common case (and no rule at all): no template list, no URI, no body.
-            if !self.shared.req_headers.is_empty() {
-                self.rewrite_headers(&mut req);
-            }
-            let after = self.after(&req);
-            return ResponseFuture::inner(self.inner.call(req), after);
+        if !self.shared.headers_only {
+            return self.call_with_body_or_uri(req);
         }
+        // The common case (and no rule at all): no template list, no URI, no body.
+        if !self.shared.req_headers.is_empty() {
+            self.rewrite_headers(&mut req);
+        }
+        let after = self.after(&req);
+        ResponseFuture::inner(self.inner.call(req), after)
+    }
+}
+
+impl<S> Transform<S> {
+    /// `call` for rules beyond headers: URI, method, querystring, body.
+    #[inline(never)]
+    fn call_with_body_or_uri<ReqBody, ResBody>(
+        &mut self,
+        mut req: Request<ReqBody>,
+    ) -> ResponseFuture<S, ReqBody, ResBody>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+        ReqBody: http_body::Body<Data = Bytes> + From<Bytes>,
+        ReqBody::Error: Into<BoxError>,
+        ResBody: http_body::Body<Data = Bytes> + From<Bytes>,
+    {
         let shared = &*self.shared;
         // Kong reads the body's type from the request as it arrived.
         let content_type = if shared.req_body.is_empty() && !shared.form_to_query {

@@ -294,11 +294,15 @@ fn rename(headers: &mut HeaderMap, old: &HeaderName, new: &HeaderName) {
             None => return,
         }
     } else {
-        // One lookup of `old` takes every value out.
+        // One lookup of `old` takes every value out; a vector only for extra values.
         let Entry::Occupied(present) = headers.entry(old) else { return };
         let (_, mut values) = present.remove_entry_mult();
         let Some(first) = values.next() else { return };
-        (first, values.collect())
+        let rest = match values.next() {
+            None => Vec::new(),
+            Some(second) => std::iter::once(second).chain(values).collect(),
+        };
+        (first, rest)
     };
     headers.insert(new.clone(), first);
     for value in rest {

@@ -130,10 +130,13 @@ impl Template {
             match alt {
                 Alt::Literal(text) => return text_header(text),
                 Alt::Source(Source::Header(name)) => {
-                    let mut values = env.headers.get_all(name).iter().filter(|v| v.to_str().is_ok());
-                    let Some(first) = values.next() else { continue };
-                    if values.next().is_none() {
-                        return shared_header(first);
+                    let mut values = env.headers.get_all(name).iter();
+                    match (values.next(), values.next()) {
+                        (None, _) => continue,
+                        (Some(lone), None) if lone.to_str().is_ok() => return shared_header(lone),
+                        // Several values, or one that is not text: `source.read` joins the
+                        // text ones (as `render` does).
+                        _ => {}
                     }
                 }
                 Alt::Source(Source::RequestId) => {
