@@ -796,16 +796,16 @@ impl Shared {
     fn snapshot(&self) -> BreakerSnapshot {
         let (state, open_remaining, consecutive_failures, times_opened) = match &self.classic {
             Some(classic) => {
+                let left = classic.open_until.load(Ordering::Acquire).saturating_sub(self.now());
                 let state = match state_of(classic.word.load(Ordering::Acquire)) {
+                    // The move to half-open happens on the next request; past the open
+                    // duration that request would probe, so that is what the circuit is.
+                    OPEN if left == 0 => BreakerState::HalfOpen,
                     OPEN => BreakerState::Open,
                     HALF_OPEN => BreakerState::HalfOpen,
                     _ => BreakerState::Closed,
                 };
-                let remaining = (state == BreakerState::Open).then(|| {
-                    Duration::from_nanos(
-                        classic.open_until.load(Ordering::Acquire).saturating_sub(self.now()),
-                    )
-                });
+                let remaining = (state == BreakerState::Open).then(|| Duration::from_nanos(left));
                 (
                     state,
                     remaining,
