@@ -622,6 +622,7 @@ impl Store for Arc<RedisStore> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ratelimit::policy::Period;
 
     #[test]
     fn window_keys_are_hash_tagged_per_client() {
@@ -659,5 +660,79 @@ mod tests {
         assert!(clock.claim_reading(later));
         assert!(!clock.claim_reading(later));
         assert!(!clock.claim_reading(later + SECOND));
+    }
+
+    /// A `redis-server` of the test's own on a free loopback port (`None`: not installed, unless
+    /// `PORTCULLIS_REQUIRE_REDIS=1`), killed by pid on drop.
+    struct Server(std::process::Child, u16);
+
+    impl Server {
+        async fn start() -> Option<Server> {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+            let child = std::process::Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .stdout(std::process::Stdio::null())
+                .spawn();
+            let Ok(child) = child else {
+                assert!(std::env::var("PORTCULLIS_REQUIRE_REDIS").as_deref() != Ok("1"), "no redis-server");
+                return None;
+            };
+            let server = Server(child, port);
+            for _ in 0..200 {
+                if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                    return Some(server);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("redis-server did not come up");
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// Ten seconds after its last reading, one decision carries `TIME` in its own pipeline
+    /// (no extra round trip) and the store's clock follows Redis again.
+    #[tokio::test]
+    async fn a_stale_reading_is_renewed_by_a_decision() {
+        let Some(server) = Server::start().await else { return };
+        let mut store = RedisStore::new(&format!("redis://127.0.0.1:{}/0", server.1), "t").unwrap();
+        // A store that has lived for a minute, so its readings can be ten seconds old.
+        store.clock.origin = Instant::now().checked_sub(Duration::from_secs(60)).unwrap();
+        let store = Arc::new(store);
+        let policy = Arc::new(Policy::Windows(vec![(
+            Period::Minute,
+            WindowLimit::sliding(100, Period::Minute.micros()),
+        )]));
+        let decide = || async {
+            let Decided::Pending(pending) = store.decide("k", &policy) else { panic!("not pending") };
+            pending.await.unwrap()
+        };
+        decide().await; // connects, reads TIME
+        // The reading is now stale, and the local clock drifted five seconds ahead of Redis.
+        store.clock.read_at.store(0, Ordering::Release);
+        store.clock.at_origin.fetch_add(5 * SECOND, Ordering::AcqRel);
+        let mut conn = store.connection().await.unwrap();
+        let redis_now = |(secs, micros): (u64, u64)| secs * SECOND + micros;
+        let before = redis_now(redis::cmd("TIME").query_async(&mut conn).await.unwrap());
+        let verdict = decide().await;
+        assert!(verdict.now >= before + 4 * SECOND, "decided on the drifted clock, its reading went along");
+        let after = redis_now(redis::cmd("TIME").query_async(&mut conn).await.unwrap());
+        let (now, renew) = store.clock.now().unwrap();
+        assert!(!renew, "the reading is fresh again");
+        assert!(now.abs_diff(after) < 50_000, "the clock follows Redis again: {now} vs {after}");
     }
 }
