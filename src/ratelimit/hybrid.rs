@@ -6,8 +6,10 @@
 //! decision is the sliding- or fixed-window core on `global + in_flight + pending`: no network
 //! round trip. Every `sync_every`, one pipelined round trip adds each key's pending counts to
 //! Redis (into the window they were admitted in) and reads back the totals every gateway
-//! pushed. Redis keeps the same hash fields as [`RedisStore`]'s synchronous script, so the
-//! totals in Redis are exact; only decisions are approximate.
+//! pushed (`SET … PX ttl NX`, `INCRBY` or `GET` per counter, no script). Redis keeps the same
+//! counters as [`RedisStore`] (one per key and window, `{<prefix>:<key>}:<period>:<index>`), so
+//! the totals in Redis are exact; only decisions are approximate. Window indices come from each
+//! gateway's clock (the store's [`clock`](HybridStore::clock)), not Redis `TIME`.
 //!
 //! **Accuracy.** Between two syncs a gateway does not see what the others admitted. With `G`
 //! gateways sharing a limit `L` and a total rate `R` spread evenly, up to about
@@ -43,45 +45,6 @@ use super::redis::RedisStore;
 use super::store::{Decided, Store, StoreError};
 use super::window::{WindowLimit, WindowState};
 
-/// Adds the pending counts into the window they were admitted in and returns every window's
-/// totals. Same fields as the synchronous windows script (`<i>i`, `<i>c`, `<i>p`): index,
-/// current and previous count of window `i`.
-const SYNC_SCRIPT: &str = r#"
-local n = tonumber(ARGV[2])
-local out = {}
-local wrote = false
-for i = 1, n do
-  local b = 2 + (i - 1) * 3
-  local pidx = tonumber(ARGV[b + 1])
-  local pcur = tonumber(ARGV[b + 2])
-  local pprev = tonumber(ARGV[b + 3])
-  local v = redis.call('HMGET', KEYS[1], i .. 'i', i .. 'c', i .. 'p')
-  local idx = tonumber(v[1]) or 0
-  local cur = tonumber(v[2]) or 0
-  local prev = tonumber(v[3]) or 0
-  if pcur + pprev > 0 then
-    if pidx > idx then
-      if pidx == idx + 1 then prev = cur else prev = 0 end
-      cur = 0
-      idx = pidx
-    end
-    if pidx == idx then
-      cur = cur + pcur
-      prev = prev + pprev
-    elseif pidx + 1 == idx then
-      prev = prev + pcur
-    end
-    redis.call('HSET', KEYS[1], i .. 'i', idx, i .. 'c', cur, i .. 'p', prev)
-    wrote = true
-  end
-  out[#out + 1] = idx
-  out[#out + 1] = cur
-  out[#out + 1] = prev
-end
-if wrote then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-return out
-"#;
-
 /// Window counters decided locally and synced to Redis every `sync_every` (Kong's `sync_rate`).
 ///
 /// Only window policies (sliding or fixed) can be synced this way: a bucket's state is a
@@ -109,7 +72,6 @@ pub struct HybridStore {
     shards: Box<[Mutex<Shard>]>,
     hasher: DefaultHashBuilder,
     max_keys_per_shard: usize,
-    script: redis::Script,
     /// One sync at a time: a second one would take counts the first has in flight.
     syncing: tokio::sync::Mutex<()>,
 }
@@ -168,7 +130,6 @@ impl HybridStore {
             shards: (0..shards).map(|_| Mutex::new(HashMap::default())).collect(),
             hasher: DefaultHashBuilder::default(),
             max_keys_per_shard: max_keys.div_ceil(shards),
-            script: redis::Script::new(SYNC_SCRIPT),
             syncing: tokio::sync::Mutex::new(()),
         }
     }
@@ -227,6 +188,12 @@ impl HybridStore {
                     return !policy.is_some_and(|p| p.is_idle(&state, now));
                 }
                 slot.seen_since_sync = false;
+                // Into the windows of `now`: what was admitted in the previous window is pushed
+                // there, anything older no longer matters to any decision.
+                let mut pending = pending;
+                for ((_, limit), state) in windows.iter().zip(pending.iter_mut()) {
+                    limit.roll(state, now);
+                }
                 slot.in_flight = pending;
                 slot.pending = [WindowState::default(); 6];
                 batch.push((key.clone(), pending));
@@ -236,18 +203,18 @@ impl HybridStore {
         if batch.is_empty() {
             return Ok(SyncReport::default());
         }
-        let mut pipe = redis::pipe();
-        pipe.load_script(&self.script).ignore();
+        let mut pipe = redis::Pipeline::with_capacity(4 * windows.len() * batch.len());
         for (key, pending) in &batch {
-            pipe.invoke_script(&self.invocation(key, windows, pending));
+            self.push_and_read(&mut pipe, key, windows, pending);
         }
         let result = tokio::time::timeout(self.redis.command_timeout(), async {
             let mut connection = self.redis.connection().await?;
-            pipe.query_async::<Vec<Vec<i64>>>(&mut connection).await
+            pipe.query_async::<Vec<Option<i64>>>(&mut connection).await
         })
         .await;
+        let per_key = 2 * windows.len();
         let replies = match result {
-            Ok(Ok(replies)) if replies.len() == batch.len() => replies,
+            Ok(Ok(replies)) if replies.len() == per_key * batch.len() => replies,
             failed => {
                 self.restore(windows, &batch, now);
                 return Err(match failed {
@@ -258,21 +225,26 @@ impl HybridStore {
                             self.redis.command_timeout()
                         ))
                     }
-                    Ok(Err(error)) if super::redis::is_unavailable(&error) => {
-                        self.redis.trip();
-                        StoreError::Unavailable(error.to_string())
+                    Ok(Err(error)) => {
+                        let error = super::redis::classify(error);
+                        if matches!(error, StoreError::Unavailable(_)) {
+                            self.redis.trip();
+                        }
+                        error
                     }
-                    Ok(Err(error)) => StoreError::Script(error.to_string()),
-                    Ok(Ok(replies)) => {
-                        StoreError::Script(format!("{} replies for {} keys", replies.len(), batch.len()))
-                    }
+                    Ok(Ok(replies)) => StoreError::Script(format!(
+                        "{} replies for {} keys of {} windows",
+                        replies.len(),
+                        batch.len(),
+                        windows.len()
+                    )),
                 });
             }
         };
         let mut report = SyncReport { keys: batch.len(), pushed: 0 };
-        for ((key, pushed), reply) in batch.iter().zip(replies) {
+        for ((key, pushed), reply) in batch.iter().zip(replies.chunks(per_key)) {
             report.pushed += pushed[0].current + pushed[0].previous;
-            self.set_global(key, windows.len(), &reply, now);
+            self.set_global(key, &totals(pushed, reply), now);
             if let Some(slot) = lock(self.shard(key)).get_mut(key) {
                 slot.in_flight = [WindowState::default(); 6];
             }
@@ -280,32 +252,42 @@ impl HybridStore {
         Ok(report)
     }
 
-    /// The sync script for one key: push `pending`, read the totals back.
-    fn invocation<'s>(
-        &'s self,
+    /// Appends one key's part of a sync to `pipe`: per window, its pending counts added to the
+    /// counters of their windows (`SET … PX ttl NX` then `INCRBY`, the synchronous store's
+    /// layout), or the counters read (`GET`) where nothing is pending. Two replies per window:
+    /// the current and the previous window's totals.
+    fn push_and_read(
+        &self,
+        pipe: &mut redis::Pipeline,
         key: &str,
         windows: &[(super::Period, WindowLimit)],
         pending: &[WindowState; 6],
-    ) -> redis::ScriptInvocation<'s> {
-        let ttl_ms = self.policy.get().map_or(1000, |p| p.ttl().div_ceil(1000).max(1000));
-        let mut invocation = self.script.prepare_invoke();
-        invocation.key(self.redis.redis_key(key)).arg(ttl_ms).arg(windows.len());
-        for state in pending.iter().take(windows.len()) {
-            invocation.arg(state.index).arg(state.current).arg(state.previous);
+    ) {
+        let mut keys = self.redis.window_keys(key);
+        for ((_, limit), state) in windows.iter().zip(pending) {
+            let ttl_ms = super::redis::window_ttl_ms(limit);
+            let counts = [(state.index, state.current), (state.index.wrapping_sub(1), state.previous)];
+            for (index, count) in counts {
+                let counter = keys.window(limit.period, index);
+                if count == 0 {
+                    pipe.cmd("GET").arg(counter);
+                } else {
+                    pipe.cmd("SET").arg(counter).arg(0).arg("PX").arg(ttl_ms).arg("NX").ignore();
+                    pipe.cmd("INCRBY").arg(counter).arg(count);
+                }
+            }
         }
-        invocation
     }
 
-    /// Sets `key`'s totals from the reply of its sync script.
-    fn set_global(&self, key: &str, windows: usize, reply: &[i64], now: Micros) {
+    /// Sets `key`'s totals from what Redis reported.
+    fn set_global(&self, key: &str, totals: &[WindowState], now: Micros) {
         let mut shard = lock(self.shard(key));
         let slot = shard.entry_ref(key).or_default();
-        for (i, global) in slot.global.iter_mut().enumerate().take(windows) {
-            let at = |j: usize| reply.get(3 * i + j).and_then(|v| u64::try_from(*v).ok()).unwrap_or(0);
-            let read = WindowState { index: at(0), current: at(1), previous: at(2) };
-            // Redis totals only grow within a window, so a smaller one is a stale read (a cold
-            // read that left before a sync's push and returned after it): keep what is known,
-            // or this gateway would forget counts it pushed itself and admit them again.
+        for (global, &read) in slot.global.iter_mut().zip(totals) {
+            // Redis totals only grow within a window (the hybrid store only adds), so a smaller
+            // one is a stale read (a cold read that left before a sync's push and returned after
+            // it): keep what is known, or this gateway would forget counts it pushed itself and
+            // admit them again.
             *global = match read.index.cmp(&global.index) {
                 std::cmp::Ordering::Greater => read,
                 std::cmp::Ordering::Equal => WindowState {
@@ -323,19 +305,29 @@ impl HybridStore {
     async fn refresh(&self, key: &str) -> Result<(), StoreError> {
         let Some(windows) = self.windows() else { return Ok(()) };
         let now = self.clock.now();
-        let invocation = self.invocation(key, windows, &[WindowState::default(); 6]);
+        let mut windows_now = [WindowState::default(); 6];
+        for ((_, limit), state) in windows.iter().zip(windows_now.iter_mut()) {
+            limit.roll(state, now);
+        }
+        let mut pipe = redis::Pipeline::with_capacity(2 * windows.len());
+        self.push_and_read(&mut pipe, key, windows, &windows_now);
         let reply = tokio::time::timeout(self.redis.command_timeout(), async {
             let mut connection = self.redis.connection().await?;
-            invocation.invoke_async::<Vec<i64>>(&mut connection).await
+            pipe.query_async::<Vec<Option<i64>>>(&mut connection).await
         })
         .await;
         match reply {
-            Ok(Ok(reply)) => {
+            Ok(Ok(reply)) if reply.len() == 2 * windows.len() => {
                 self.redis.close();
-                self.set_global(key, windows.len(), &reply, now);
+                self.set_global(key, &totals(&windows_now, &reply), now);
                 Ok(())
             }
+            Ok(Ok(reply)) => {
+                self.redis.close();
+                Err(StoreError::Script(format!("{} replies for {} windows", reply.len(), windows.len())))
+            }
             Ok(Err(error)) if !super::redis::is_unavailable(&error) => {
+                self.redis.close();
                 Err(StoreError::Script(error.to_string()))
             }
             failed => {
@@ -444,6 +436,17 @@ impl HybridStore {
             }
         });
     }
+}
+
+/// The totals of one key's windows from its replies to [`HybridStore::push_and_read`] (two per
+/// window), in the windows `pushed` was rolled to.
+fn totals(pushed: &[WindowState; 6], reply: &[Option<i64>]) -> [WindowState; 6] {
+    let mut totals = [WindowState::default(); 6];
+    let count = |i: usize| reply.get(i).copied().flatten().unwrap_or(0).max(0) as u64;
+    for (i, (total, pushed)) in totals.iter_mut().zip(pushed).enumerate().take(reply.len() / 2) {
+        *total = WindowState { index: pushed.index, current: count(2 * i), previous: count(2 * i + 1) };
+    }
+    totals
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

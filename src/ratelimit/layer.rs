@@ -48,7 +48,8 @@ pub(crate) struct Stats {
 pub struct RateLimitStats {
     /// Decisions that failed because the store was unreachable, slow, or its breaker open.
     pub unavailable: u64,
-    /// Decisions that failed because the store answered with an error (a script error).
+    /// Decisions that failed because the store answered with an error (a script error, a key of
+    /// the wrong type).
     pub script_errors: u64,
     /// Requests admitted without a decision (`fault_tolerant`).
     pub bypassed: u64,

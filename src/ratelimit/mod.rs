@@ -39,7 +39,8 @@
 //! dropped; at the bound the least recently seen of a sample is evicted). With `N` gateway
 //! replicas behind a load balancer each one counts alone, so a client gets up to `N ×` the
 //! limit. `RedisStore` (feature `redis`, Kong's `policy: redis`) makes the limit exact across
-//! replicas at the price of one round trip per decision; when Redis fails, `fault_tolerant`
+//! replicas at the price of one round trip per decision (two for a denial, which is taken back
+//! from the counters before the answer); when Redis fails, `fault_tolerant`
 //! chooses between admitting (no headers, logged as `bypassed`) and answering 503, and a breaker
 //! keeps an outage from costing every request a timeout (`redis_timeout` once per
 //! `RedisStore::cooldown`, `redis_breaker_cooldown` in the config, default 1 s). Prefer the

@@ -20,9 +20,9 @@ pub enum StoreError {
     /// The store could not be reached in time (connection refused, timeout, open breaker).
     #[error("rate-limit store unavailable: {0}")]
     Unavailable(String),
-    /// The store answered with an error (a script bug, a wrong type at a key): counted apart,
-    /// because retrying or failing open will not fix it.
-    #[error("rate-limit store script error: {0}")]
+    /// The store answered with an error (a script error, a key of the wrong type, a reply of an
+    /// unexpected shape): counted apart, because retrying or failing open will not fix it.
+    #[error("rate-limit store answered with an error: {0}")]
     Script(String),
 }
 
