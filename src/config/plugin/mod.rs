@@ -426,6 +426,36 @@ services:
     }
 
     #[test]
+    fn every_written_instance_with_its_scope() {
+        let yaml = format!(
+            "{BASE}- name: bare\n  url: http://127.0.0.1:1\n  plugins: [{{name: key-auth}}]\n\
+             plugins:\n- {{name: acl, route: r1, config: {{allow: [a]}}}}\n\
+             - {{name: rate-limiting, service: bare, consumer: bob, enabled: false}}\n"
+        )
+        .replace("- {username: carol}", "- username: carol\n  plugins: [{name: response-transformer}]");
+        let registry: Vec<PluginSpec> =
+            crate::config::PLUGINS.iter().map(|p| PluginSpec { supported: true, ..*p }).collect();
+        let config = Config::from_yaml_with(&yaml, "t.yaml", &registry).unwrap();
+        let found: Vec<_> = written(&config)
+            .into_iter()
+            .map(|w| (w.path, w.plugin.name.clone(), w.service, w.route, w.consumer))
+            .collect();
+        let rl = || "rate-limiting".to_owned();
+        assert_eq!(
+            found,
+            [
+                ("services[0].routes[1].plugins[0]".into(), rl(), Some(0), Some((0, 1)), None),
+                ("services[0].routes[1].plugins[1]".into(), rl(), Some(0), Some((0, 1)), Some(0)),
+                ("services[0].plugins[0]".into(), rl(), Some(0), None, None),
+                ("services[1].plugins[0]".into(), "key-auth".into(), Some(1), None, None),
+                ("plugins[0]".into(), "acl".into(), Some(0), Some((0, 1)), None),
+                ("plugins[1]".into(), rl(), Some(1), None, Some(1)),
+                ("consumers[2].plugins[0]".into(), "response-transformer".into(), None, None, Some(2)),
+            ]
+        );
+    }
+
+    #[test]
     fn a_route_and_service_scoped_global_beats_a_consumer_alone() {
         let yaml = format!(
             "{BASE}plugins:\n- {{name: rate-limiting, consumer: carol, config: {{minute: 2}}}}\n\
