@@ -1,16 +1,17 @@
 //! Config → tower services: the one place where policy (the file) meets mechanism (the layers).
 //! Nothing here decides how a request is handled; it only chooses and stacks layers.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 
 use http::{Request, Response};
 use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
 
-use super::plugin::{self, PluginContext};
+use super::plugin::{self, PluginContext, Wrap};
 use super::retry_policy::{DEFAULT_MAX_RETRIES, RetryPolicy};
-use super::schema::{Config, RoutePath};
+use super::schema::{self, Config, Plugin, RoutePath, Service};
 use super::{ConfigError, Instruments};
 use crate::body::Body;
 use crate::proxy::Proxy;
@@ -50,6 +51,7 @@ impl Config {
         let mut builder = Router::builder();
         // Router errors name a route by its insertion index; this maps it back to the file.
         let mut locations = Vec::new();
+        let mut built = Built::default();
         for (s, service) in self.services.iter().enumerate() {
             let upstream = service.upstream();
             let url = format!("{}://{}{}", upstream.scheme, upstream.authority, upstream.path);
@@ -127,19 +129,19 @@ impl Config {
                         route_label: &route_label,
                     };
                     let generic = match applicable.generic {
-                        Some(i) => Some(plugin::build(&ctx(i.path, None), i.plugin)?),
+                        Some(i) => Some(built.wrap(&ctx(i.path, None), i.plugin, None)?),
                         None => None,
                     };
                     if applicable.consumers.is_empty() {
                         stack = generic.map_or(stack.clone(), |wrap| wrap(stack));
                         continue;
                     }
-                    // Consumer-scoped instances: each built once, here, around the same inner
-                    // stack; a request picks one by its consumer.
+                    // Consumer-scoped instances: each wraps the same inner stack; a request picks
+                    // one by its consumer.
                     let mut by_consumer = HashMap::new();
                     for (c, i) in applicable.consumers {
                         let consumer = &self.consumers[c];
-                        let wrap = plugin::build(&ctx(i.path, Some(consumer)), i.plugin)?;
+                        let wrap = built.wrap(&ctx(i.path, Some(consumer)), i.plugin, Some(c))?;
                         by_consumer.insert(plugin::consumer_identity(consumer).id, wrap(stack.clone()));
                     }
                     let generic = generic.map_or(stack.clone(), |wrap| wrap(stack));
@@ -161,9 +163,102 @@ impl Config {
                 builder = builder.route(spec, stack);
             }
         }
+        self.check_unbuilt_plugins(origin, &built.paths)?;
         builder.build().map_err(|e| {
             let at = e.route().and_then(|label| locations.get(label.index).cloned());
             ConfigError::invalid(origin, at.unwrap_or_else(|| "services".to_owned()), e.to_string())
         })
     }
+
+    /// Builds, and drops, every plugin instance that no route runs (on a service without
+    /// routes, global in a file without routes, disabled, outranked on every route, or scoped to
+    /// a consumer and route that never meet), so that its config errors surface at load like
+    /// any other's, with the file and the path. Kong validates every plugin entity whether or
+    /// not it ends up running.
+    ///
+    /// Each is built by its own `build` (the only parser of its `config`), with its own service
+    /// and route when it is written in or names one, else the first ones, else placeholders;
+    /// whatever it registers goes to a scratch [`Instruments`] dropped with it, so `/status`
+    /// and `/metrics` list only what runs.
+    fn check_unbuilt_plugins(&self, origin: &str, built: &HashSet<String>) -> Result<(), ConfigError> {
+        let mut placeholder: Option<(Service, schema::Route)> = None;
+        for written in plugin::written(self) {
+            if built.contains(&written.path) {
+                continue;
+            }
+            if placeholder.is_none() {
+                placeholder = Some(placeholders(origin, &written.path)?);
+            }
+            let Some((placeholder_service, placeholder_route)) = &placeholder else { continue };
+            let s = written.service.or((!self.services.is_empty()).then_some(0));
+            let service = s.map_or(placeholder_service, |s| &self.services[s]);
+            let route = match (written.route, s) {
+                (Some((s, r)), _) => &self.services[s].routes[r],
+                (None, Some(s)) => self.services[s].routes.first().unwrap_or(placeholder_route),
+                (None, None) => placeholder_route,
+            };
+            let scratch = RefCell::new(Instruments::default());
+            let ctx = PluginContext {
+                origin,
+                config: self,
+                service,
+                route,
+                route_label: &written.path,
+                path: written.path.clone(),
+                consumer: written.consumer.map(|c| &self.consumers[c]),
+                instruments: &scratch,
+            };
+            plugin::build(&ctx, written.plugin)?;
+        }
+        Ok(())
+    }
+}
+
+/// The plugin instances built so far while building the routes.
+#[derive(Default)]
+struct Built {
+    /// The instances that every route they apply to shares ([`plugin::shared_across_routes`]),
+    /// by path and consumer index.
+    shared: HashMap<(String, Option<usize>), Wrap>,
+    /// Every instance built for some route, shared or not.
+    paths: HashSet<String>,
+}
+
+impl Built {
+    /// The [`Wrap`] of the instance at `ctx.path` (scoped to consumer `consumer`, by index) for
+    /// the route in `ctx`: built once and reused on every route when the plugin allows it, so
+    /// those routes share its state (one JWKS cache, one introspection cache); built anew for
+    /// each route otherwise.
+    fn wrap(
+        &mut self,
+        ctx: &PluginContext<'_>,
+        plugin: &Plugin,
+        consumer: Option<usize>,
+    ) -> Result<Wrap, ConfigError> {
+        if !self.paths.contains(&ctx.path) {
+            self.paths.insert(ctx.path.clone());
+        }
+        if !plugin::shared_across_routes(&plugin.name) {
+            return plugin::build(ctx, plugin);
+        }
+        let key = (ctx.path.clone(), consumer);
+        if let Some(wrap) = self.shared.get(&key) {
+            return Ok(wrap.clone());
+        }
+        let wrap = plugin::build(ctx, plugin)?;
+        self.shared.insert(key, wrap.clone());
+        Ok(wrap)
+    }
+}
+
+/// A service and a route with every field at its default, for checking plugin instances in a
+/// file that has none to build them against.
+fn placeholders(origin: &str, path: &str) -> Result<(Service, schema::Route), ConfigError> {
+    // Both parse from an empty mapping (plus a name); a failure would be a bug in the schema.
+    let bug = |e: serde_yaml_ng::Error| {
+        ConfigError::invalid(origin, path.to_owned(), format!("internal error: {e}"))
+    };
+    let service = serde_yaml_ng::from_str("name: ''").map_err(bug)?;
+    let route = serde_yaml_ng::from_str("{}").map_err(bug)?;
+    Ok((service, route))
 }

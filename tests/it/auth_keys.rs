@@ -240,14 +240,14 @@ fn config_errors_name_the_credential() {
 /// with exp in 2 s, `nobody-*` active for an unknown user, `slow-*` answers after 2 s, anything
 /// else inactive. `delay` holds every answer; `failing` answers 500.
 #[derive(Clone)]
-struct Endpoint {
+pub(crate) struct Endpoint {
     addr: SocketAddr,
     calls: Arc<Mutex<Vec<(String, String)>>>,
     failing: Arc<AtomicBool>,
 }
 
 impl Endpoint {
-    async fn start(delay: Duration) -> Endpoint {
+    pub(crate) async fn start(delay: Duration) -> Endpoint {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let endpoint = Endpoint {
@@ -303,11 +303,11 @@ impl Endpoint {
         Response::new(Full::new(Bytes::from(json.to_string())))
     }
 
-    fn calls(&self) -> usize {
+    pub(crate) fn calls(&self) -> usize {
         self.calls.lock().unwrap().len()
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}/introspect", self.addr)
     }
 }

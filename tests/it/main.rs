@@ -10,6 +10,7 @@ mod hosts;
 #[cfg(feature = "jwt")]
 mod jwt;
 mod metrics;
+mod plugin_instances;
 mod proxy;
 mod quota;
 mod ratelimit;

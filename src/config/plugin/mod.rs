@@ -5,6 +5,11 @@
 //! `plugin.config` (use [`PluginContext::parse`] so errors name `...plugins[0].config.<key>`) and
 //! returns how to wrap a route's stack. Mechanism stays in the layer modules; nothing here
 //! decides how a request is handled.
+//!
+//! An instance is built once and its [`Wrap`] wraps every route it applies to, so the layer it
+//! captured (and the state that layer shares between clones) serves all of them, unless
+//! [`shared_across_routes`] says the plugin is built per route. An instance that no route runs
+//! is built too, and dropped, so its config errors are reported all the same.
 
 pub(crate) mod acl;
 mod consumer_scope;
@@ -38,9 +43,11 @@ pub(crate) struct PluginContext<'a> {
     pub(crate) origin: &'a str,
     /// The whole config (consumers, for credentials and per-consumer plugins).
     pub(crate) config: &'a Config,
-    /// The service of the route being built.
+    /// The service of the route being built. For a plugin shared across routes
+    /// ([`shared_across_routes`]) only the first route's, so such a plugin must not read it (nor
+    /// `route` or `route_label`); for an instance no route runs, a stand-in.
     pub(crate) service: &'a Service,
-    /// The route being built.
+    /// The route being built (see `service`).
     pub(crate) route: &'a Route,
     /// Where the plugin instance was written (`services[0].routes[1].plugins[0]`).
     pub(crate) path: String,
@@ -98,6 +105,32 @@ pub(crate) fn priority(name: &str) -> i32 {
         "request-transformer" => 801,
         "response-transformer" => 800,
         _ => 0,
+    }
+}
+
+/// Whether one built instance of plugin `name` may wrap every route it applies to, so the
+/// routes share its state (Kong builds a plugin instance once and runs it on each of its
+/// routes). Its `build` must then not read `ctx.route`, `ctx.service` or `ctx.route_label`:
+/// the router builds it for the first route it meets and reuses the [`Wrap`] for the others.
+///
+/// Anything not listed is built once per route, as every plugin was before: always correct,
+/// only dearer in memory and, for caches, in hit rate.
+pub(crate) fn shared_across_routes(name: &str) -> bool {
+    match name {
+        // Auth: credentials, key maps, the verified-token cache and each credential's JWKS
+        // cache are per instance, not per route; one instance per route would fetch a JWKS
+        // and introspect a token once per route.
+        "jwt" | "key-auth" | "oauth2-introspection" => true,
+        // Groups lists, read-only.
+        "acl" => true,
+        // Rules compiled at load; route captures in templates are read per request from
+        // `RouteMatch`, so one compiled rule set serves every route.
+        "request-transformer" | "response-transformer" => true,
+        // Per route by design: Kong keys a limit's counters by route and service, the Redis
+        // store's key prefix is the route's, and `/status` and `/metrics` list one limiter per
+        // route label (`ctx.route_label`). A global `minute: 2` admits 2 on each route.
+        "rate-limiting" => false,
+        _ => false,
     }
 }
 
@@ -165,6 +198,66 @@ impl Applicable<'_> {
             (None, None) => "",
         }
     }
+}
+
+/// One plugin instance as written in the file, whether or not it applies to any route: where
+/// it is, and the service, route and consumer its place or its references scope it to.
+pub(crate) struct Written<'c> {
+    /// The instance.
+    pub(crate) plugin: &'c Plugin,
+    /// Where it was written (`services[0].plugins[1]`).
+    pub(crate) path: String,
+    /// Its service (index), when it is written in one or names one.
+    pub(crate) service: Option<usize>,
+    /// Its route (service index, route index), when it is written in one or names one.
+    pub(crate) route: Option<(usize, usize)>,
+    /// Its consumer (index), when it is a consumer's own or names one.
+    pub(crate) consumer: Option<usize>,
+}
+
+/// Every plugin instance in the file, enabled or not, in file order: routes' (within their
+/// services), services', global, consumers'.
+pub(crate) fn written<'c>(config: &'c Config) -> Vec<Written<'c>> {
+    let service_named = |name: &Option<String>| {
+        name.as_ref().and_then(|name| config.services.iter().position(|s| s.name == *name))
+    };
+    let route_named = |name: &Option<String>| {
+        let name = name.as_ref()?;
+        config.services.iter().enumerate().find_map(|(s, service)| {
+            service.routes.iter().position(|r| r.name.as_ref() == Some(name)).map(|r| (s, r))
+        })
+    };
+    let by_field = |plugin: &Plugin| plugin.consumer.as_deref().and_then(|c| consumer_index(config, c));
+    let mut out = Vec::new();
+    for (s, service) in config.services.iter().enumerate() {
+        for (r, route) in service.routes.iter().enumerate() {
+            for (i, plugin) in route.plugins.iter().enumerate() {
+                let path = format!("services[{s}].routes[{r}].plugins[{i}]");
+                let consumer = by_field(plugin);
+                out.push(Written { plugin, path, service: Some(s), route: Some((s, r)), consumer });
+            }
+        }
+    }
+    for (s, service) in config.services.iter().enumerate() {
+        for (i, plugin) in service.plugins.iter().enumerate() {
+            let path = format!("services[{s}].plugins[{i}]");
+            out.push(Written { plugin, path, service: Some(s), route: None, consumer: by_field(plugin) });
+        }
+    }
+    let referenced = |plugin: &'c Plugin, path: String, consumer: Option<usize>| {
+        let route = route_named(&plugin.route);
+        let service = service_named(&plugin.service).or(route.map(|(s, _)| s));
+        Written { plugin, path, service, route, consumer }
+    };
+    for (i, plugin) in config.plugins.iter().enumerate() {
+        out.push(referenced(plugin, format!("plugins[{i}]"), by_field(plugin)));
+    }
+    for (c, consumer) in config.consumers.iter().enumerate() {
+        for (i, plugin) in consumer.plugins.iter().enumerate() {
+            out.push(referenced(plugin, format!("consumers[{c}].plugins[{i}]"), Some(c)));
+        }
+    }
+    out
 }
 
 /// Which consumer `reference` names (by username, custom_id or id, as validation checked).
@@ -330,6 +423,36 @@ services:
         // On r1 carol's rate limit (scoped to r0) does not apply: she gets the route's.
         let r1 = applied(&yaml, 0, 1);
         assert_eq!(r1[0].1, [(0, "services[0].routes[1].plugins[1]".to_owned())]);
+    }
+
+    #[test]
+    fn every_written_instance_with_its_scope() {
+        let yaml = format!(
+            "{BASE}- name: bare\n  url: http://127.0.0.1:1\n  plugins: [{{name: key-auth}}]\n\
+             plugins:\n- {{name: acl, route: r1, config: {{allow: [a]}}}}\n\
+             - {{name: rate-limiting, service: bare, consumer: bob, enabled: false}}\n"
+        )
+        .replace("- {username: carol}", "- username: carol\n  plugins: [{name: response-transformer}]");
+        let registry: Vec<PluginSpec> =
+            crate::config::PLUGINS.iter().map(|p| PluginSpec { supported: true, ..*p }).collect();
+        let config = Config::from_yaml_with(&yaml, "t.yaml", &registry).unwrap();
+        let found: Vec<_> = written(&config)
+            .into_iter()
+            .map(|w| (w.path, w.plugin.name.clone(), w.service, w.route, w.consumer))
+            .collect();
+        let rl = || "rate-limiting".to_owned();
+        assert_eq!(
+            found,
+            [
+                ("services[0].routes[1].plugins[0]".into(), rl(), Some(0), Some((0, 1)), None),
+                ("services[0].routes[1].plugins[1]".into(), rl(), Some(0), Some((0, 1)), Some(0)),
+                ("services[0].plugins[0]".into(), rl(), Some(0), None, None),
+                ("services[1].plugins[0]".into(), "key-auth".into(), Some(1), None, None),
+                ("plugins[0]".into(), "acl".into(), Some(0), Some((0, 1)), None),
+                ("plugins[1]".into(), rl(), Some(1), None, Some(1)),
+                ("consumers[2].plugins[0]".into(), "response-transformer".into(), None, None, Some(2)),
+            ]
+        );
     }
 
     #[test]
