@@ -11,7 +11,7 @@ use tower::util::BoxCloneSyncService;
 
 use super::plugin::{self, PluginContext, Wrap};
 use super::retry_policy::{DEFAULT_MAX_RETRIES, RetryPolicy};
-use super::schema::{self, Config, Plugin, RoutePath, Service};
+use super::schema::{Config, Plugin, RoutePath, Service};
 use super::{ConfigError, Instruments};
 use crate::body::Body;
 use crate::proxy::Proxy;
@@ -122,7 +122,6 @@ impl Config {
                         origin,
                         config: self,
                         service,
-                        route,
                         path,
                         consumer,
                         instruments,
@@ -177,32 +176,26 @@ impl Config {
     /// not it ends up running.
     ///
     /// Each is built by its own `build` (the only parser of its `config`), with its own service
-    /// and route when it is written in or names one, else the first ones, else placeholders;
+    /// when it is written in one or names a route, else the first one, else a placeholder;
     /// whatever it registers goes to a scratch [`Instruments`] dropped with it, so `/status`
     /// and `/metrics` list only what runs.
     fn check_unbuilt_plugins(&self, origin: &str, built: &HashSet<String>) -> Result<(), ConfigError> {
-        let mut placeholder: Option<(Service, schema::Route)> = None;
+        let mut placeholder: Option<Service> = None;
         for written in plugin::written(self) {
             if built.contains(&written.path) {
                 continue;
             }
             if placeholder.is_none() {
-                placeholder = Some(placeholders(origin, &written.path)?);
+                placeholder = Some(placeholder_service(origin, &written.path)?);
             }
-            let Some((placeholder_service, placeholder_route)) = &placeholder else { continue };
+            let Some(placeholder) = &placeholder else { continue };
             let s = written.service.or((!self.services.is_empty()).then_some(0));
-            let service = s.map_or(placeholder_service, |s| &self.services[s]);
-            let route = match (written.route, s) {
-                (Some((s, r)), _) => &self.services[s].routes[r],
-                (None, Some(s)) => self.services[s].routes.first().unwrap_or(placeholder_route),
-                (None, None) => placeholder_route,
-            };
+            let service = s.map_or(placeholder, |s| &self.services[s]);
             let scratch = RefCell::new(Instruments::default());
             let ctx = PluginContext {
                 origin,
                 config: self,
                 service,
-                route,
                 route_label: &written.path,
                 path: written.path.clone(),
                 consumer: written.consumer.map(|c| &self.consumers[c]),
@@ -253,12 +246,8 @@ impl Built {
 
 /// A service and a route with every field at its default, for checking plugin instances in a
 /// file that has none to build them against.
-fn placeholders(origin: &str, path: &str) -> Result<(Service, schema::Route), ConfigError> {
-    // Both parse from an empty mapping (plus a name); a failure would be a bug in the schema.
-    let bug = |e: serde_yaml_ng::Error| {
-        ConfigError::invalid(origin, path.to_owned(), format!("internal error: {e}"))
-    };
-    let service = serde_yaml_ng::from_str("name: ''").map_err(bug)?;
-    let route = serde_yaml_ng::from_str("{}").map_err(bug)?;
-    Ok((service, route))
+fn placeholder_service(origin: &str, path: &str) -> Result<Service, ConfigError> {
+    // Parses from a mapping with an empty name; a failure would be a bug in the schema.
+    serde_yaml_ng::from_str("name: ''")
+        .map_err(|e| ConfigError::invalid(origin, path.to_owned(), format!("internal error: {e}")))
 }

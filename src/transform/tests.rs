@@ -18,6 +18,8 @@ struct Seen {
     uri: String,
     headers: HeaderMap,
     body: Bytes,
+    // Read by the URI tests, which need the proxy's `UpstreamPath`.
+    #[cfg_attr(not(feature = "proxy"), allow(dead_code))]
     upstream_path: Option<String>,
 }
 

@@ -324,6 +324,27 @@ pub(crate) mod on_redis {
         service(upstream, &config)
     }
 
+    /// Kong keys counters by service and route: a service-level limit gives each route its own
+    /// counter in Redis, named or not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_service_level_redis_limit_counts_each_unnamed_route_apart() {
+        let Some(redis) = RedisServer::start().await else { return };
+        let upstream = Upstream::start().await;
+        let yaml = format!(
+            "services:\n- name: svc\n  url: {}\n  plugins:\n  - name: rate-limiting\n    config: \
+             {{minute: 2, limit_by: ip, policy: redis, redis_host: 127.0.0.1, redis_port: {}}}\n  routes:\n  \
+             - paths: [/a]\n  - paths: [/b]\n",
+            upstream.url(),
+            redis.port
+        );
+        let gw = TestGateway::start(&yaml).await;
+        for path in ["/a", "/b"] {
+            let statuses = [get(&gw.url(path)).await.status, get(&gw.url(path)).await.status];
+            assert_eq!(statuses, [200, 200], "{path}");
+            assert_eq!(get(&gw.url(path)).await.status, 429, "{path}");
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn exactly_the_limit_of_a_thousand_concurrent_every_key_with_a_ttl_and_script_flush() {
         let Some(redis) = RedisServer::start().await else { return };

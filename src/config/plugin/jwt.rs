@@ -336,14 +336,12 @@ mod tests {
         let text = std::fs::read_to_string(SEED).unwrap();
         let config = Config::from_yaml_with(&text, SEED, &registry).unwrap();
         let service = &config.services[0];
-        let route = &service.routes[0];
-        let plugin = &route.plugins[0];
+        let plugin = &service.routes[0].plugins[0];
         assert_eq!(plugin.name, "jwt");
         let ctx = PluginContext {
             origin: SEED,
             config: &config,
             service,
-            route,
             path: "services[0].routes[0].plugins[0]".into(),
             instruments: &Default::default(),
             route_label: "r",

@@ -29,7 +29,7 @@ use serde::de::DeserializeOwned;
 
 pub(crate) use consumer_scope::ConsumerScoped;
 
-use super::schema::{Config, Plugin, Route, Service};
+use super::schema::{Config, Plugin, Service};
 use super::{ConfigError, RouteService};
 
 /// Wraps a route's stack in one plugin's layer.
@@ -45,10 +45,8 @@ pub(crate) struct PluginContext<'a> {
     pub(crate) config: &'a Config,
     /// The service of the route being built. For a plugin shared across routes
     /// ([`shared_across_routes`]) only the first route's, so such a plugin must not read it (nor
-    /// `route` or `route_label`); for an instance no route runs, a stand-in.
+    /// `route_label`); for an instance no route runs, its own service, the first, or a stand-in.
     pub(crate) service: &'a Service,
-    /// The route being built (see `service`).
-    pub(crate) route: &'a Route,
     /// Where the plugin instance was written (`services[0].routes[1].plugins[0]`).
     pub(crate) path: String,
     /// Where stateful plugins register themselves for `/status` and `/metrics`.
@@ -110,7 +108,7 @@ pub(crate) fn priority(name: &str) -> i32 {
 
 /// Whether one built instance of plugin `name` may wrap every route it applies to, so the
 /// routes share its state (Kong builds a plugin instance once and runs it on each of its
-/// routes). Its `build` must then not read `ctx.route`, `ctx.service` or `ctx.route_label`:
+/// routes). Its `build` must then not read `ctx.service` or `ctx.route_label`:
 /// the router builds it for the first route it meets and reuses the [`Wrap`] for the others.
 ///
 /// Anything not listed is built once per route, as every plugin was before: always correct,
@@ -201,16 +199,15 @@ impl Applicable<'_> {
 }
 
 /// One plugin instance as written in the file, whether or not it applies to any route: where
-/// it is, and the service, route and consumer its place or its references scope it to.
+/// it is, and the service and consumer its place or its references scope it to.
 pub(crate) struct Written<'c> {
     /// The instance.
     pub(crate) plugin: &'c Plugin,
     /// Where it was written (`services[0].plugins[1]`).
     pub(crate) path: String,
-    /// Its service (index), when it is written in one or names one.
+    /// Its service (index), when it is written in one (or in one of its routes) or names one
+    /// (or one of its routes).
     pub(crate) service: Option<usize>,
-    /// Its route (service index, route index), when it is written in one or names one.
-    pub(crate) route: Option<(usize, usize)>,
     /// Its consumer (index), when it is a consumer's own or names one.
     pub(crate) consumer: Option<usize>,
 }
@@ -221,11 +218,12 @@ pub(crate) fn written<'c>(config: &'c Config) -> Vec<Written<'c>> {
     let service_named = |name: &Option<String>| {
         name.as_ref().and_then(|name| config.services.iter().position(|s| s.name == *name))
     };
-    let route_named = |name: &Option<String>| {
+    let service_of_route_named = |name: &Option<String>| {
         let name = name.as_ref()?;
-        config.services.iter().enumerate().find_map(|(s, service)| {
-            service.routes.iter().position(|r| r.name.as_ref() == Some(name)).map(|r| (s, r))
-        })
+        config
+            .services
+            .iter()
+            .position(|service| service.routes.iter().any(|r| r.name.as_ref() == Some(name)))
     };
     let by_field = |plugin: &Plugin| plugin.consumer.as_deref().and_then(|c| consumer_index(config, c));
     let mut out = Vec::new();
@@ -233,21 +231,19 @@ pub(crate) fn written<'c>(config: &'c Config) -> Vec<Written<'c>> {
         for (r, route) in service.routes.iter().enumerate() {
             for (i, plugin) in route.plugins.iter().enumerate() {
                 let path = format!("services[{s}].routes[{r}].plugins[{i}]");
-                let consumer = by_field(plugin);
-                out.push(Written { plugin, path, service: Some(s), route: Some((s, r)), consumer });
+                out.push(Written { plugin, path, service: Some(s), consumer: by_field(plugin) });
             }
         }
     }
     for (s, service) in config.services.iter().enumerate() {
         for (i, plugin) in service.plugins.iter().enumerate() {
             let path = format!("services[{s}].plugins[{i}]");
-            out.push(Written { plugin, path, service: Some(s), route: None, consumer: by_field(plugin) });
+            out.push(Written { plugin, path, service: Some(s), consumer: by_field(plugin) });
         }
     }
     let referenced = |plugin: &'c Plugin, path: String, consumer: Option<usize>| {
-        let route = route_named(&plugin.route);
-        let service = service_named(&plugin.service).or(route.map(|(s, _)| s));
-        Written { plugin, path, service, route, consumer }
+        let service = service_named(&plugin.service).or_else(|| service_of_route_named(&plugin.route));
+        Written { plugin, path, service, consumer }
     };
     for (i, plugin) in config.plugins.iter().enumerate() {
         out.push(referenced(plugin, format!("plugins[{i}]"), by_field(plugin)));
@@ -438,19 +434,19 @@ services:
         let config = Config::from_yaml_with(&yaml, "t.yaml", &registry).unwrap();
         let found: Vec<_> = written(&config)
             .into_iter()
-            .map(|w| (w.path, w.plugin.name.clone(), w.service, w.route, w.consumer))
+            .map(|w| (w.path, w.plugin.name.clone(), w.service, w.consumer))
             .collect();
         let rl = || "rate-limiting".to_owned();
         assert_eq!(
             found,
             [
-                ("services[0].routes[1].plugins[0]".into(), rl(), Some(0), Some((0, 1)), None),
-                ("services[0].routes[1].plugins[1]".into(), rl(), Some(0), Some((0, 1)), Some(0)),
-                ("services[0].plugins[0]".into(), rl(), Some(0), None, None),
-                ("services[1].plugins[0]".into(), "key-auth".into(), Some(1), None, None),
-                ("plugins[0]".into(), "acl".into(), Some(0), Some((0, 1)), None),
-                ("plugins[1]".into(), rl(), Some(1), None, Some(1)),
-                ("consumers[2].plugins[0]".into(), "response-transformer".into(), None, None, Some(2)),
+                ("services[0].routes[1].plugins[0]".into(), rl(), Some(0), None),
+                ("services[0].routes[1].plugins[1]".into(), rl(), Some(0), Some(0)),
+                ("services[0].plugins[0]".into(), rl(), Some(0), None),
+                ("services[1].plugins[0]".into(), "key-auth".into(), Some(1), None),
+                ("plugins[0]".into(), "acl".into(), Some(0), None),
+                ("plugins[1]".into(), rl(), Some(1), Some(1)),
+                ("consumers[2].plugins[0]".into(), "response-transformer".into(), None, Some(2)),
             ]
         );
     }

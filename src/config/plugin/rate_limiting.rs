@@ -300,8 +300,10 @@ fn redis_store(
             c.redis_port.unwrap_or(6379),
             c.redis_database.unwrap_or(0)
         );
-        let route = ctx.route.name.clone().unwrap_or_else(|| ctx.path.clone());
-        let mut prefix = format!("portcullis:rl:{}:{route}", ctx.service.name);
+        // Kong keys counters by service and route: the route's label (its name, or
+        // `<service>.routes[i]`), so a service-level limit on unnamed routes is per route in
+        // Redis as it is in memory.
+        let mut prefix = format!("portcullis:rl:{}:{}", ctx.service.name, ctx.route_label);
         // A consumer's own quota never shares a counter with the route's generic one.
         if let Some(consumer) = ctx.consumer {
             prefix.push_str(":consumer=");

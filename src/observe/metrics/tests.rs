@@ -1,6 +1,5 @@
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -80,7 +79,7 @@ async fn upstream_latency_and_overhead_come_from_upstream_info() {
         ext.insert(crate::proxy::UpstreamInfo {
             host: "10.0.0.5:8080".into(),
             status: Some(StatusCode::OK),
-            latency: Duration::from_millis(7),
+            latency: std::time::Duration::from_millis(7),
             failure: None,
         });
     }));
