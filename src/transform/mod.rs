@@ -574,6 +574,7 @@ impl<S> Transform<S> {
     /// `defer_query` is false: they then wait for a form body to merge); returns the rendered
     /// templates (the body rules still need them) or the rejection.
     /// Applies the request's header rules.
+    #[inline]
     fn rewrite_headers<B>(&self, req: &mut Request<B>) {
         let shared = &*self.shared;
         // Out of the request for the rules' run, so templates can read the extensions.
@@ -672,6 +673,7 @@ fn upstream_path(rendered: &str) -> Result<String, Rejection> {
 impl<S> Transform<S> {
     /// What the response side needs, `None` when it has nothing to do (the common header-only
     /// request transform: no `Arc` clone, a smaller future).
+    #[inline]
     fn after<B>(&self, req: &Request<B>) -> Option<After> {
         let shared = &self.shared;
         if shared.res_headers.is_empty() && shared.res_json.is_empty() {
@@ -959,136 +961,153 @@ where
 {
     type Output = Result<Response<ResBody>, S::Error>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        loop {
-            match this.state.as_mut().project() {
-                StateProj::Rejected { response } => {
-                    return match response.take() {
-                        Some(response) => Poll::Ready(Ok(response)),
-                        None => Poll::Pending,
-                    };
-                }
-                StateProj::ReadRequest { read } => {
-                    let read = read.as_mut().project();
-                    let shared = &**read.shared;
-                    let rejection =
-                        match ready!(poll_read(read.body, read.buf, shared.max_body_bytes, is_too_large, cx))
-                        {
-                            Ok(()) => None,
-                            Err(ReadError::TooLarge) => Some(Rejection::payload_too_large()),
-                            Err(ReadError::Failed) => {
-                                Some(Rejection::bad_request("failed to read the request body"))
-                            }
-                        };
-                    if let Some(rejection) = rejection {
-                        let response = rejection.into_response(read.request_id.as_ref());
-                        this.state.set(State::Rejected { response: Some(response) });
-                        continue;
-                    }
-                    let (Some(mut parts), Some(mut inner)) = (read.parts.take(), read.inner.take()) else {
-                        return Poll::Pending;
-                    };
-                    let original = std::mem::take(read.buf);
-                    if *read.form_to_query {
-                        match merge_form_into_query(shared, &parts.uri, &original, read.rendered) {
-                            Ok(Some(uri)) => parts.uri = uri,
-                            Ok(None) => {}
-                            Err(rejection) => {
-                                let response = rejection.into_response(read.request_id.as_ref());
-                                this.state.set(State::Rejected { response: Some(response) });
-                                continue;
-                            }
-                        }
-                    }
-                    let rendered = &*read.rendered;
-                    let rewritten = match read.kind {
-                        None => None,
-                        Some(BodyKind::Json) => {
-                            rules::apply_json(&shared.req_body, &original, |v: &Val<String>| {
-                                v.text(rendered).map(|t| serde_json::Value::String(t.to_owned()))
-                            })
-                        }
-                        Some(BodyKind::Form) => {
-                            let text = String::from_utf8_lossy(&original);
-                            let mut pairs = Pairs::parse(&text);
-                            rules::apply_pairs(&shared.req_body, &mut pairs, rendered);
-                            pairs.changed().then(|| pairs.encode().into_bytes())
+        let mut state = self.project().state;
+        // The common case, small enough to inline: the inner service's answer with no response
+        // rule to apply.
+        if let StateProj::Inner { future, after: None } = state.as_mut().project() {
+            return future.poll(cx);
+        }
+        poll_state(state, cx)
+    }
+}
+
+/// [`ResponseFuture`]'s states, past the common case.
+#[inline(never)]
+fn poll_state<S, ReqBody, ResBody>(
+    mut state: Pin<&mut State<S, ReqBody, ResBody>>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Response<ResBody>, S::Error>>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ReqBody: http_body::Body<Data = Bytes> + From<Bytes>,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: http_body::Body<Data = Bytes> + From<Bytes>,
+{
+    loop {
+        match state.as_mut().project() {
+            StateProj::Rejected { response } => {
+                return match response.take() {
+                    Some(response) => Poll::Ready(Ok(response)),
+                    None => Poll::Pending,
+                };
+            }
+            StateProj::ReadRequest { read } => {
+                let read = read.as_mut().project();
+                let shared = &**read.shared;
+                let rejection =
+                    match ready!(poll_read(read.body, read.buf, shared.max_body_bytes, is_too_large, cx)) {
+                        Ok(()) => None,
+                        Err(ReadError::TooLarge) => Some(Rejection::payload_too_large()),
+                        Err(ReadError::Failed) => {
+                            Some(Rejection::bad_request("failed to read the request body"))
                         }
                     };
-                    let body = Bytes::from(rewritten.unwrap_or(original));
-                    set_length(&mut parts.headers, body.len());
-                    let response_side = !(shared.res_headers.is_empty() && shared.res_json.is_empty());
-                    let after = response_side.then(|| After {
-                        shared: read.shared.clone(),
-                        request_id: read.request_id.take(),
-                        head: *read.head,
-                    });
-                    let future = inner.call(Request::from_parts(parts, ReqBody::from(body)));
-                    this.state.set(State::Inner { future, after });
+                if let Some(rejection) = rejection {
+                    let response = rejection.into_response(read.request_id.as_ref());
+                    state.set(State::Rejected { response: Some(response) });
+                    continue;
                 }
-                StateProj::Inner { future, after } => {
-                    let mut response = ready!(future.poll(cx))?;
-                    let Some(after) = after.take() else { return Poll::Ready(Ok(response)) };
-                    let shared = &*after.shared;
-                    if !shared.res_headers.is_empty() {
-                        // Response values are literal: no template to render.
-                        let none = http::Extensions::new();
-                        let mut env =
-                            HeaderEnv { templates: &[], query: None, extensions: &none, early: &mut [] };
-                        rules::apply_headers(&shared.res_headers, response.headers_mut(), &mut env);
+                let (Some(mut parts), Some(mut inner)) = (read.parts.take(), read.inner.take()) else {
+                    return Poll::Pending;
+                };
+                let original = std::mem::take(read.buf);
+                if *read.form_to_query {
+                    match merge_form_into_query(shared, &parts.uri, &original, read.rendered) {
+                        Ok(Some(uri)) => parts.uri = uri,
+                        Ok(None) => {}
+                        Err(rejection) => {
+                            let response = rejection.into_response(read.request_id.as_ref());
+                            state.set(State::Rejected { response: Some(response) });
+                            continue;
+                        }
                     }
-                    let wants_body = !shared.res_json.is_empty()
-                        && has_body(response.status(), after.head)
-                        && rules::is_json(response.headers().get(CONTENT_TYPE));
-                    if !wants_body {
-                        return Poll::Ready(Ok(response));
+                }
+                let rendered = &*read.rendered;
+                let rewritten = match read.kind {
+                    None => None,
+                    Some(BodyKind::Json) => {
+                        rules::apply_json(&shared.req_body, &original, |v: &Val<String>| {
+                            v.text(rendered).map(|t| serde_json::Value::String(t.to_owned()))
+                        })
                     }
-                    let declared = response
-                        .headers()
-                        .get(CONTENT_LENGTH)
-                        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-                    if declared.is_some_and(|len| len > shared.max_body_bytes) {
-                        return Poll::Ready(Ok(response));
+                    Some(BodyKind::Form) => {
+                        let text = String::from_utf8_lossy(&original);
+                        let mut pairs = Pairs::parse(&text);
+                        rules::apply_pairs(&shared.req_body, &mut pairs, rendered);
+                        pairs.changed().then(|| pairs.encode().into_bytes())
                     }
-                    let (parts, body) = response.into_parts();
-                    let read = ReadResponse {
-                        body,
-                        parts: Some(parts),
-                        buf: Vec::new(),
-                        shared: after.shared,
-                        request_id: after.request_id,
+                };
+                let body = Bytes::from(rewritten.unwrap_or(original));
+                set_length(&mut parts.headers, body.len());
+                let response_side = !(shared.res_headers.is_empty() && shared.res_json.is_empty());
+                let after = response_side.then(|| After {
+                    shared: read.shared.clone(),
+                    request_id: read.request_id.take(),
+                    head: *read.head,
+                });
+                let future = inner.call(Request::from_parts(parts, ReqBody::from(body)));
+                state.set(State::Inner { future, after });
+            }
+            StateProj::Inner { future, after } => {
+                let mut response = ready!(future.poll(cx))?;
+                let Some(after) = after.take() else { return Poll::Ready(Ok(response)) };
+                let shared = &*after.shared;
+                if !shared.res_headers.is_empty() {
+                    // Response values are literal: no template to render.
+                    let none = http::Extensions::new();
+                    let mut env =
+                        HeaderEnv { templates: &[], query: None, extensions: &none, early: &mut [] };
+                    rules::apply_headers(&shared.res_headers, response.headers_mut(), &mut env);
+                }
+                let wants_body = !shared.res_json.is_empty()
+                    && has_body(response.status(), after.head)
+                    && rules::is_json(response.headers().get(CONTENT_TYPE));
+                if !wants_body {
+                    return Poll::Ready(Ok(response));
+                }
+                let declared =
+                    response.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                if declared.is_some_and(|len| len > shared.max_body_bytes) {
+                    return Poll::Ready(Ok(response));
+                }
+                let (parts, body) = response.into_parts();
+                let read = ReadResponse {
+                    body,
+                    parts: Some(parts),
+                    buf: Vec::new(),
+                    shared: after.shared,
+                    request_id: after.request_id,
+                };
+                state.set(State::ReadResponse { read: Box::pin(read) });
+            }
+            StateProj::ReadResponse { read } => {
+                let read = read.as_mut().project();
+                let shared = &**read.shared;
+                let result = ready!(poll_read(read.body, read.buf, shared.max_body_bytes, |_| false, cx));
+                if let Err(e) = result {
+                    let message = match e {
+                        ReadError::TooLarge => "upstream response body over the transform limit",
+                        ReadError::Failed => "upstream response body failed",
                     };
-                    this.state.set(State::ReadResponse { read: Box::pin(read) });
+                    let response = Rejection::bad_gateway(message).into_response(read.request_id.as_ref());
+                    state.set(State::Rejected { response: Some(response) });
+                    continue;
                 }
-                StateProj::ReadResponse { read } => {
-                    let read = read.as_mut().project();
-                    let shared = &**read.shared;
-                    let result = ready!(poll_read(read.body, read.buf, shared.max_body_bytes, |_| false, cx));
-                    if let Err(e) = result {
-                        let message = match e {
-                            ReadError::TooLarge => "upstream response body over the transform limit",
-                            ReadError::Failed => "upstream response body failed",
-                        };
-                        let response =
-                            Rejection::bad_gateway(message).into_response(read.request_id.as_ref());
-                        this.state.set(State::Rejected { response: Some(response) });
-                        continue;
-                    }
-                    let Some(mut parts) = read.parts.take() else { return Poll::Pending };
-                    let original = std::mem::take(read.buf);
-                    // Unlike a request (Kong adds fields to an empty one), an empty response body
-                    // stays empty: there is no object to change.
-                    let empty = original.iter().all(u8::is_ascii_whitespace);
-                    let rewritten = if empty {
-                        None
-                    } else {
-                        rules::apply_json(&shared.res_json, &original, |v| Some(v.clone()))
-                    };
-                    let body = Bytes::from(rewritten.unwrap_or(original));
-                    set_length(&mut parts.headers, body.len());
-                    return Poll::Ready(Ok(Response::from_parts(parts, ResBody::from(body))));
-                }
+                let Some(mut parts) = read.parts.take() else { return Poll::Pending };
+                let original = std::mem::take(read.buf);
+                // Unlike a request (Kong adds fields to an empty one), an empty response body
+                // stays empty: there is no object to change.
+                let empty = original.iter().all(u8::is_ascii_whitespace);
+                let rewritten = if empty {
+                    None
+                } else {
+                    rules::apply_json(&shared.res_json, &original, |v| Some(v.clone()))
+                };
+                let body = Bytes::from(rewritten.unwrap_or(original));
+                set_length(&mut parts.headers, body.len());
+                return Poll::Ready(Ok(Response::from_parts(parts, ResBody::from(body))));
             }
         }
     }

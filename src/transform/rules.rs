@@ -57,6 +57,7 @@ pub(crate) struct HeaderEnv<'a> {
 
 impl HeaderVal {
     /// The value as a header; `None` when empty or not a valid header value.
+    #[inline]
     fn header(&self, headers: &HeaderMap, env: &mut HeaderEnv<'_>) -> Option<HeaderValue> {
         match self {
             HeaderVal::Literal(value) => value.clone(),
@@ -296,13 +297,13 @@ fn rename(headers: &mut HeaderMap, old: &HeaderName, new: &HeaderName) {
     } else {
         // One lookup of `old` takes every value out; a vector only for extra values.
         let Entry::Occupied(present) = headers.entry(old) else { return };
-        let (_, mut values) = present.remove_entry_mult();
-        let Some(first) = values.next() else { return };
-        let rest = match values.next() {
-            None => Vec::new(),
-            Some(second) => std::iter::once(second).chain(values).collect(),
-        };
-        (first, rest)
+        if present.iter().nth(1).is_none() {
+            (present.remove(), Vec::new())
+        } else {
+            let (_, mut values) = present.remove_entry_mult();
+            let Some(first) = values.next() else { return };
+            (first, values.collect())
+        }
     };
     headers.insert(new.clone(), first);
     for value in rest {

@@ -122,6 +122,7 @@ impl Template {
     /// text, `None` when that is empty or not a valid header value. A template that is one
     /// expression whose value is one request header, or the request id, shares that value's
     /// bytes instead of copying them through a `String`.
+    #[inline]
     pub(crate) fn render_header(&self, env: &Env<'_>) -> Option<HeaderValue> {
         let [Piece::Expr(alts)] = self.pieces.as_slice() else {
             return text_header(&self.render(env));
