@@ -72,8 +72,8 @@ fn request() -> Request<Body> {
         .body(Body::empty())
         .expect("valid request");
     req.extensions_mut().insert(PeerAddr("127.0.0.1:40000".parse().expect("addr")));
-    // As the gateway's server does: room for the headers the front layers add.
-    req.headers_mut().reserve(8);
+    // As the gateway's server does: room for the headers the front and route layers add.
+    req.headers_mut().reserve(portcullis::gateway::HEADER_HEADROOM);
     req
 }
 
