@@ -255,9 +255,8 @@ struct Shared {
     res_headers: Vec<HeaderOp>,
     res_json: Ops<String, serde_json::Value>,
     max_body_bytes: u64,
-    /// Some request rule exists (else requests pass untouched).
-    touches_request: bool,
-    /// The request rules are header rules only: applied in `call`, nothing else to do.
+    /// The request rules are header rules only (or there are none): applied in `call`, nothing
+    /// else to do.
     headers_only: bool,
     /// `http_method` is GET, HEAD or TRACE: a form body's fields join the query (Kong).
     form_to_query: bool,
@@ -342,7 +341,6 @@ impl TransformBuilder {
             res_headers: Vec::new(),
             res_json: Ops::default(),
             max_body_bytes: self.max_body_bytes,
-            touches_request: false,
             headers_only: false,
             form_to_query: self
                 .method
@@ -394,11 +392,6 @@ impl TransformBuilder {
         shared.mark_early_header_templates(&req_headers);
         shared.req_headers = req_headers.compile();
         shared.res_headers = res_headers.compile();
-        shared.touches_request = shared.uri.is_some()
-            || shared.method.is_some()
-            || !shared.req_headers.is_empty()
-            || !shared.req_query.is_empty()
-            || !shared.req_body.is_empty();
         shared.headers_only = shared.uri.is_none()
             && shared.method.is_none()
             && shared.req_query.is_empty()
