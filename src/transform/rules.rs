@@ -568,6 +568,10 @@ mod tests {
         let (a, b) = (header_name("X-Interned").unwrap(), header_name("x-interned").unwrap());
         assert_eq!(a, b);
         assert_eq!(a.as_str().as_ptr(), b.as_str().as_ptr());
+        // Every token character a name may hold (RFC 9110), and a standard name, survive.
+        let odd = "X-Tok!#$%&'*+-.^_`|~09";
+        assert_eq!(header_name(odd).unwrap(), HeaderName::from_bytes(odd.as_bytes()).unwrap());
+        assert_eq!(header_name("Content-Type").unwrap(), http::header::CONTENT_TYPE);
         // Still checked: a value a header cannot carry is an error, not an interned string.
         assert!(matches!(literal_value("bad\nvalue"), Err(TransformErrorKind::HeaderValue(_))));
         // Bytes outside visible ASCII are a valid header value and stay one.
