@@ -12,7 +12,6 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -36,20 +35,9 @@ impl Commanded {
             gate: Arc::new(Semaphore::new(0)),
         };
         let state = upstream.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let state = state.clone();
-                        async move { Ok::<_, Infallible>(state.answer(req).await) }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
+        serve(listener, move |req: Request<Incoming>| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(state.answer(req).await) }
         });
         upstream
     }

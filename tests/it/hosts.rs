@@ -11,7 +11,6 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use portcullis::config::{Config, ConfigErrorKind, Target};
 use portcullis::proxy::{AttemptTimeout, Proxy, UpstreamInfo};
 use portcullis::resilience::PreviousHosts;
@@ -22,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
-use crate::support::{TestGateway, closed_port, get};
+use crate::support::{TestGateway, closed_port, get, serve};
 
 /// An upstream that answers with whatever status it is told to (`ALTERNATE`: 500 and 200 in
 /// turn), counts what it served, and holds requests to `/hold` until released.
@@ -48,20 +47,9 @@ impl Backend {
             paths: Arc::default(),
         };
         let server = backend.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                let server = server.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let server = server.clone();
-                        async move { Ok::<_, Infallible>(server.answer(req).await) }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
+        serve(listener, move |req: Request<Incoming>| {
+            let server = server.clone();
+            async move { Ok::<_, Infallible>(server.answer(req).await) }
         });
         backend
     }

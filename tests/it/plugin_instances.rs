@@ -181,6 +181,17 @@ fn load_error(yaml: &str) -> String {
     }
 }
 
+/// Each `(yaml, expected)`: the file is refused with an error that starts with `expected`.
+fn assert_load_errors(cases: impl IntoIterator<Item = (String, &'static str)>) {
+    for (yaml, expected) in cases {
+        let err = load_error(&yaml);
+        assert!(
+            err.starts_with(&format!("gw.yaml: {expected}")),
+            "expected `{expected}`, got `{err}`\n{yaml}"
+        );
+    }
+}
+
 /// An instance that no route runs still has its config checked at load, with the file and its
 /// path: it was never built, so its errors went unreported.
 #[test]
@@ -228,13 +239,7 @@ fn config_errors_surface_for_instances_no_route_runs() {
             "consumers[0].plugins[0].config.add.colour: unknown field `colour`",
         ),
     ];
-    for (yaml, expected) in cases {
-        let err = load_error(&yaml);
-        assert!(
-            err.starts_with(&format!("gw.yaml: {expected}")),
-            "expected `{expected}`, got `{err}`\n{yaml}"
-        );
-    }
+    assert_load_errors(cases);
 }
 
 /// The same, for `jwt` and `rate-limiting` (the plugins with features).
@@ -257,13 +262,7 @@ fn feature_plugin_config_errors_surface_without_routes() {
             "plugins[0].config.claims_to_verify[0]: unknown variant `iat`",
         ));
     }
-    for (yaml, expected) in cases {
-        let err = load_error(&yaml);
-        assert!(
-            err.starts_with(&format!("gw.yaml: {expected}")),
-            "expected `{expected}`, got `{err}`\n{yaml}"
-        );
-    }
+    assert_load_errors(cases);
 }
 
 /// Instances that run nowhere, with valid configs, load, and are not reported as running: the

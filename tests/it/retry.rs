@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use portcullis::Body;
 use portcullis::observe::access_log::Attempts;
 use portcullis::proxy::Proxy;
@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tower::{Layer, Service, ServiceExt};
 
-use crate::support::{TestGateway, closed_port, get, send};
+use crate::support::{TestGateway, closed_port, get, send, serve};
 
 /// What the scripted upstream does with one request.
 #[derive(Debug, Clone, Copy)]
@@ -59,39 +59,27 @@ impl Scripted {
         let hits: Arc<Mutex<Vec<Hit>>> = Arc::default();
         let next = Arc::new(AtomicUsize::new(0));
         let recorder = hits.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                let (script, recorder, next) = (script.clone(), recorder.clone(), next.clone());
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let at = Instant::now();
-                        let act = script[next.fetch_add(1, Ordering::SeqCst).min(script.len() - 1)];
-                        let recorder = recorder.clone();
-                        async move {
-                            let method = req.method().clone();
-                            let body =
-                                req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                            let sha256 = Sha256::digest(&body).into();
-                            recorder.lock().unwrap().push(Hit { at, method, len: body.len(), sha256 });
-                            match act {
-                                Act::Status(code) => {
-                                    let mut res = Response::new(Full::new(Bytes::from_static(b"scripted")));
-                                    *res.status_mut() = StatusCode::from_u16(code).unwrap();
-                                    Ok(res)
-                                }
-                                Act::Stall => {
-                                    tokio::time::sleep(Duration::from_secs(30)).await;
-                                    Err("stalled")
-                                }
-                                Act::Reset => Err("reset"),
-                            }
-                        }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
+        serve(listener, move |req: Request<Incoming>| {
+            let at = Instant::now();
+            let act = script[next.fetch_add(1, Ordering::SeqCst).min(script.len() - 1)];
+            let recorder = recorder.clone();
+            async move {
+                let method = req.method().clone();
+                let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                let sha256 = Sha256::digest(&body).into();
+                recorder.lock().unwrap().push(Hit { at, method, len: body.len(), sha256 });
+                match act {
+                    Act::Status(code) => {
+                        let mut res = Response::new(Full::new(Bytes::from_static(b"scripted")));
+                        *res.status_mut() = StatusCode::from_u16(code).unwrap();
+                        Ok(res)
+                    }
+                    Act::Stall => {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                        Err("stalled")
+                    }
+                    Act::Reset => Err("reset"),
+                }
             }
         });
         Scripted { addr, hits }

@@ -9,7 +9,6 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use portcullis::Body;
 use portcullis::consumer::Consumer;
 use portcullis::gateway::Gateway;
@@ -198,23 +197,13 @@ async fn json_body_replace_and_malformed_passthrough() {
 async fn json_upstream() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(|_req: Request<Incoming>| async {
-                    let res = Response::builder()
-                        .header("content-type", "application/json")
-                        .header("server", "upstream/1.0")
-                        .body(Full::new(Bytes::from_static(br#"{"id":7,"items":[]}"#)))
-                        .unwrap();
-                    Ok::<_, Infallible>(res)
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
+    serve(listener, |_req: Request<Incoming>| async {
+        let res = Response::builder()
+            .header("content-type", "application/json")
+            .header("server", "upstream/1.0")
+            .body(Full::new(Bytes::from_static(br#"{"id":7,"items":[]}"#)))
+            .unwrap();
+        Ok::<_, Infallible>(res)
     });
     addr
 }
