@@ -441,7 +441,8 @@ fn set_forwarding_headers(
     https: bool,
     host: Option<HeaderValue>,
 ) {
-    // Up to five headers are added: grow the map once, not once per insert.
+    // Up to five headers are added: grow the map once, not once per insert. Behind the
+    // gateway's server (`HEADER_HEADROOM`) the room is already there and this is a check.
     headers.reserve(5);
     let peer_value = ip_header(peer.0.ip());
     let chain = if peer_trusted && headers.contains_key(&X_FORWARDED_FOR) {

@@ -173,9 +173,12 @@ impl RedisStore {
                 .is_ok()
     }
 
-    /// Closes the breaker after a success.
+    /// Closes the breaker after a success (a load first: every decision calls this, and a
+    /// store would take the cache line from the other cores every time).
     pub(super) fn close(&self) {
-        self.open_until.store(0, Ordering::Release);
+        if self.open_until.load(Ordering::Relaxed) != 0 {
+            self.open_until.store(0, Ordering::Release);
+        }
     }
 
     pub(super) fn trip(&self) {
