@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use super::*;
 
-const SEED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/seed/kong-plugins.yaml");
+const SEED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/seed/kong-plugins.yaml");
 
 /// SPEC §1's example, minus the blocks later issues implement.
 const FULL: &str = r#"

@@ -687,6 +687,12 @@ mod tests {
                 .spawn();
             let Ok(child) = child else {
                 assert!(std::env::var("PORTCULLIS_REQUIRE_REDIS").as_deref() != Ok("1"), "no redis-server");
+                // Past the harness's capture, so the skip shows in the run's output.
+                let test = std::thread::current().name().unwrap_or("a test").to_owned();
+                let _ = std::io::Write::write_fmt(
+                    &mut std::io::stderr().lock(),
+                    format_args!("SKIPPED {test}: redis-server not found\n"),
+                );
                 return None;
             };
             let server = Server(child, port);

@@ -10,14 +10,39 @@ pub(crate) fn example_binary() -> PathBuf {
     example("gateway")
 }
 
-/// An example binary that `cargo test` built beside this test binary.
+/// An example binary that `cargo test` built beside this test binary, never a stale one: a run
+/// that did not build examples (`cargo test --test it`) may leave an older binary there, which
+/// would test code that is no longer the crate's.
 pub(crate) fn example(name: &str) -> PathBuf {
     // target/<profile>/deps/it-<hash> → target/<profile>/examples/<name>
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(|p| p.parent()).unwrap();
     let bin = dir.join("examples").join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    assert!(bin.exists(), "{} not built (cargo test builds examples)", bin.display());
+    let built = std::fs::metadata(&bin).and_then(|m| m.modified()).unwrap_or_else(|_| {
+        panic!("{} not built (cargo test --all-features builds examples)", bin.display())
+    });
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let newest = ["src", "examples", "Cargo.toml", "Cargo.lock"]
+        .iter()
+        .filter_map(|part| newest_modification(&root.join(part)))
+        .max();
+    if let Some(newest) = newest {
+        assert!(
+            built >= newest,
+            "{} is older than the crate's sources: run `cargo test --all-features` (it builds examples)",
+            bin.display()
+        );
+    }
     bin
+}
+
+/// The latest modification time of `path` or of any file under it.
+fn newest_modification(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_dir() {
+        return meta.modified().ok();
+    }
+    std::fs::read_dir(path).ok()?.flatten().filter_map(|entry| newest_modification(&entry.path())).max()
 }
 
 fn run_with(yaml: Option<&str>) -> (i32, String) {

@@ -242,7 +242,7 @@ pub(crate) mod on_redis {
                     std::env::var("PORTCULLIS_REQUIRE_REDIS").as_deref() != Ok("1"),
                     "redis-server is required (PORTCULLIS_REQUIRE_REDIS=1) but could not be started"
                 );
-                eprintln!("skipped: redis-server not found");
+                skipped("redis-server not found (PORTCULLIS_REQUIRE_REDIS=1 makes this a failure)");
                 return None;
             }
             server.wait_up().await;

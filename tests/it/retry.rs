@@ -365,14 +365,14 @@ async fn previous_hosts_sends_the_retry_to_an_untried_target_through_the_gateway
     assert_eq!(attempts_logged(&gw.stop().await), [2]);
 }
 
-/// The seed's Envoy route and cluster (`../shared/seed/envoy-route-config.yaml`) pasted as written
-/// into a portcullis service: the route's `timeout` and `retry_policy` (Envoy's host-predicate
+/// The seed's Envoy route and cluster (`tests/fixtures/seed/envoy-route-config.yaml`, the seed's
+/// file unchanged) pasted as written into a portcullis service: the route's `timeout` and `retry_policy` (Envoy's host-predicate
 /// form) on the route, the cluster's `connect_timeout`, `circuit_breakers` (Envoy's `thresholds`
 /// shape) and `outlier_detection` on the service. The operator only says where the hosts are.
 #[tokio::test]
 async fn the_seed_envoy_route_and_cluster_work_as_written() {
     use serde_yaml_ng::{Mapping, Value};
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/seed/envoy-route-config.yaml");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/seed/envoy-route-config.yaml");
     let seed: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let vhost = &seed["virtual_hosts"][0];
     let envoy_route = &vhost["routes"][0];

@@ -10,7 +10,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use crate::ratelimit::on_redis::RedisServer;
 use crate::support::*;
 
-const SEED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/seed/kong-plugins.yaml");
+const SEED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/seed/kong-plugins.yaml");
 
 fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()

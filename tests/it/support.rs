@@ -239,3 +239,33 @@ pub async fn closed_port() -> SocketAddr {
     drop(listener);
     addr
 }
+
+/// The seed's log-analysis script, where `PORTCULLIS_SEED_SCRIPT` names it (`.ci/run` sets it when
+/// the seed is beside the checkout). A clone has no seed: its numbers live in golden files under
+/// `tests/fixtures/analyze/`, and only the cross-checks against the script itself need it.
+pub fn seed_script() -> Option<PathBuf> {
+    let path = PathBuf::from(std::env::var_os("PORTCULLIS_SEED_SCRIPT")?);
+    assert!(path.is_file(), "PORTCULLIS_SEED_SCRIPT names {}, which is not a file", path.display());
+    Some(path)
+}
+
+/// Says that the running test did not run and why, on the test binary's stderr: written past the
+/// harness's output capture, so a skip shows in the run's output instead of passing as a silent
+/// `ok`. (The harness names each test's thread after the test.)
+pub fn skipped(why: &str) {
+    use std::io::Write;
+    let test = std::thread::current().name().unwrap_or("a test").to_owned();
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {why}");
+}
+
+/// Runs the seed's script on `log` and returns its report.
+pub fn seed_script_report(script: &std::path::Path, log: &std::path::Path) -> String {
+    let out = std::process::Command::new("python3").arg(script).arg(log).output().expect("python3 runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("the script writes UTF-8")
+}
+
+/// A file under `tests/fixtures/`.
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}

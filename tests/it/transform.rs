@@ -19,7 +19,7 @@ use tower::{ServiceBuilder, ServiceExt};
 
 use crate::support::*;
 
-const SEED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/seed/users-versioning.yaml");
+const SEED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/seed/users-versioning.yaml");
 
 fn service_with(up: &Upstream, routes: &str) -> String {
     format!("services:\n- name: svc\n  url: {}\n  routes:\n{routes}", up.url())

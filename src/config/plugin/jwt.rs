@@ -216,7 +216,7 @@ mod tests {
     use super::*;
     use crate::config::PluginSpec;
 
-    const SEED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/seed/kong-plugins.yaml");
+    const SEED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/seed/kong-plugins.yaml");
     const PEM: &str = include_str!("../../../tests/fixtures/jwt/rsa_public.pem");
 
     fn build_error(yaml: &str) -> String {
