@@ -15,7 +15,7 @@ use super::schema::{Config, Plugin, RoutePath, Service};
 use super::{ConfigError, Instruments};
 use crate::body::Body;
 use crate::proxy::Proxy;
-use crate::resilience::budget::RetryBudgetLayer;
+use crate::resilience::budget::{MaxRetries, RetryBudgetLayer};
 use crate::router::{Route, Router};
 use crate::timeout::RouteTimeoutLayer;
 
@@ -71,11 +71,12 @@ impl Config {
             // Clones share the live state: the admin endpoints read what the stacks update.
             instruments.borrow_mut().service(&service.name, breaker.clone(), proxy.hosts().clone());
             // One budget per retry policy: the routes that inherit the service's policy share it.
-            // Envoy's `max_retries` threshold caps the retries in flight under each budget.
-            let max_retries =
-                service.circuit_breakers.as_ref().map_or(DEFAULT_MAX_RETRIES, |b| b.max_retries);
+            // Envoy's `max_retries` threshold is the cluster's: one cap for every budget here.
+            let max_retries = MaxRetries::new(
+                service.circuit_breakers.as_ref().map_or(DEFAULT_MAX_RETRIES, |b| b.max_retries),
+            );
             let retry_budget = |at: String, policy: &RetryPolicy| {
-                policy.budget(max_retries).map_err(|e| ConfigError::invalid(origin, at, e.to_string()))
+                policy.budget(&max_retries).map_err(|e| ConfigError::invalid(origin, at, e.to_string()))
             };
             let service_retry = match &service.retry_policy {
                 Some(policy) => Some((policy, retry_budget(format!("services[{s}].retry_policy"), policy)?)),

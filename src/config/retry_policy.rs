@@ -10,7 +10,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 
 use super::duration;
 use super::error::Invalid;
-use crate::resilience::budget::{BudgetError, RetryBudget};
+use crate::resilience::budget::{BudgetError, MaxRetries, RetryBudget};
 use crate::resilience::classify::RetryOn;
 use crate::resilience::retry::RetryLayer;
 
@@ -149,10 +149,11 @@ impl RetryPolicy {
         layer
     }
 
-    /// The budget this policy describes, with `max_retries` retries in flight at most (the
-    /// `circuit_breakers` threshold, or [`DEFAULT_MAX_RETRIES`]).
-    pub fn budget(&self, max_retries: u32) -> Result<RetryBudget, BudgetError> {
-        let mut builder = RetryBudget::builder().max_retries(max_retries);
+    /// The budget this policy describes, its retries in flight counted against `max_retries`
+    /// (the service's `circuit_breakers` threshold, or [`DEFAULT_MAX_RETRIES`]; one cap per
+    /// service, shared by every route's budget as Envoy keeps it per cluster).
+    pub fn budget(&self, max_retries: &MaxRetries) -> Result<RetryBudget, BudgetError> {
+        let mut builder = RetryBudget::builder().shared_max_retries(max_retries);
         if let Some(budget) = &self.budget {
             builder = builder.concurrency(budget.budget_percent, budget.min_retry_concurrency).rate(
                 budget.retry_ratio,
@@ -196,7 +197,7 @@ impl RetryPolicy {
                 "these codes are retried only with `retriable-status-codes` in `retry_on`",
             ));
         }
-        if let Err(error) = self.budget(DEFAULT_MAX_RETRIES) {
+        if let Err(error) = self.budget(&MaxRetries::new(DEFAULT_MAX_RETRIES)) {
             let key = match error {
                 BudgetError::Percent(_) => "budget_percent",
                 BudgetError::Ratio(_) => "retry_ratio",
@@ -344,7 +345,7 @@ mod tests {
             (budget.budget_percent, budget.min_retry_concurrency, budget.min_retries_per_second, budget.ttl),
             (50.0, 5, 2, Duration::from_secs(5))
         );
-        assert!(policy.budget(DEFAULT_MAX_RETRIES).is_ok());
+        assert!(policy.budget(&MaxRetries::new(DEFAULT_MAX_RETRIES)).is_ok());
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //!   token that lives for `ttl`, each retry withdraws one, and `min_retries_per_second` are always
 //!   available so a quiet route can still retry. Bounds the *total* extra work over time, which
 //!   concurrency alone does not when upstream failures are fast;
-//! - **`max_retries`** (Envoy's circuit-breaker threshold): a fixed cap on retries in flight.
+//! - **`max_retries`** (Envoy's circuit-breaker threshold): a fixed cap on retries in flight. It
+//!   belongs to the upstream cluster, not to a policy: a [`MaxRetries`] given to several budgets
+//!   (the routes of one service, each with its own `retry_policy`) caps their retries together.
 //!
 //! A refused retry is not an error: the retry layer returns the response it has (Envoy counts it
 //! as `upstream_rq_retry_overflow`). Refusals are counted ([`RetryBudget::snapshot`]).
@@ -75,7 +77,7 @@ struct Shared {
     retries_in_flight: AtomicUsize,
     concurrency: Option<Concurrency>,
     rate: Option<TpsBudget>,
-    max_retries: Option<usize>,
+    max_retries: Option<MaxRetries>,
     admitted: AtomicU64,
     budget_exhausted: AtomicU64,
     overflow: AtomicU64,
@@ -86,6 +88,37 @@ struct Concurrency {
     /// `budget_percent / 100`.
     fraction: f64,
     min: usize,
+}
+
+/// Envoy's `max_retries` circuit-breaker threshold: at most this many retries in flight across
+/// every [`RetryBudget`] built with it (clones share the count). Envoy keeps it per cluster, so
+/// the gateway gives one to all the budgets of a service's routes.
+#[derive(Debug, Clone)]
+pub struct MaxRetries {
+    shared: Arc<MaxRetriesShared>,
+}
+
+#[derive(Debug)]
+struct MaxRetriesShared {
+    max: usize,
+    in_flight: AtomicUsize,
+}
+
+impl MaxRetries {
+    /// A cap of `max` retries in flight.
+    pub fn new(max: u32) -> Self {
+        Self { shared: Arc::new(MaxRetriesShared { max: max as usize, in_flight: AtomicUsize::new(0) }) }
+    }
+
+    /// The cap.
+    pub fn max(&self) -> usize {
+        self.shared.max
+    }
+
+    /// Retries in flight under this cap, across every budget that holds it.
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight.load(Ordering::Relaxed)
+    }
 }
 
 /// A retry budget shared by the requests of one upstream service; see the [module docs](self).
@@ -116,6 +149,9 @@ pub struct RetryPermit {
 impl Drop for RetryPermit {
     fn drop(&mut self) {
         self.shared.retries_in_flight.fetch_sub(1, Ordering::AcqRel);
+        if let Some(cap) = &self.shared.max_retries {
+            cap.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -157,7 +193,7 @@ pub enum BudgetError {
 pub struct RetryBudgetBuilder {
     concurrency: Option<(f64, u32)>,
     rate: Option<(f32, u32, Duration)>,
-    max_retries: Option<u32>,
+    max_retries: Option<MaxRetries>,
 }
 
 impl RetryBudgetBuilder {
@@ -176,9 +212,17 @@ impl RetryBudgetBuilder {
         self
     }
 
-    /// Envoy's `max_retries` circuit-breaker threshold: at most this many retries in flight.
+    /// Envoy's `max_retries` circuit-breaker threshold: at most this many retries in flight
+    /// under this budget alone ([`shared_max_retries`](Self::shared_max_retries) shares the cap).
     pub fn max_retries(mut self, max: u32) -> Self {
-        self.max_retries = Some(max);
+        self.max_retries = Some(MaxRetries::new(max));
+        self
+    }
+
+    /// Counts this budget's retries in flight against `cap`, with every other budget holding it
+    /// (Envoy's per-cluster `max_retries`).
+    pub fn shared_max_retries(mut self, cap: &MaxRetries) -> Self {
+        self.max_retries = Some(cap.clone());
         self
     }
 
@@ -206,7 +250,7 @@ impl RetryBudgetBuilder {
                 retries_in_flight: AtomicUsize::new(0),
                 concurrency,
                 rate,
-                max_retries: self.max_retries.map(|m| m as usize),
+                max_retries: self.max_retries,
                 admitted: AtomicU64::new(0),
                 budget_exhausted: AtomicU64::new(0),
                 overflow: AtomicU64::new(0),
@@ -230,8 +274,11 @@ impl RetryBudget {
         let shared = &self.shared;
         // Counted first, so two racing retries cannot both see room for one.
         let in_flight = shared.retries_in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        let capped =
+            shared.max_retries.as_ref().map(|cap| cap.shared.in_flight.fetch_add(1, Ordering::AcqRel) + 1);
+        // The permit gives both counts back, also when it is refused below.
         let permit = RetryPermit { shared: shared.clone() };
-        if shared.max_retries.is_some_and(|max| in_flight > max) {
+        if shared.max_retries.as_ref().zip(capped).is_some_and(|(cap, n)| n > cap.shared.max) {
             shared.overflow.fetch_add(1, Ordering::Relaxed);
             return Err(RetryRefused::Overflow);
         }
@@ -377,6 +424,23 @@ mod tests {
             (2, 3, 1),
             "{snapshot:?}"
         );
+    }
+
+    #[test]
+    fn a_shared_max_retries_caps_every_budget_holding_it() {
+        let cap = MaxRetries::new(1);
+        let a = RetryBudget::builder().shared_max_retries(&cap).build().unwrap();
+        let b = RetryBudget::builder().shared_max_retries(&cap).build().unwrap();
+        let permit = a.try_retry().unwrap();
+        assert_eq!(b.try_retry().unwrap_err(), RetryRefused::Overflow, "a's retry fills the cap");
+        assert_eq!((cap.in_flight(), b.snapshot().overflow, b.snapshot().retries_in_flight), (1, 1, 0));
+        drop(permit);
+        assert_eq!(cap.in_flight(), 0);
+        let _permit = b.try_retry().unwrap();
+        assert_eq!(a.try_retry().unwrap_err(), RetryRefused::Overflow);
+        // A budget of its own is not capped by the shared one.
+        let own = RetryBudget::builder().max_retries(1).build().unwrap();
+        let _own = own.try_retry().unwrap();
     }
 
     #[test]

@@ -319,6 +319,52 @@ async fn the_budget_bounds_attempts_against_an_upstream_that_always_fails() {
     assert!(attempts < 2.0 * requests);
 }
 
+/// Envoy's `max_retries` belongs to the cluster: two routes of one service, each with its own
+/// `retry_policy`, share one count of retries in flight.
+#[tokio::test]
+async fn max_retries_is_shared_by_every_route_of_a_service() {
+    // First attempt of a request (by its request id): 503 at once; its retry: 200 after 600 ms.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let recorder = seen.clone();
+    serve(listener, move |req: Request<Incoming>| {
+        let recorder = recorder.clone();
+        async move {
+            let id = req.headers()["x-request-id"].to_str().unwrap().to_owned();
+            let retry = {
+                let mut seen = recorder.lock().unwrap();
+                let retry = seen.contains(&id);
+                seen.push(id);
+                retry
+            };
+            let status = if retry {
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            let mut res = Response::new(Full::new(Bytes::new()));
+            *res.status_mut() = status;
+            Ok::<_, Infallible>(res)
+        }
+    });
+    let policy = format!("{{retry_on: 5xx, num_retries: 1, {FAST}}}");
+    let yaml = format!(
+        "services:\n- name: svc\n  url: http://{addr}\n  circuit_breakers: {{max_retries: 1}}\n  routes:\n  - name: a\n    paths: [/a]\n    retry_policy: {policy}\n  - name: b\n    paths: [/b]\n    retry_policy: {policy}\n"
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let (url_a, url_b) = (gw.url("/a"), gw.url("/b"));
+    let (a, b) = tokio::join!(get(&url_a), get(&url_b));
+    let mut statuses = [a.status.as_u16(), b.status.as_u16()];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 503], "one retry ran; the other overflowed the service's max_retries");
+    assert_eq!(seen.lock().unwrap().len(), 3, "two first attempts and one retry");
+    // One after the other, each may retry.
+    assert_eq!(get(&url_a).await.status, 200);
+    assert_eq!(get(&url_b).await.status, 200);
+}
+
 #[tokio::test]
 async fn a_routes_retry_policy_replaces_its_services() {
     let upstream = Scripted::start(&[Act::Status(503), Act::Status(503), Act::Status(200)]).await;
