@@ -1,0 +1,206 @@
+//! Issue 12, items 9–11 over real sockets: JWT defaults that cannot be misread, introspection
+//! that cannot be used as an amplifier, and an admin listener that is safe by default.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use portcullis::gateway::Gateway;
+
+use crate::support::*;
+
+// === item 11: the admin listener ===
+
+const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
+
+fn admin_get(addr: std::net::SocketAddr, path: &str, auth: Option<&str>) -> Request<Full<Bytes>> {
+    let mut req = Request::get(format!("http://{addr}{path}"));
+    if let Some(auth) = auth {
+        req = req.header("authorization", auth);
+    }
+    req.body(Full::default()).unwrap()
+}
+
+fn load_error(text: &str) -> String {
+    match Gateway::from_yaml(text, "admin.yaml") {
+        Ok(_) => panic!("expected a config error for\n{text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[tokio::test]
+async fn admin_listener_refuses_a_public_address_without_a_token() {
+    for addr in ["0.0.0.0:0", "[::]:0", "10.1.2.3:8001"] {
+        let text = format!("_format_version: \"3.0\"\ngateway:\n  admin_listen: \"{addr}\"\n");
+        let err = load_error(&text);
+        assert!(
+            err.starts_with("admin.yaml: gateway.admin_listen: ") && err.contains("gateway.admin_token"),
+            "{err}"
+        );
+    }
+    // A token too short to resist guessing is refused as well, naming its key.
+    let text = "_format_version: \"3.0\"\ngateway:\n  admin_listen: 0.0.0.0:0\n  admin_token: short\n";
+    assert!(load_error(text).starts_with("admin.yaml: gateway.admin_token: expected at least 16"));
+    // Loopback without a token stays as it was.
+    let text = "_format_version: \"3.0\"\ngateway:\n  admin_listen: 127.0.0.1:0\n";
+    assert!(Gateway::from_yaml(text, "admin.yaml").is_ok());
+
+    // With a token, a wildcard address binds, and the token is required on /status.
+    let text = format!(
+        "_format_version: \"3.0\"\ngateway:\n  listen: 127.0.0.1:0\n  admin_listen: 0.0.0.0:0\n  admin_token: {ADMIN_TOKEN}\n  access_log: off\n"
+    );
+    let gateway = Gateway::from_yaml(&text, "admin.yaml").unwrap();
+    let listeners = gateway.bind().await.unwrap();
+    let port = listeners.admin_addr().unwrap().port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(gateway.serve(listeners, async move {
+        let _ = stopped.await;
+    }));
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    assert_eq!(send(admin_get(admin, "/status", None)).await.status, 401);
+    let res = send(admin_get(admin, "/status", Some(&format!("Bearer {ADMIN_TOKEN}")))).await;
+    assert_eq!(res.status, 200);
+    assert_eq!(res.json()["status"], "ok");
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn admin_token_guards_status_and_metrics_and_healthz_stays_open() {
+    let upstream = Upstream::start().await;
+    let yaml =
+        format!("services:\n- name: svc\n  url: {}\n  routes: [{{name: r, paths: [/r]}}]\n", upstream.url());
+    let gw = TestGateway::start_with(&yaml, &format!("  admin_token: {ADMIN_TOKEN}\n")).await;
+    let admin = gw.admin.unwrap();
+    let good = format!("Bearer {ADMIN_TOKEN}");
+    let near_misses = [
+        None,
+        Some(String::from("Bearer")),
+        Some(String::from("Bearer ")),
+        Some(format!("Basic {ADMIN_TOKEN}")),
+        Some(format!("Bearer {}", &ADMIN_TOKEN[..ADMIN_TOKEN.len() - 1])),
+        Some(format!("Bearer {ADMIN_TOKEN}x")),
+        Some(format!("Bearer {}", ADMIN_TOKEN.to_uppercase())),
+        Some(ADMIN_TOKEN.to_owned()),
+    ];
+    for path in ["/status", "/metrics"] {
+        for auth in &near_misses {
+            let res = send(admin_get(admin, path, auth.as_deref())).await;
+            assert_eq!(res.status, 401, "{path} with {auth:?}");
+            assert_eq!(res.headers["content-type"], "application/json");
+            assert_eq!(res.headers["www-authenticate"], "Bearer");
+            assert_eq!(res.json()["error"], "unauthorized");
+            assert!(!String::from_utf8_lossy(&res.body).contains(ADMIN_TOKEN));
+        }
+        // Two Authorization headers are ambiguous: refused even when one is right.
+        let mut req = admin_get(admin, path, Some(&good));
+        req.headers_mut().append("authorization", "Bearer wrong".parse().unwrap());
+        assert_eq!(send(req).await.status, 401);
+        let res = send(admin_get(admin, path, Some(&good))).await;
+        assert_eq!(res.status, 200, "{path}");
+        let res = send(admin_get(admin, path, Some(&format!("bearer   {ADMIN_TOKEN}")))).await;
+        assert_eq!(res.status, 200, "{path}: the scheme is case-insensitive");
+    }
+    assert_eq!(send(admin_get(admin, "/healthz", None)).await.status, 200);
+    // The admin token never unlocks anything on the proxy side, and never reaches the upstream.
+    let res =
+        send(Request::get(gw.url("/r")).header("authorization", &good).body(Full::default()).unwrap()).await;
+    assert_eq!(res.status, 200);
+    gw.stop().await;
+
+    // `admin_metrics_public: true`: /metrics open for scrapers, /status still guarded.
+    let gw = TestGateway::start_with(
+        &yaml,
+        &format!("  admin_token: {ADMIN_TOKEN}\n  admin_metrics_public: true\n"),
+    )
+    .await;
+    let admin = gw.admin.unwrap();
+    let res = send(admin_get(admin, "/metrics", None)).await;
+    assert_eq!(res.status, 200);
+    assert!(String::from_utf8_lossy(&res.body).contains("portcullis_"));
+    assert_eq!(send(admin_get(admin, "/status", None)).await.status, 401);
+    gw.stop().await;
+}
+
+/// Every secret a config can hold: none of them may appear in `/status`.
+const SECRETS: [&str; 8] = [
+    "jwt-hs-secret-value-7f3a",
+    "keyauth-plain-key-91bc",
+    "Basic aW50cm9zcGVjdDpjbGllbnQtc2VjcmV0LTU1",
+    "redis-password-c0ffee",
+    "redis-user-d00d",
+    ADMIN_TOKEN,
+    "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA",
+    "pepper-secret-e4e4",
+];
+
+#[tokio::test]
+async fn status_never_shows_a_credential() {
+    let upstream = Upstream::start().await;
+    let pem =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwt/rsa_public.pem"))
+            .unwrap();
+    assert!(pem.contains(SECRETS[6]), "the fixture's key material is what we look for");
+    let pem = pem.replace('\n', "\n      ");
+    let redis = if cfg!(feature = "redis") {
+        "    - {name: rate-limiting, config: {minute: 100, policy: redis, redis_host: 127.0.0.1, redis_port: 1, redis_username: redis-user-d00d, redis_password: redis-password-c0ffee}}\n"
+    } else {
+        ""
+    };
+    let yaml = format!(
+        r#"services:
+- name: svc
+  url: {upstream}/base
+  routes:
+  - name: jwt
+    paths: [/jwt]
+    plugins:
+    - {{name: jwt}}
+{redis}  - name: keys
+    paths: [/keys]
+    plugins: [{{name: key-auth, config: {{pepper: pepper-secret-e4e4}}}}]
+  - name: intro
+    paths: [/intro]
+    plugins:
+    - {{name: oauth2-introspection, config: {{introspection_url: "http://127.0.0.1:1/introspect", authorization_value: "{intro}"}}}}
+consumers:
+- username: alice
+  jwt_secrets:
+  - {{key: alice-hs, secret: {jwt}}}
+  - key: alice-rs
+    algorithm: RS256
+    rsa_public_key: |
+      {pem}
+  keyauth_credentials: [{{key: {key}}}]
+"#,
+        upstream = upstream.url(),
+        jwt = SECRETS[0],
+        key = SECRETS[1],
+        intro = SECRETS[2],
+    );
+    let gw = TestGateway::start_with(&yaml, &format!("  admin_token: {ADMIN_TOKEN}\n")).await;
+    let res = send(admin_get(gw.admin.unwrap(), "/status", Some(&format!("Bearer {ADMIN_TOKEN}")))).await;
+    assert_eq!(res.status, 200);
+    let body = String::from_utf8_lossy(&res.body).into_owned();
+    assert!(body.contains("\"name\":\"svc\""), "{body}");
+    for secret in SECRETS {
+        assert!(!body.contains(secret), "/status shows `{secret}`: {body}");
+    }
+    // The in-process document is the same one.
+    let metrics =
+        send(admin_get(gw.admin.unwrap(), "/metrics", Some(&format!("Bearer {ADMIN_TOKEN}")))).await;
+    let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
+    for secret in SECRETS {
+        assert!(!metrics.contains(secret), "/metrics shows `{secret}`");
+    }
+    gw.stop().await;
+
+    // Credentials in a service URL are refused at load, so they cannot reach /status either.
+    let text = format!(
+        "_format_version: \"3.0\"\nservices:\n- name: svc\n  url: http://user:pw-secret@{}/\n",
+        upstream.addr
+    );
+    let err = load_error(&text);
+    assert!(err.contains("services[0].url") && err.contains("credentials in the url"), "{err}");
+}
