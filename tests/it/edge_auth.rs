@@ -22,6 +22,7 @@ fn admin_get(addr: std::net::SocketAddr, path: &str, auth: Option<&str>) -> Requ
     req.body(Full::default()).unwrap()
 }
 
+/// The config error `text` (origin `admin.yaml`) is refused with.
 fn load_error(text: &str) -> String {
     match Gateway::from_yaml(text, "admin.yaml") {
         Ok(_) => panic!("expected a config error for\n{text}"),
@@ -203,4 +204,155 @@ consumers:
     );
     let err = load_error(&text);
     assert!(err.contains("services[0].url") && err.contains("credentials in the url"), "{err}");
+}
+
+// === item 10: introspection is no amplifier ===
+
+/// An RFC 7662 endpoint on loopback that counts its calls and holds each answer `delay`. Tokens:
+/// `exp-huge` (active, `exp: 1e300`), `exp-max` (`exp: 18446744073709551615`), `exp-negative`
+/// (`exp: -1`), `exp-float` (an `exp` 30.5 s away), anything else inactive.
+#[derive(Clone)]
+struct Introspector {
+    addr: std::net::SocketAddr,
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Introspector {
+    async fn start(delay: Duration) -> Introspector {
+        use http_body_util::BodyExt;
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = Introspector { addr: listener.local_addr().unwrap(), calls: Default::default() };
+        let calls = endpoint.calls.clone();
+        serve(listener, move |req: Request<hyper::body::Incoming>| {
+            let calls = calls.clone();
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let form = req.into_body().collect().await.unwrap().to_bytes();
+                let form = String::from_utf8(form.to_vec()).unwrap();
+                tokio::time::sleep(delay).await;
+                let token = form.split('&').find_map(|p| p.strip_prefix("token=")).unwrap_or_default();
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+                let exp = match token {
+                    "exp-huge" => Some("1e300".to_owned()),
+                    "exp-max" => Some("18446744073709551615".to_owned()),
+                    "exp-negative" => Some("-1".to_owned()),
+                    "exp-float" => Some(format!("{}.5", now.as_secs() + 30)),
+                    _ => None,
+                };
+                let body = match exp {
+                    Some(exp) => format!(r#"{{"active":true,"username":"alice","sub":"s-1","exp":{exp}}}"#),
+                    None => String::from(r#"{"active":false}"#),
+                };
+                Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(body))))
+            }
+        });
+        endpoint
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn introspected(upstream: &Upstream, endpoint: &Introspector, extra: &str) -> String {
+    format!(
+        "services:\n- name: svc\n  url: {}\n  routes:\n  - name: intro\n    paths: [/intro]\n    strip_path: false\n    plugins: [{{name: oauth2-introspection, config: {{introspection_url: \"http://{}/introspect\", timeout: 2000{extra}}}}}]\nconsumers:\n- username: alice\n",
+        upstream.url(),
+        endpoint.addr
+    )
+}
+
+fn with_token(gw: &TestGateway, token: &str) -> Request<Full<Bytes>> {
+    Request::get(gw.url("/intro"))
+        .header("authorization", format!("Bearer {token}"))
+        .body(Full::default())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn inactive_tokens_are_introspected_once_per_negative_ttl() {
+    let upstream = Upstream::start().await;
+    let endpoint = Introspector::start(Duration::from_millis(300)).await;
+    let gw = TestGateway::start(&introspected(&upstream, &endpoint, ", negative_ttl: 1")).await;
+
+    // 50 concurrent requests with one made-up token: one call, 50 refusals.
+    let tasks: Vec<_> = (0..50).map(|_| tokio::spawn(send(with_token(&gw, "made-up")))).collect();
+    for task in tasks {
+        let res = task.await.unwrap();
+        assert_eq!(res.status, 401);
+        assert_eq!(res.json()["error"], "invalid_token");
+        assert_eq!(res.headers["www-authenticate"], "Bearer error=\"invalid_token\"");
+    }
+    assert_eq!(endpoint.calls(), 1);
+    // Repeated within negative_ttl: answered from the cache, at once.
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        assert_eq!(send(with_token(&gw, "made-up")).await.status, 401);
+    }
+    assert!(started.elapsed() < Duration::from_millis(300), "{:?}", started.elapsed());
+    assert_eq!(endpoint.calls(), 1);
+    // The query-string form of the same token is the same token.
+    assert_eq!(get(&gw.url("/intro?access_token=made-up")).await.status, 401);
+    assert_eq!(endpoint.calls(), 1);
+    // Another token is asked about; after negative_ttl the first one is asked again.
+    assert_eq!(send(with_token(&gw, "other")).await.status, 401);
+    assert_eq!(endpoint.calls(), 2);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(send(with_token(&gw, "made-up")).await.status, 401);
+    assert_eq!(endpoint.calls(), 3);
+    assert!(upstream.seen().is_empty(), "no refused request reached the upstream");
+    gw.stop().await;
+
+    // negative_ttl: 0 turns the negative cache off (one call per sequential request).
+    let endpoint = Introspector::start(Duration::ZERO).await;
+    let gw = TestGateway::start(&introspected(&upstream, &endpoint, ", negative_ttl: 0")).await;
+    for n in 1..=3 {
+        assert_eq!(send(with_token(&gw, "made-up")).await.status, 401);
+        assert_eq!(endpoint.calls(), n);
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn any_exp_the_provider_sends_is_clamped() {
+    let upstream = Upstream::start().await;
+    let endpoint = Introspector::start(Duration::ZERO).await;
+    let gw = TestGateway::start(&introspected(&upstream, &endpoint, ", ttl: 60")).await;
+    let mut calls = 0;
+    // Far-future and out-of-range numbers: admitted, cached for `ttl` (no second call).
+    for token in ["exp-huge", "exp-max", "exp-float"] {
+        for _ in 0..3 {
+            let res = send(with_token(&gw, token)).await;
+            assert_eq!(res.status, 200, "{token}: {:?}", res.body);
+            let seen = upstream.last();
+            assert_eq!(seen.headers["x-credential-sub"], "s-1");
+            assert_eq!(seen.headers["x-consumer-username"], "alice");
+        }
+        calls += 1;
+        assert_eq!(endpoint.calls(), calls, "{token} is cached");
+    }
+    // An `exp` in the past: the provider's `active` decides (admitted), but it is never cached.
+    for _ in 0..2 {
+        assert_eq!(send(with_token(&gw, "exp-negative")).await.status, 200);
+        calls += 1;
+        assert_eq!(endpoint.calls(), calls);
+    }
+    // The gateway is still serving: nothing panicked.
+    assert_eq!(send(with_token(&gw, "exp-huge")).await.status, 200);
+    gw.stop().await;
+
+    // Out-of-range cache lifetimes in the config are errors naming the key, not panics.
+    for (extra, key) in
+        [(", ttl: 1e300", "ttl"), (", negative_ttl: -1", "negative_ttl"), (", ttl: 90000", "ttl")]
+    {
+        let text = format!("_format_version: \"3.0\"\n{}", introspected(&upstream, &endpoint, extra));
+        let err = load_error(&text);
+        assert!(
+            err.starts_with(&format!(
+                "admin.yaml: services[0].routes[0].plugins[0].config.{key}: invalid {key}"
+            )),
+            "{err}"
+        );
+    }
 }
