@@ -356,3 +356,213 @@ async fn any_exp_the_provider_sends_is_clamped() {
         );
     }
 }
+
+// === item 9: JWT defaults ===
+
+const JWT_FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwt/");
+const HS_SECRET: &str = "alice-shared-secret-0123456789";
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// An HS256 token over hand-written header and payload JSON (so members can repeat).
+fn handmade(header: &str, payload: &str) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let message = format!("{}.{}", b64.encode(header), b64.encode(payload));
+    let key = jsonwebtoken::EncodingKey::from_secret(HS_SECRET.as_bytes());
+    let signature =
+        jsonwebtoken::crypto::sign(message.as_bytes(), &key, jsonwebtoken::Algorithm::HS256).unwrap();
+    format!("{message}.{signature}")
+}
+
+fn jwt_yaml(upstream: &Upstream, routes: &[(&str, &str)], consumers_extra: &str) -> String {
+    let routes: String = routes
+        .iter()
+        .map(|(name, config)| {
+            format!("  - name: {name}\n    paths: [/{name}]\n    strip_path: false\n    plugins: [{{name: jwt, config: {config}}}]\n")
+        })
+        .collect();
+    format!(
+        "services:\n- name: svc\n  url: {}\n  routes:\n{routes}consumers:\n- username: alice\n  jwt_secrets:\n  - {{key: alice-hs, secret: {HS_SECRET}}}\n{consumers_extra}",
+        upstream.url()
+    )
+}
+
+async fn bearer_to(gw: &TestGateway, path: &str, token: &str) -> Answer {
+    send(
+        Request::get(gw.url(path))
+            .header("authorization", format!("Bearer {token}"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await
+}
+
+#[track_caller]
+fn assert_refused(res: &Answer, message: &str) {
+    assert_eq!(res.status, 401, "{:?}", res.body);
+    assert_eq!(res.headers["content-type"], "application/json");
+    assert_eq!(res.headers["www-authenticate"], "Bearer error=\"invalid_token\"");
+    assert_eq!(res.json()["error"], "invalid_token");
+    assert_eq!(res.json()["message"], message);
+}
+
+#[tokio::test]
+async fn jwt_config_that_would_be_misread_is_refused_at_load() {
+    let upstream = Upstream::start().await;
+    for (config, path, expected) in [
+        ("{maximum_expiration: 3600}", "maximum_expiration", "needs `exp` in `claims_to_verify`"),
+        ("{claims_to_verify: [nbf], maximum_expiration: 60}", "maximum_expiration", "needs `exp`"),
+        ("{jwks_refresh_interval: 0}", "jwks_refresh_interval", "expected at least 1 s"),
+        (
+            "{jwks_refresh_interval: 60, jwks_max_age: 5}",
+            "jwks_max_age",
+            "expected at least jwks_refresh_interval",
+        ),
+        ("{audiences: []}", "audiences", "expected at least one value"),
+        ("{issuers: [\"\"]}", "issuers[0]", "expected a non-empty value"),
+    ] {
+        let text = format!("_format_version: \"3.0\"\n{}", jwt_yaml(&upstream, &[("r", config)], ""));
+        let err = load_error(&text);
+        let prefix = format!("admin.yaml: services[0].routes[0].plugins[0].config.{path}: ");
+        assert!(err.starts_with(&prefix) && err.contains(expected), "{config}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn jwt_audiences_issuers_and_duplicate_claims_over_the_wire() {
+    let upstream = Upstream::start().await;
+    let gw = TestGateway::start(&jwt_yaml(
+        &upstream,
+        &[("kong", "{}"), ("strict", "{claims_to_verify: [exp], audiences: [orders], issuers: [alice-hs]}")],
+        "",
+    ))
+    .await;
+    let exp = unix_now() + 600;
+    let header = r#"{"alg":"HS256","typ":"JWT"}"#;
+
+    // The Kong-shaped config keeps Kong's default: no claims verified, a token without exp passes.
+    let res = bearer_to(&gw, "/kong", &handmade(header, r#"{"iss":"alice-hs"}"#)).await;
+    assert_eq!(res.status, 200);
+    assert_eq!(upstream.last().headers["x-consumer-username"], "alice");
+
+    let good = handmade(header, &format!(r#"{{"iss":"alice-hs","aud":["billing","orders"],"exp":{exp}}}"#));
+    assert_eq!(bearer_to(&gw, "/strict", &good).await.status, 200);
+    let seen = upstream.last();
+    assert_eq!(seen.uri, "/strict");
+    assert_eq!(seen.headers["x-credential-identifier"], "alice-hs");
+    let admitted = upstream.seen().len();
+
+    for (payload, message) in [
+        (format!(r#"{{"iss":"alice-hs","aud":"billing","exp":{exp}}}"#), "Invalid 'aud' in claims"),
+        (format!(r#"{{"iss":"alice-hs","exp":{exp}}}"#), "No mandatory 'aud' in claims"),
+        (r#"{"iss":"alice-hs","aud":"orders"}"#.to_owned(), "'exp' must be a number"),
+        // serde_json keeps the last member; another parser upstream may keep the first.
+        (
+            format!(r#"{{"iss":"alice-hs","aud":"orders","sub":"a","sub":"b","exp":{exp}}}"#),
+            "Bad token; duplicate claim names",
+        ),
+        (
+            format!(r#"{{"iss":"alice-hs","aud":"orders","exp":1,"exp":{exp}}}"#),
+            "Bad token; duplicate claim names",
+        ),
+        (
+            format!(r#"{{"iss":"alice-hs","aud":"billing","aud":"orders","exp":{exp}}}"#),
+            "Bad token; duplicate claim names",
+        ),
+    ] {
+        assert_refused(&bearer_to(&gw, "/strict", &handmade(header, &payload)).await, message);
+    }
+    // The same duplicates on the Kong-shaped route, and a duplicated `alg` header.
+    let dup = handmade(header, r#"{"iss":"alice-hs","sub":"a","sub":"b"}"#);
+    assert_refused(&bearer_to(&gw, "/kong", &dup).await, "Bad token; duplicate claim names");
+    let dup = handmade(r#"{"alg":"none","alg":"HS256"}"#, r#"{"iss":"alice-hs"}"#);
+    assert_refused(&bearer_to(&gw, "/kong", &dup).await, "Bad token; duplicate header names");
+    // As raw bytes too, with the token in the query string.
+    let dup = handmade(header, r#"{"iss":"alice-hs","iss":"alice-hs"}"#);
+    let answer = raw(
+        gw.addr,
+        format!("GET /kong?jwt={dup} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(raw_status(&answer), 401, "{answer}");
+    assert!(answer.contains("duplicate claim names"), "{answer}");
+    assert_eq!(upstream.seen().len(), admitted, "no refused token reached the upstream");
+    gw.stop().await;
+}
+
+/// A JWKS endpoint on loopback whose key set can be changed, counting its calls.
+struct Jwks {
+    url: String,
+    keys: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+fn jwk(kid: &str, modulus: &str) -> serde_json::Value {
+    let n = std::fs::read_to_string(format!("{JWT_FIXTURES}{modulus}")).unwrap();
+    serde_json::json!({"kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256", "n": n.trim(), "e": "AQAB"})
+}
+
+impl Jwks {
+    async fn start(keys: Vec<serde_json::Value>) -> Jwks {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+        let jwks =
+            Jwks { url, keys: std::sync::Arc::new(std::sync::Mutex::new(keys)), calls: Default::default() };
+        let (keys, calls) = (jwks.keys.clone(), jwks.calls.clone());
+        serve(listener, move |_req: Request<hyper::body::Incoming>| {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let body = serde_json::json!({"keys": *keys.lock().unwrap()}).to_string();
+            async move { Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(body)))) }
+        });
+        jwks
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn rs256(private: &str, kid: &str) -> String {
+    let pem = std::fs::read(format!("{JWT_FIXTURES}{private}")).unwrap();
+    let header = jsonwebtoken::Header {
+        kid: Some(kid.into()),
+        ..jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256)
+    };
+    let claims = serde_json::json!({"iss": "idp", "exp": unix_now() + 600});
+    jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn a_key_removed_from_the_jwks_stops_being_trusted_after_jwks_max_age() {
+    let upstream = Upstream::start().await;
+    let jwks = Jwks::start(vec![jwk("k1", "rsa_n.b64u"), jwk("k2", "rsa2_n.b64u")]).await;
+    let consumer = format!(
+        "- username: idp-users\n  jwt_secrets: [{{key: idp, algorithm: RS256, jwks_url: \"{}\"}}]\n",
+        jwks.url
+    );
+    let gw = TestGateway::start(&jwt_yaml(
+        &upstream,
+        &[("keys", "{claims_to_verify: [exp], jwks_refresh_interval: 1, jwks_max_age: 1, verified_token_cache_size: 100}")],
+        &consumer,
+    ))
+    .await;
+    let (t1, t2) = (rs256("rsa_private.pem", "k1"), rs256("rsa2_private.pem", "k2"));
+    for t in [&t1, &t2, &t1] {
+        assert_eq!(bearer_to(&gw, "/keys", t).await.status, 200);
+    }
+    assert_eq!(jwks.calls(), 1);
+    assert_eq!(upstream.last().headers["x-consumer-username"], "idp-users");
+
+    // The identity provider drops k1 (a leaked key, say).
+    jwks.keys.lock().unwrap().remove(0);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let before = upstream.seen().len();
+    assert_refused(&bearer_to(&gw, "/keys", &t1).await, "Invalid signature");
+    assert_eq!(upstream.seen().len(), before, "the upstream saw nothing");
+    assert_eq!(bearer_to(&gw, "/keys", &t2).await.status, 200);
+    assert_eq!(jwks.calls(), 2, "one re-fetch");
+    gw.stop().await;
+}
