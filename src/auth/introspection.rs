@@ -16,8 +16,11 @@
 //!   consumer), never cached.
 //!
 //! Active results are cached by the token's SHA-256 for `min(ttl, exp − now)` in a bounded map
-//! shared by every clone of the layer; concurrent requests with the same uncached token wait for
-//! one introspection call.
+//! shared by every clone of the layer; inactive results for `negative_ttl` (default 5 s), so a
+//! client repeating a revoked or made-up token cannot turn each request into a call to the
+//! authorization server. Concurrent requests with the same uncached token, active or not, wait
+//! for one introspection call. Any `exp` the endpoint sends is safe: far-future, huge, negative or
+//! fractional values only shorten the lifetime, which never exceeds [`MAX_CACHE_TTL`].
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -42,7 +45,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -85,6 +88,13 @@ const PLUGIN: &str = "oauth2-introspection";
 const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// Largest introspection response read.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// The longest any result is cached (`ttl` and `negative_ttl` are capped to it), so deadlines
+/// never overflow `Instant` arithmetic whatever the config or the endpoint says.
+pub const MAX_CACHE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// How long an inactive answer is reused, unless configured.
+pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(5);
 
 /// Which introspection field names the consumer (Kong's `consumer_by`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -133,6 +143,55 @@ enum Outcome {
 struct TokenCache {
     entries: HashMap<[u8; 32], (Arc<Active>, Instant)>,
     capacity: usize,
+}
+
+/// Inactive tokens by SHA-256, each until its deadline; at most `capacity` entries. Every entry
+/// lives `negative_ttl`, so insertion order is deadline order: expiry and eviction pop the front
+/// in O(1), however fast a client makes up tokens.
+#[derive(Debug)]
+struct NegativeCache {
+    deadlines: HashMap<[u8; 32], Instant>,
+    order: VecDeque<([u8; 32], Instant)>,
+    capacity: usize,
+}
+
+impl NegativeCache {
+    fn new(capacity: usize) -> Self {
+        Self { deadlines: HashMap::new(), order: VecDeque::new(), capacity }
+    }
+
+    fn contains(&mut self, digest: &[u8; 32], now: Instant) -> bool {
+        match self.deadlines.get(digest) {
+            Some(until) if *until > now => true,
+            Some(_) => {
+                self.deadlines.remove(digest);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn insert(&mut self, digest: [u8; 32], until: Instant, now: Instant) {
+        if self.capacity == 0 || until <= now {
+            return;
+        }
+        while let Some(&(oldest, deadline)) = self.order.front() {
+            if deadline > now && self.order.len() < self.capacity {
+                break;
+            }
+            self.order.pop_front();
+            // A later insert of the same digest owns the map entry; leave it.
+            if self.deadlines.get(&oldest) == Some(&deadline) {
+                self.deadlines.remove(&oldest);
+            }
+        }
+        self.deadlines.insert(digest, until);
+        self.order.push_back((digest, until));
+    }
+
+    fn len(&self) -> usize {
+        self.deadlines.len()
+    }
 }
 
 impl TokenCache {
@@ -188,6 +247,7 @@ struct Shared {
     token_type_hint: Option<String>,
     timeout: Duration,
     ttl: Duration,
+    negative_ttl: Duration,
     consumer_by: ConsumerBy,
     consumers: HashMap<String, Consumer>,
     hide_credentials: bool,
@@ -198,6 +258,7 @@ struct Shared {
 
 struct State {
     cache: TokenCache,
+    inactive: NegativeCache,
     in_flight: HashMap<[u8; 32], Arc<OnceCell<Outcome>>>,
 }
 
@@ -223,6 +284,7 @@ pub struct IntrospectionBuilder {
     token_type_hint: Option<String>,
     timeout: Duration,
     ttl: Duration,
+    negative_ttl: Duration,
     consumer_by: ConsumerBy,
     consumers: HashMap<String, Consumer>,
     hide_credentials: bool,
@@ -240,6 +302,7 @@ impl IntrospectionLayer {
             token_type_hint: None,
             timeout: Duration::from_secs(10),
             ttl: Duration::from_secs(60),
+            negative_ttl: DEFAULT_NEGATIVE_TTL,
             consumer_by: ConsumerBy::Username,
             consumers: HashMap::new(),
             hide_credentials: false,
@@ -252,6 +315,11 @@ impl IntrospectionLayer {
     /// How many active tokens are cached now.
     pub fn cached_tokens(&self) -> usize {
         self.shared.state.lock().map(|s| s.cache.len()).unwrap_or(0)
+    }
+
+    /// How many inactive tokens are cached now.
+    pub fn cached_inactive_tokens(&self) -> usize {
+        self.shared.state.lock().map(|s| s.inactive.len()).unwrap_or(0)
     }
 }
 
@@ -276,13 +344,22 @@ impl IntrospectionBuilder {
         self
     }
 
-    /// How long an active result is reused (default 60 s), never past the token's `exp`.
+    /// How long an active result is reused (default 60 s), never past the token's `exp`, at
+    /// most [`MAX_CACHE_TTL`].
     pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl;
+        self.ttl = ttl.min(MAX_CACHE_TTL);
         self
     }
 
-    /// At most this many active tokens cached (default 10 000; 0 disables the cache).
+    /// How long an inactive result is reused (default [`DEFAULT_NEGATIVE_TTL`], 5 s; at most
+    /// [`MAX_CACHE_TTL`]; zero disables it). A token activated meanwhile is refused until then.
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.negative_ttl = ttl.min(MAX_CACHE_TTL);
+        self
+    }
+
+    /// At most this many active tokens cached, and as many inactive ones (default 10 000 each;
+    /// 0 disables both caches).
     pub fn cache_capacity(mut self, entries: usize) -> Self {
         self.cache_capacity = entries;
         self
@@ -337,6 +414,7 @@ impl IntrospectionBuilder {
                 token_type_hint: self.token_type_hint,
                 timeout: self.timeout,
                 ttl: self.ttl,
+                negative_ttl: self.negative_ttl,
                 consumer_by: self.consumer_by,
                 consumers: self.consumers,
                 hide_credentials: self.hide_credentials,
@@ -344,6 +422,7 @@ impl IntrospectionBuilder {
                 anonymous: self.anonymous,
                 state: Mutex::new(State {
                     cache: TokenCache::new(self.cache_capacity),
+                    inactive: NegativeCache::new(self.cache_capacity),
                     in_flight: HashMap::new(),
                 }),
             }),
@@ -490,23 +569,21 @@ impl Shared {
             (X_CREDENTIAL_SCOPE.clone(), value(&info.scope)),
             (X_CREDENTIAL_CLIENT_ID.clone(), value(&info.client_id)),
         ];
-        // Cached for `ttl`, never past `exp` (an `exp` already past: admitted once, not cached).
-        let lifetime = match json.get("exp").and_then(serde_json::Value::as_f64) {
-            Some(exp) => {
-                let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
-                let left = exp - now;
-                if left > 0.0 { Some(self.ttl.min(Duration::from_secs_f64(left))) } else { None }
-            }
-            None => Some(self.ttl),
-        };
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        let lifetime = active_lifetime(json.get("exp").and_then(serde_json::Value::as_f64), now, self.ttl);
         (Outcome::Active(Arc::new(Active { info, consumer, headers })), lifetime)
     }
 
-    /// The cached result for `digest`, or the shared cell of the call that will produce it.
-    fn lookup(&self, digest: [u8; 32]) -> Result<Arc<Active>, Arc<OnceCell<Outcome>>> {
+    /// The cached result for `digest` (`None`: known inactive), or the shared cell of the call
+    /// that will produce it.
+    fn lookup(&self, digest: [u8; 32]) -> Result<Option<Arc<Active>>, Arc<OnceCell<Outcome>>> {
         let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(active) = state.cache.get(&digest, Instant::now()) {
-            return Ok(active);
+        let now = Instant::now();
+        if let Some(active) = state.cache.get(&digest, now) {
+            return Ok(Some(active));
+        }
+        if state.inactive.contains(&digest, now) {
+            return Ok(None);
         }
         Err(state.in_flight.entry(digest).or_insert_with(|| Arc::new(OnceCell::new())).clone())
     }
@@ -521,9 +598,19 @@ impl Shared {
         lifetime: Option<Duration>,
     ) {
         let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let (Outcome::Active(active), Some(lifetime)) = (outcome, lifetime) {
-            let now = Instant::now();
-            state.cache.insert(digest, active.clone(), now + lifetime, now);
+        let now = Instant::now();
+        match (outcome, lifetime) {
+            (Outcome::Active(active), Some(lifetime)) => {
+                if let Some(until) = now.checked_add(lifetime.min(MAX_CACHE_TTL)) {
+                    state.cache.insert(digest, active.clone(), until, now);
+                }
+            }
+            (Outcome::Inactive, _) if !self.negative_ttl.is_zero() => {
+                if let Some(until) = now.checked_add(self.negative_ttl) {
+                    state.inactive.insert(digest, until, now);
+                }
+            }
+            _ => {}
         }
         if state.in_flight.get(&digest).is_some_and(|c| Arc::ptr_eq(c, cell)) {
             state.in_flight.remove(&digest);
@@ -565,6 +652,21 @@ impl Shared {
             }
             None => Err(rejection),
         }
+    }
+}
+
+/// How long an active answer is cached: `ttl`, never past `exp` (Unix seconds, any number the
+/// endpoint sent). An `exp` already past: admitted once, not cached. Compared as floats before any
+/// conversion, so `1e300`, `u64::MAX` or `-1` cannot overflow a `Duration`.
+fn active_lifetime(exp: Option<f64>, now: f64, ttl: Duration) -> Option<Duration> {
+    let Some(exp) = exp else { return Some(ttl) };
+    let left = exp - now;
+    if left.is_nan() || left <= 0.0 {
+        None
+    } else if left >= ttl.as_secs_f64() {
+        Some(ttl)
+    } else {
+        Some(Duration::from_secs_f64(left))
     }
 }
 
@@ -662,9 +764,13 @@ where
         };
         let digest: [u8; 32] = Sha256::digest(&token).into();
         let cell = match shared.lookup(digest) {
-            Ok(active) => {
+            Ok(Some(active)) => {
                 let consumer = shared.admit(&mut req, &active, source);
                 return ResponseFuture::inner(self.inner.call(req), consumer);
+            }
+            Ok(None) => {
+                let outcome = shared.refuse(&mut req, shared.invalid());
+                return self.finish(req, outcome);
             }
             Err(cell) => cell,
         };
@@ -770,6 +876,50 @@ mod tests {
             cache.insert(key, active("x"), later + Duration::from_secs(60), later);
         }
         assert_eq!(cache.len(), 3);
+    }
+
+    #[test]
+    fn any_exp_gives_a_bounded_lifetime() {
+        let ttl = Duration::from_secs(60);
+        let now = 1_700_000_000.0;
+        assert_eq!(active_lifetime(None, now, ttl), Some(ttl));
+        for far in [1e300, f64::MAX, 18_446_744_073_709_551_615.0, now + 61.0] {
+            assert_eq!(active_lifetime(Some(far), now, ttl), Some(ttl), "{far}");
+        }
+        assert_eq!(active_lifetime(Some(now + 1.5), now, ttl), Some(Duration::from_millis(1500)));
+        for past in [-1.0, -1e300, f64::MIN, 0.0, now, f64::NAN, f64::NEG_INFINITY] {
+            assert_eq!(active_lifetime(Some(past), now, ttl), None, "{past}");
+        }
+        // The builder caps what it is given, so deadlines never overflow `Instant`.
+        let layer = IntrospectionLayer::builder(Uri::from_static("http://127.0.0.1:9/"))
+            .ttl(Duration::MAX)
+            .negative_ttl(Duration::MAX)
+            .build();
+        assert_eq!((layer.shared.ttl, layer.shared.negative_ttl), (MAX_CACHE_TTL, MAX_CACHE_TTL));
+    }
+
+    #[test]
+    fn negative_cache_expires_in_order_and_is_bounded() {
+        let now = Instant::now();
+        let ttl = Duration::from_secs(5);
+        let mut cache = NegativeCache::new(3);
+        cache.insert([1; 32], now + ttl, now);
+        assert!(cache.contains(&[1; 32], now + Duration::from_secs(4)));
+        assert!(!cache.contains(&[1; 32], now + ttl));
+        assert!(!cache.contains(&[9; 32], now));
+        for i in 0..1000u16 {
+            let mut key = [0u8; 32];
+            key[..2].copy_from_slice(&i.to_le_bytes());
+            let at = now + Duration::from_millis(u64::from(i));
+            cache.insert(key, at + ttl, at);
+            assert!(cache.len() <= 3 && cache.order.len() <= 3);
+        }
+        let last = now + Duration::from_millis(999);
+        let mut newest = [0u8; 32];
+        newest[..2].copy_from_slice(&999u16.to_le_bytes());
+        assert!(cache.contains(&newest, last));
+        assert!(!cache.contains(&[0; 32], last), "the oldest went first");
+        NegativeCache::new(0).insert([1; 32], now + ttl, now);
     }
 
     #[test]

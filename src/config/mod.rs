@@ -74,6 +74,7 @@ pub use schema::{
     AccessLog, Config, Consumer, FORMAT_VERSIONS, Gateway, Plugin, Protocol, Route, RoutePath, Service, Tls,
     Upstream,
 };
+pub use schema::{AdminToken, MIN_ADMIN_TOKEN_LEN};
 
 // === impl Config ===
 

@@ -54,6 +54,14 @@ pub struct Gateway {
     /// Where `/metrics`, `/healthz` and `/status` are served; none when unset.
     #[serde(default, deserialize_with = "optional_socket_addr")]
     pub admin_listen: Option<SocketAddr>,
+    /// Bearer token the admin listener requires on `/status` (and `/metrics` unless
+    /// `admin_metrics_public`); required when `admin_listen` is not a loopback address.
+    #[serde(default)]
+    pub admin_token: Option<AdminToken>,
+    /// Serve `/metrics` without the `admin_token` (for scrapers that cannot send one). Default
+    /// false.
+    #[serde(default)]
+    pub admin_metrics_public: bool,
     /// TLS termination on `listen`; plain HTTP when unset.
     #[serde(default)]
     pub tls: Option<Tls>,
@@ -85,6 +93,8 @@ impl Default for Gateway {
         Self {
             listen: default_listen(),
             admin_listen: None,
+            admin_token: None,
+            admin_metrics_public: false,
             tls: None,
             trusted_proxies: TrustedProxies::none(),
             access_log: AccessLog::default(),
@@ -114,6 +124,59 @@ fn default_idle_timeout() -> Duration {
 }
 fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(30)
+}
+
+/// Shortest `gateway.admin_token` accepted: a guessable token on a reachable listener is no lock.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
+/// `gateway.admin_token`: a secret, never printed (`Debug` shows `<redacted>`).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    /// The token as written.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for AdminToken {
+    fn from(token: String) -> Self {
+        Self(token)
+    }
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+impl Gateway {
+    /// Why the admin settings are unsafe, as `(path, message)`: a non-loopback `admin_listen`
+    /// without `admin_token` (anyone who reaches it reads `/status` and `/metrics`), or a token
+    /// too short to resist guessing.
+    pub(crate) fn admin_problem(&self) -> Option<(&'static str, String)> {
+        if let Some(token) = &self.admin_token {
+            let token = token.expose();
+            if token.len() < MIN_ADMIN_TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Some((
+                    "gateway.admin_token",
+                    format!("expected at least {MIN_ADMIN_TOKEN_LEN} visible ASCII characters (no spaces)"),
+                ));
+            }
+        }
+        match self.admin_listen {
+            Some(addr) if !addr.ip().is_loopback() && self.admin_token.is_none() => Some((
+                "gateway.admin_listen",
+                format!(
+                    "`{addr}` is not a loopback address; set `gateway.admin_token` to expose the admin listener, or listen on 127.0.0.1 / [::1]"
+                ),
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// `gateway.tls` — certificate chain and private key, PEM. Relative paths are taken from the

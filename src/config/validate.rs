@@ -36,6 +36,9 @@ impl Config {
                 format!("`{}` is already `listen`, expected a different address", self.gateway.listen),
             ));
         }
+        if let Some((path, message)) = self.gateway.admin_problem() {
+            return Err(Invalid::new(path, message));
+        }
         let upstreams = {
             let names = self.names()?;
             let upstreams = self

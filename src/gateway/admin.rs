@@ -1,6 +1,15 @@
 //! The admin listener: `GET /healthz`, `GET /metrics` (Prometheus text) and `GET /status`
 //! (JSON).
 //!
+//! With `gateway.admin_token` set, `/status` and (unless `gateway.admin_metrics_public`) `/metrics`
+//! require `Authorization: Bearer <admin_token>` (401 JSON otherwise; the token is compared as a
+//! SHA-256 digest in constant time). `/healthz` is always open. The config loader refuses a
+//! non-loopback `admin_listen` without a token.
+//!
+//! `/status` reports names, paths, addresses and counters only: never a credential (consumer
+//! keys, JWT secrets or keys, introspection `authorization_value`, Redis passwords, the admin
+//! token); service URLs are rebuilt from scheme, authority and path (userinfo is refused at load).
+//!
 //! `/status`:
 //!
 //! ```text
@@ -38,8 +47,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use crate::body::Body;
 use crate::config::{Config, Instruments, RoutePath};
@@ -57,6 +68,10 @@ pub(crate) struct Admin {
     routes: Value,
     services: Vec<ServiceEntry>,
     instruments: Instruments,
+    /// SHA-256 of `gateway.admin_token`: compared in constant time, and equal lengths whatever
+    /// the client sends.
+    token_digest: Option<[u8; 32]>,
+    metrics_public: bool,
 }
 
 #[derive(Debug)]
@@ -99,7 +114,30 @@ impl Admin {
             routes: Value::Array(routes),
             services,
             instruments,
+            token_digest: config.gateway.admin_token.as_ref().map(|t| Sha256::digest(t.expose()).into()),
+            metrics_public: config.gateway.admin_metrics_public,
         }
+    }
+
+    /// Whether the request may read `path`: open endpoints always, guarded ones with the token.
+    fn allowed(&self, path: &str, headers: &HeaderMap) -> bool {
+        let Some(expected) = &self.token_digest else { return true };
+        let guarded = match path {
+            "/status" => true,
+            "/metrics" => !self.metrics_public,
+            _ => false,
+        };
+        if !guarded {
+            return true;
+        }
+        let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+        let (Some(value), None) = (values.next(), values.next()) else { return false };
+        let value = value.as_bytes();
+        let Some(token) = value.get(7..).filter(|_| value[..7].eq_ignore_ascii_case(b"bearer ")) else {
+            return false;
+        };
+        let presented: [u8; 32] = Sha256::digest(token.trim_ascii()).into();
+        presented.ct_eq(expected).into()
     }
 
     /// The `/status` document, live parts read now.
@@ -177,6 +215,9 @@ impl Admin {
         if req.method() != Method::GET {
             return Ok(not_found());
         }
+        if !self.allowed(req.uri().path(), req.headers()) {
+            return Ok(unauthorized());
+        }
         let response = match req.uri().path() {
             "/healthz" => json_response(Bytes::from_static(b"{\"status\":\"ok\"}")),
             "/metrics" => self.metrics.scrape_response(req.headers()),
@@ -220,6 +261,16 @@ fn json_response(body: Bytes) -> Response<Body> {
     let mut res = Response::new(Body::from(body));
     res.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     res
+}
+
+fn unauthorized() -> Response<Body> {
+    Rejection::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "admin endpoint needs `Authorization: Bearer <admin_token>`",
+    )
+    .with_header(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
+    .into_response(None)
 }
 
 fn not_found() -> Response<Body> {

@@ -14,7 +14,7 @@
 //! ([`RequestSpanLayer`]) can name it.
 //!
 //! The admin listener (`gateway.admin_listen`) serves `GET /healthz`, `GET /metrics` and
-//! `GET /status` ([`admin`]).
+//! `GET /status` ([`admin`]); on a non-loopback address only with `gateway.admin_token`.
 //!
 //! [`RequestSpanLayer`]: crate::observe::trace::RequestSpanLayer
 //!
@@ -113,6 +113,10 @@ impl Gateway {
                 "gateway.tls".into(),
                 "TLS termination is not supported yet",
             ));
+        }
+        // `Config::from_yaml` checks this too; a hand-built `Config` must not skip it.
+        if let Some((path, message)) = settings.admin_problem() {
+            return Err(ConfigError::invalid(origin, path.into(), message));
         }
         let log = match &settings.access_log {
             AccessLog::Stdout => LogSink::stdout(),

@@ -345,14 +345,14 @@ async fn introspection_admits_active_tokens_once_per_ttl_and_refuses_inactive_on
     assert_eq!(upstream.last().uri, "/intro?x=1");
     assert_eq!(endpoint.calls(), 1);
 
-    // Inactive: 401 every time, never cached.
+    // Inactive: 401 every time; asked once per negative_ttl (default 5 s).
     for _ in 0..2 {
         let res = send(bearer(&gw, "revoked")).await;
         assert_eq!(res.status, 401);
         assert_eq!(res.json()["error"], "invalid_token");
         assert_eq!(res.headers["www-authenticate"], "Bearer error=\"invalid_token\"");
     }
-    assert_eq!(endpoint.calls(), 3);
+    assert_eq!(endpoint.calls(), 2);
     let res = get(&gw.url("/intro")).await;
     assert_eq!((res.status, res.json()["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("unauthorized")));
 

@@ -5,15 +5,21 @@
 //! one distinct token must be found. Its `key_claim_name` claim (default `iss`, read from the
 //! payload, then from the JOSE header) names the credential; the credential's algorithm is the only
 //! one accepted (so `alg: none` and HS/RS confusion fail), the signature is verified, then `exp` /
-//! `nbf` (`claims_to_verify`, with `leeway`) and `maximum_expiration`. On success the credential's
+//! `nbf` (`claims_to_verify`, with `leeway`; the builder verifies `exp` unless told otherwise),
+//! `maximum_expiration`, and the optional `aud` / `iss` allow-lists
+//! ([`audiences`](JwtAuthLayerBuilder::audiences), [`issuers`](JwtAuthLayerBuilder::issuers);
+//! RFC 8725 §3.9). A header or payload naming one member twice (`{"sub":"a","sub":"b"}`) is
+//! refused: JSON parsers disagree on which one wins. On success the credential's
 //! [`Consumer`] is applied ([`Consumer::apply_to`]: `X-Consumer-*` headers and request extensions),
 //! copied into the response extensions, and the query token is removed from the upstream URI.
 //! Failures are 401 JSON bodies with Kong's messages and `WWW-Authenticate: Bearer` (plus
 //! `error="invalid_token"` when a token was presented), unless `anonymous` is configured.
 //!
 //! Credentials hold a shared secret, a PEM public key, or a JWKS URL ([`JwtCredential::jwks`]:
-//! keys cached by `kid`, at most one refresh per interval, stale keys kept when the endpoint
-//! fails; token-supplied `jku`/`x5u` are never fetched). An optional verified-token cache
+//! keys cached by `kid`, at most one refresh per interval (at least 1 s), the set re-fetched once
+//! older than its max age ([`JwtCredential::jwks_max_age`], default 10 min) so a removed key stops
+//! being trusted, cached keys kept while the endpoint fails; token-supplied `jku`/`x5u` are never
+//! fetched). An optional verified-token cache
 //! ([`JwtAuthLayerBuilder::verified_token_cache`]) skips the signature check for a token seen
 //! before. Every clone of the layer shares both caches.
 //!
@@ -32,7 +38,8 @@
 //!         Ok::<_, std::convert::Infallible>(http::Response::new(bytes::Bytes::from(who)))
 //!     }));
 //!
-//! let claims = serde_json::json!({"iss": "alice-key"});
+//! let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 300;
+//! let claims = serde_json::json!({"iss": "alice-key", "exp": exp});
 //! let key = jsonwebtoken::EncodingKey::from_secret(b"s3cret");
 //! let token = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap();
 //! let req = http::Request::get(format!("/orders?jwt={token}")).body(()).unwrap();
@@ -64,7 +71,7 @@ use crate::consumer::Consumer;
 use crate::error::Rejection;
 
 pub use jsonwebtoken::Algorithm;
-pub use jwks::DEFAULT_JWKS_REFRESH_INTERVAL;
+pub use jwks::{DEFAULT_JWKS_MAX_AGE, DEFAULT_JWKS_REFRESH_INTERVAL, MIN_JWKS_REFRESH_INTERVAL};
 
 use jwks::JwksCache;
 #[cfg(feature = "config")]
@@ -210,7 +217,9 @@ impl JwtCredential {
 
     /// A public-key credential whose keys come from a JWKS endpoint (selected by the token's
     /// `kid`). Keys are cached; an unknown `kid` refreshes the set at most once per
-    /// `refresh_interval`; when the endpoint fails the cached keys keep being served.
+    /// `refresh_interval` (raised to [`MIN_JWKS_REFRESH_INTERVAL`]); a set older than
+    /// [`DEFAULT_JWKS_MAX_AGE`] ([`jwks_max_age`](Self::jwks_max_age)) is re-fetched by the next
+    /// request; when the endpoint fails the cached keys keep being served.
     /// `jku` / `x5u` token headers are never fetched: only this URL is. Fetching needs a tokio
     /// runtime (the request that meets an unknown `kid` waits for the fetch).
     pub fn jwks(
@@ -227,8 +236,19 @@ impl JwtCredential {
         if uri.scheme() != Some(&http::uri::Scheme::HTTP) || uri.authority().is_none() {
             return Err(JwtCredentialError::JwksUrl(url.to_owned()));
         }
-        let cache = Arc::new(JwksCache::new(uri, refresh_interval));
+        let cache = Arc::new(JwksCache::new(uri, refresh_interval, DEFAULT_JWKS_MAX_AGE));
         Ok(Self::with(consumer, key, algorithm, KeyMaterial::Jwks(cache)))
+    }
+
+    /// How long a JWKS credential trusts a fetched key set (default [`DEFAULT_JWKS_MAX_AGE`];
+    /// never below its refresh interval): past it, the next request re-fetches the set, so a key
+    /// the endpoint no longer serves stops being accepted. No effect on other credentials.
+    pub fn jwks_max_age(mut self, max_age: Duration) -> Self {
+        if let KeyMaterial::Jwks(cache) = &self.material {
+            let (url, interval, _) = cache.settings();
+            self.material = KeyMaterial::Jwks(Arc::new(JwksCache::new(url.clone(), interval, max_age)));
+        }
+        self
     }
 
     /// The key claim value that selects this credential (also `X-Credential-Identifier`).
@@ -250,6 +270,10 @@ pub(crate) struct Shared {
     verify_exp: bool,
     verify_nbf: bool,
     maximum_expiration: Option<u64>,
+    /// `aud` must name one of these (when set).
+    audiences: Option<Box<[Box<str>]>>,
+    /// `iss` must be one of these (when set).
+    issuers: Option<Box<[Box<str>]>>,
     uri_param_names: Box<[Box<str>]>,
     cookie_names: Box<[Box<str>]>,
     header_names: Box<[HeaderName]>,
@@ -284,14 +308,18 @@ impl fmt::Debug for JwtAuthLayer {
 }
 
 impl JwtAuthLayer {
-    /// A builder with Kong's defaults: `key_claim_name: iss`, no `claims_to_verify`,
-    /// `uri_param_names: [jwt]`, no cookies, `header_names: [authorization]`,
-    /// `run_on_preflight: true`, leeway 0, no anonymous consumer.
+    /// A builder with Kong's defaults, except that `exp` is verified: `key_claim_name: iss`,
+    /// `claims_to_verify: [exp]` (a token without a numeric, unexpired `exp` is refused; pass
+    /// `claims_to_verify([])` for Kong's default of none), `uri_param_names: [jwt]`, no cookies,
+    /// `header_names: [authorization]`, `run_on_preflight: true`, leeway 0, no anonymous
+    /// consumer, no `aud` / `iss` allow-lists.
     pub fn builder() -> JwtAuthLayerBuilder {
         JwtAuthLayerBuilder {
             key_claim_name: "iss".into(),
-            claims_to_verify: Vec::new(),
+            claims_to_verify: vec![RegisteredClaim::Exp],
             maximum_expiration: None,
+            audiences: Vec::new(),
+            issuers: Vec::new(),
             uri_param_names: vec!["jwt".into()],
             cookie_names: Vec::new(),
             header_names: vec![http::header::AUTHORIZATION],
@@ -320,6 +348,8 @@ pub struct JwtAuthLayerBuilder {
     key_claim_name: String,
     claims_to_verify: Vec<RegisteredClaim>,
     maximum_expiration: Option<Duration>,
+    audiences: Vec<String>,
+    issuers: Vec<String>,
     uri_param_names: Vec<String>,
     cookie_names: Vec<String>,
     header_names: Vec<HeaderName>,
@@ -347,7 +377,8 @@ impl JwtAuthLayerBuilder {
         self
     }
 
-    /// Registered claims that must be present, numeric and currently valid.
+    /// Registered claims that must be present, numeric and currently valid (default `[exp]`;
+    /// replaces the default, so `[]` verifies none, as Kong's plugin does by default).
     pub fn claims_to_verify(mut self, claims: impl IntoIterator<Item = RegisteredClaim>) -> Self {
         self.claims_to_verify = claims.into_iter().collect();
         self
@@ -356,6 +387,21 @@ impl JwtAuthLayerBuilder {
     /// Refuses tokens whose `exp` is further than this in the future (or missing).
     pub fn maximum_expiration(mut self, max: Duration) -> Self {
         self.maximum_expiration = (!max.is_zero()).then_some(max);
+        self
+    }
+
+    /// Accept only tokens whose `aud` (a string, or an array of strings) names one of these
+    /// (RFC 8725 §3.9: a token minted for another service is not valid here). A missing or
+    /// non-matching `aud` is refused (401). Empty (default): `aud` is not checked.
+    pub fn audiences<S: Into<String>>(mut self, audiences: impl IntoIterator<Item = S>) -> Self {
+        self.audiences = audiences.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Accept only tokens whose `iss` is one of these (a missing or other `iss` is refused,
+    /// 401). Empty (default): `iss` is not checked beyond selecting the credential.
+    pub fn issuers<S: Into<String>>(mut self, issuers: impl IntoIterator<Item = S>) -> Self {
+        self.issuers = issuers.into_iter().map(Into::into).collect();
         self
     }
 
@@ -431,6 +477,8 @@ impl JwtAuthLayerBuilder {
             verify_exp: self.claims_to_verify.contains(&RegisteredClaim::Exp),
             verify_nbf: self.claims_to_verify.contains(&RegisteredClaim::Nbf),
             maximum_expiration: self.maximum_expiration.map(|d| d.as_secs()),
+            audiences: allow_list(self.audiences),
+            issuers: allow_list(self.issuers),
             uri_param_names: self.uri_param_names.into_iter().map(Into::into).collect(),
             cookie_names: self.cookie_names.into_iter().map(Into::into).collect(),
             header_names: self.header_names.into(),
@@ -444,6 +492,10 @@ impl JwtAuthLayerBuilder {
         };
         JwtAuthLayer { shared: Arc::new(shared) }
     }
+}
+
+fn allow_list(values: Vec<String>) -> Option<Box<[Box<str>]>> {
+    (!values.is_empty()).then(|| values.into_iter().map(Into::into).collect())
 }
 
 impl<S> Layer<S> for JwtAuthLayer {

@@ -50,7 +50,21 @@ fn pair(alg: Algorithm, key: &str) -> (EncodingKey, JwtCredential) {
     }
 }
 
+/// Signs `claims`, adding an `exp` an hour after `NOW` when there is none (the builder verifies
+/// `exp` by default).
 fn sign(alg: Algorithm, key: &EncodingKey, claims: &Value) -> String {
+    sign_as_is(alg, key, &with_exp(claims))
+}
+
+fn with_exp(claims: &Value) -> Value {
+    let mut claims = claims.clone();
+    if let Some(map) = claims.as_object_mut() {
+        map.entry("exp").or_insert(json!(NOW + 3600));
+    }
+    claims
+}
+
+fn sign_as_is(alg: Algorithm, key: &EncodingKey, claims: &Value) -> String {
     jsonwebtoken::encode(&Header::new(alg), claims, key).unwrap()
 }
 
@@ -193,7 +207,7 @@ async fn key_claim_missing_empty_unknown_and_from_the_header() {
         // key_claim_name: kid, found in the JOSE header (the seed's setting).
         let layer = fixed_clock(JwtAuthLayer::builder().key_claim_name("kid").credential(cred)).build();
         let header = Header { kid: Some("k".into()), ..Header::new(alg) };
-        let t = jsonwebtoken::encode(&header, &json!({"sub": "x"}), &enc).unwrap();
+        let t = jsonwebtoken::encode(&header, &with_exp(&json!({"sub": "x"})), &enc).unwrap();
         assert_admitted(&call(&layer, bearer(&t)).await, "k");
         let t = sign(alg, &enc, &json!({"sub": "x"}));
         assert_invalid(&call(&layer, bearer(&t)).await, "No mandatory 'kid' in claims");
@@ -274,7 +288,7 @@ async fn exp_nbf_leeway_and_maximum_expiration() {
             .build()
         };
         let layer = verify(JwtAuthLayer::builder());
-        let t = |claims: Value| sign(alg, &enc, &claims);
+        let t = |claims: Value| sign_as_is(alg, &enc, &claims);
         assert_admitted(
             &call(&layer, bearer(&t(json!({"iss": "k", "exp": now + 60, "nbf": now})))).await,
             "k",
@@ -303,13 +317,23 @@ async fn exp_nbf_leeway_and_maximum_expiration() {
             &call(&layer, bearer(&t(json!({"iss": "k", "exp": now + 60, "nbf": now.to_string()})))).await,
             "'nbf' must be a number",
         );
-        // A string exp is refused even when exp is not in claims_to_verify.
-        let lax = fixed_clock(JwtAuthLayer::builder().credential(cred.clone())).build();
+        // The builder's default verifies `exp`: missing or past, refused.
+        let default = fixed_clock(JwtAuthLayer::builder().credential(cred.clone())).build();
+        assert_invalid(&call(&default, bearer(&t(json!({"iss": "k"})))).await, "'exp' must be a number");
+        assert_invalid(
+            &call(&default, bearer(&t(json!({"iss": "k", "exp": now - 100})))).await,
+            "token expired",
+        );
+        assert_admitted(&call(&default, bearer(&t(json!({"iss": "k", "exp": now + 1})))).await, "k");
+        // Kong's default (`claims_to_verify: []`), asked for explicitly: a string exp is still
+        // refused, a past or missing one is not checked.
+        let lax = fixed_clock(JwtAuthLayer::builder().credential(cred.clone()).claims_to_verify([])).build();
         assert_invalid(
             &call(&lax, bearer(&t(json!({"iss": "k", "exp": "9999999999"})))).await,
             "'exp' must be a number",
         );
         assert_admitted(&call(&lax, bearer(&t(json!({"iss": "k", "exp": now - 100})))).await, "k");
+        assert_admitted(&call(&lax, bearer(&t(json!({"iss": "k"})))).await, "k");
 
         // Leeway: 30 s of skew tolerated on both sides.
         let lenient = verify(JwtAuthLayer::builder().leeway(Duration::from_secs(30)));
@@ -335,8 +359,12 @@ async fn exp_nbf_leeway_and_maximum_expiration() {
             &call(&capped, bearer(&t(json!({"iss": "k", "exp": now + 3601, "nbf": now})))).await,
             "exceeds maximum allowed expiration",
         );
+        // Without `exp` in claims_to_verify (the config refuses this; the library still caps).
         let capped_only = fixed_clock(
-            JwtAuthLayer::builder().credential(cred.clone()).maximum_expiration(Duration::from_secs(60)),
+            JwtAuthLayer::builder()
+                .credential(cred.clone())
+                .claims_to_verify([])
+                .maximum_expiration(Duration::from_secs(60)),
         )
         .build();
         assert_invalid(
@@ -433,7 +461,7 @@ async fn crit_headers_and_credential_kinds() {
     let layer = fixed_clock(JwtAuthLayer::builder().credential(cred)).build();
     let t = handmade(r#"{"alg":"HS256","crit":["exp"],"exp":1}"#, r#"{"iss":"k"}"#, SECRET);
     assert_invalid(&call(&layer, bearer(&t)).await, "Bad token; unsupported critical header");
-    let t = handmade(r#"{"alg":"HS256"}"#, r#"{"iss":"k"}"#, SECRET);
+    let t = handmade(r#"{"alg":"HS256"}"#, &format!(r#"{{"iss":"k","exp":{}}}"#, NOW + 60), SECRET);
     assert_admitted(&call(&layer, bearer(&t)).await, "k");
 
     assert!(JwtCredential::secret(consumer("a"), "k", Algorithm::RS256, SECRET).is_err());
@@ -590,6 +618,7 @@ impl JwksServer {
 
 fn rs256(private: &str, kid: &str, claims: Value) -> String {
     let header = Header { kid: Some(kid.into()), ..Header::new(Algorithm::RS256) };
+    let claims = with_exp(&claims);
     jsonwebtoken::encode(&header, &claims, &EncodingKey::from_rsa_pem(&fixture(private)).unwrap()).unwrap()
 }
 
@@ -697,4 +726,127 @@ fn bearer_parsing_and_header_values() {
     assert_eq!(token::invalid("x").message(), "x");
     let value = HeaderValue::from_static("Bearer error=\"invalid_token\"");
     assert_eq!(token::invalid("x").into_response::<Bytes>(None).headers()["www-authenticate"], value);
+}
+
+// === issue 12: defaults that cannot be misread ===
+
+#[tokio::test]
+async fn duplicate_member_names_are_refused() {
+    let (_, cred) = pair(Algorithm::HS256, "k");
+    let layer = fixed_clock(JwtAuthLayer::builder().credential(cred).issuers(["k"])).build();
+    let exp = NOW + 60;
+    let ok = handmade(r#"{"alg":"HS256"}"#, &format!(r#"{{"iss":"k","sub":"a","exp":{exp}}}"#), SECRET);
+    assert_admitted(&call(&layer, bearer(&ok)).await, "k");
+    for payload in [
+        format!(r#"{{"iss":"k","sub":"a","sub":"b","exp":{exp}}}"#),
+        // A later `exp` would win with serde_json, an earlier one with other parsers.
+        format!(r#"{{"iss":"k","exp":{},"exp":{exp}}}"#, NOW - 60),
+        format!(r#"{{"iss":"other","iss":"k","exp":{exp}}}"#),
+        // Escapes name the same member.
+        format!(r#"{{"iss":"k","sub":"a","s\u0075b":"b","exp":{exp}}}"#),
+        // Past the inline list: the hash set still sees it.
+        format!(
+            r#"{{"iss":"k",{}"exp":{exp},"c7":0}}"#,
+            (0..40).map(|i| format!(r#""c{i}":0,"#)).collect::<String>()
+        ),
+    ] {
+        let t = handmade(r#"{"alg":"HS256"}"#, &payload, SECRET);
+        assert_invalid(&call(&layer, bearer(&t)).await, "Bad token; duplicate claim names");
+    }
+    // Nested objects are values, not claims: their members may repeat top-level names.
+    let nested = format!(r#"{{"iss":"k","exp":{exp},"ctx":{{"iss":"x","exp":1}}}}"#);
+    assert_admitted(&call(&layer, bearer(&handmade(r#"{"alg":"HS256"}"#, &nested, SECRET))).await, "k");
+    let payload = format!(r#"{{"iss":"k","exp":{exp}}}"#);
+    for header in [r#"{"alg":"none","alg":"HS256"}"#, r#"{"alg":"HS256","typ":"JWT","typ":"JWT"}"#] {
+        let t = handmade(header, &payload, SECRET);
+        assert_invalid(&call(&layer, bearer(&t)).await, "Bad token; duplicate header names");
+    }
+}
+
+#[tokio::test]
+async fn audiences_and_issuers_allow_lists() {
+    let (enc, cred) = pair(Algorithm::RS256, "k");
+    let layer = fixed_clock(
+        JwtAuthLayer::builder().credential(cred.clone()).audiences(["orders", "billing"]).issuers(["k"]),
+    )
+    .build();
+    let t = |claims: Value| sign(Algorithm::RS256, &enc, &claims);
+    for aud in [json!("orders"), json!(["other", "billing"]), json!(["orders"])] {
+        assert_admitted(&call(&layer, bearer(&t(json!({"iss": "k", "aud": aud})))).await, "k");
+    }
+    for (aud, message) in [
+        (json!("other"), "Invalid 'aud' in claims"),
+        (json!(["other", "another"]), "Invalid 'aud' in claims"),
+        (json!([]), "Invalid 'aud' in claims"),
+        (json!(["orders", 7]), "Invalid 'aud' in claims"),
+        (json!(7), "Invalid 'aud' in claims"),
+        (json!({"aud": "orders"}), "Invalid 'aud' in claims"),
+        (Value::Null, "No mandatory 'aud' in claims"),
+    ] {
+        assert_invalid(&call(&layer, bearer(&t(json!({"iss": "k", "aud": aud})))).await, message);
+    }
+    // `iss` selects the credential by key_claim_name; the allow-list is checked too.
+    let by_kid =
+        fixed_clock(JwtAuthLayer::builder().key_claim_name("kid").credential(cred).issuers(["https://idp"]))
+            .build();
+    let header = Header { kid: Some("k".into()), ..Header::new(Algorithm::RS256) };
+    let signed = |claims: Value| jsonwebtoken::encode(&header, &with_exp(&claims), &enc).unwrap();
+    assert_admitted(&call(&by_kid, bearer(&signed(json!({"iss": "https://idp"})))).await, "k");
+    assert_invalid(
+        &call(&by_kid, bearer(&signed(json!({"iss": "https://evil"})))).await,
+        "Invalid 'iss' in claims",
+    );
+    assert_invalid(
+        &call(&by_kid, bearer(&signed(json!({"sub": "x"})))).await,
+        "No mandatory 'iss' in claims",
+    );
+    assert_invalid(
+        &call(&by_kid, bearer(&signed(json!({"iss": ["https://idp"]})))).await,
+        "Invalid 'iss' in claims",
+    );
+    // A forged token with a bad `aud` learns only that its signature is bad.
+    let other = EncodingKey::from_rsa_pem(&fixture("rsa2_private.pem")).unwrap();
+    let forged = sign(Algorithm::RS256, &other, &json!({"iss": "k", "aud": "other"}));
+    assert_invalid(&call(&layer, bearer(&forged)).await, "Invalid signature");
+}
+
+#[tokio::test]
+async fn a_jwks_key_the_endpoint_dropped_stops_being_trusted_after_max_age() {
+    let server = JwksServer::start(vec![jwk("k1", "rsa_n.b64u"), jwk("k2", "rsa2_n.b64u")]).await;
+    let now = Arc::new(AtomicU64::new(NOW));
+    let clock = now.clone();
+    let cred =
+        JwtCredential::jwks(consumer("alice"), "issuer", Algorithm::RS256, &server.url, Duration::ZERO)
+            .unwrap()
+            .jwks_max_age(Duration::from_secs(120));
+    let layer = JwtAuthLayer::builder()
+        .credential(cred)
+        .verified_token_cache(100)
+        .clock(move || UNIX_EPOCH + Duration::from_secs(clock.load(Ordering::Relaxed)))
+        .build();
+    let t1 = rs256("rsa_private.pem", "k1", json!({"iss": "issuer"}));
+    let t2 = rs256("rsa2_private.pem", "k2", json!({"iss": "issuer"}));
+    assert_admitted(&call(&layer, bearer(&t1)).await, "issuer");
+    assert_admitted(&call(&layer, bearer(&t2)).await, "issuer");
+    assert_eq!(server.calls(), 1);
+    // The endpoint drops k1. Within max age, the set (and the verified-token cache) is trusted.
+    *server.body.lock().unwrap() = json!({"keys": [jwk("k2", "rsa2_n.b64u")]}).to_string();
+    now.store(NOW + 119, Ordering::Relaxed);
+    assert_admitted(&call(&layer, bearer(&t1)).await, "issuer");
+    assert_eq!(server.calls(), 1);
+    // Past it, the next request re-fetches: k1 is refused, k2 still admitted, one fetch.
+    now.store(NOW + 120, Ordering::Relaxed);
+    assert_invalid(&call(&layer, bearer(&t1)).await, "Invalid signature");
+    assert_admitted(&call(&layer, bearer(&t2)).await, "issuer");
+    assert_eq!(server.calls(), 2);
+    // An outage is not a revocation: past max age with the endpoint down, k2 keeps working, and
+    // the failed fetch is retried at most once per refresh interval (raised to 1 s).
+    server.down.store(true, Ordering::SeqCst);
+    now.store(NOW + 240, Ordering::Relaxed);
+    assert_admitted(&call(&layer, bearer(&t2)).await, "issuer");
+    assert_admitted(&call(&layer, bearer(&t2)).await, "issuer");
+    assert_eq!(server.calls(), 3);
+    now.store(NOW + 241, Ordering::Relaxed);
+    assert_admitted(&call(&layer, bearer(&t2)).await, "issuer");
+    assert_eq!(server.calls(), 4);
 }

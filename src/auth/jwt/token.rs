@@ -1,7 +1,7 @@
 //! Finding the token in a request, and deciding about it.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
@@ -87,6 +87,8 @@ struct Parsed {
     token: Box<str>,
     exp: Option<f64>,
     nbf: Option<f64>,
+    /// The `aud` / `iss` allow-lists' verdict, reported only once the signature is good.
+    allowed: Result<(), Rejection>,
 }
 
 impl Parsed {
@@ -107,7 +109,7 @@ pub(super) fn check<B>(shared: &Shared, req: &Request<B>) -> Check {
     };
     let digest = shared.cache.as_ref().map(|_| Sha256::digest(token.as_bytes()).into());
     if let (Some(cache), Some(digest)) = (&shared.cache, &digest) {
-        if let Some(hit) = cache.get(digest) {
+        if let Some(hit) = cache.get(digest, shared) {
             return match check_times(shared, hit.exp, hit.nbf) {
                 Ok(()) => Check::Verified(hit.credential.consumer.clone()),
                 Err(rejection) => Check::Rejected(rejection),
@@ -124,6 +126,7 @@ pub(super) fn check<B>(shared: &Shared, req: &Request<B>) -> Check {
             let now = shared.now();
             let kid = parsed.kid.as_deref().unwrap_or_default();
             match jwks.get(kid) {
+                Some(_) if jwks.due(now) => return Check::Pending(Pending { parsed, credential, digest }),
                 Some(key) => finish(shared, &parsed, &credential, &key, digest, jwks.generation()),
                 None if !kid.is_empty() && jwks.may_refresh(now) => {
                     return Check::Pending(Pending { parsed, credential, digest });
@@ -153,6 +156,7 @@ fn finish(
         return Err(invalid("Invalid signature"));
     }
     check_times(shared, parsed.exp, parsed.nbf)?;
+    parsed.allowed.clone()?;
     if let (Some(cache), Some(digest)) = (&shared.cache, digest) {
         cache.insert(
             digest,
@@ -197,11 +201,54 @@ struct Segment {
     crit: bool,
     exp: Option<Value>,
     nbf: Option<Value>,
+    /// Read only when an allow-list needs it.
+    iss: Option<Value>,
+    aud: Option<Value>,
+    /// A member name appeared twice.
+    duplicate: bool,
 }
 
 struct SegmentSeed<'n> {
     key_name: &'n str,
     header: bool,
+    /// Read `iss` and `aud` (payload only).
+    allow_lists: bool,
+}
+
+/// The member names of one segment seen so far: a short linear list on the stack (tokens carry a
+/// handful of claims, so no allocation), a hash set past it (a padded token cannot make the check
+/// quadratic).
+struct Names<'de> {
+    inline: [Cow<'de, str>; INLINE_NAMES],
+    len: usize,
+    spill: Option<HashSet<Cow<'de, str>>>,
+}
+
+const INLINE_NAMES: usize = 16;
+
+impl<'de> Names<'de> {
+    fn new() -> Self {
+        Self { inline: [const { Cow::Borrowed("") }; INLINE_NAMES], len: 0, spill: None }
+    }
+
+    /// Records `name`; false when it was already there.
+    fn insert(&mut self, name: Cow<'de, str>) -> bool {
+        if let Some(spill) = &mut self.spill {
+            return spill.insert(name);
+        }
+        if self.inline[..self.len].contains(&name) {
+            return false;
+        }
+        if self.len < INLINE_NAMES {
+            self.inline[self.len] = name;
+            self.len += 1;
+            return true;
+        }
+        let mut spill: HashSet<Cow<'de, str>> = self.inline.iter_mut().map(std::mem::take).collect();
+        spill.insert(name);
+        self.spill = Some(spill);
+        true
+    }
 }
 
 struct Key<'de>(Cow<'de, str>);
@@ -242,7 +289,16 @@ impl<'de> serde::de::Visitor<'de> for SegmentSeed<'_> {
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Segment, A::Error> {
         let mut segment = Segment::default();
+        let mut names = Names::new();
         while let Some(Key(name)) = map.next_key::<Key<'de>>()? {
+            // Parsers disagree on which of two same-named members wins (serde_json keeps the
+            // last, others the first): refuse the token rather than guess. The rest is skipped
+            // so the JSON is still checked whole.
+            if segment.duplicate || !names.insert(name.clone()) {
+                segment.duplicate = true;
+                map.next_value::<serde::de::IgnoredAny>()?;
+                continue;
+            }
             let is_key = *name == *self.key_name;
             let slot = match (self.header, &*name) {
                 (true, "alg") => Some(&mut segment.alg),
@@ -254,6 +310,8 @@ impl<'de> serde::de::Visitor<'de> for SegmentSeed<'_> {
                 }
                 (false, "exp") => Some(&mut segment.exp),
                 (false, "nbf") => Some(&mut segment.nbf),
+                (false, "iss") if self.allow_lists => Some(&mut segment.iss),
+                (false, "aud") if self.allow_lists => Some(&mut segment.aud),
                 _ => None,
             };
             match (slot, is_key) {
@@ -273,11 +331,11 @@ impl<'de> serde::de::Visitor<'de> for SegmentSeed<'_> {
     }
 }
 
-fn decode_segment(segment: &str, key_name: &str, header: bool) -> Option<Segment> {
+fn decode_segment(segment: &str, key_name: &str, header: bool, allow_lists: bool) -> Option<Segment> {
     use serde::de::DeserializeSeed;
     let bytes = URL_SAFE_NO_PAD.decode(segment).ok()?;
     let mut de = serde_json::Deserializer::from_slice(&bytes);
-    let parsed = SegmentSeed { key_name, header }.deserialize(&mut de).ok()?;
+    let parsed = SegmentSeed { key_name, header, allow_lists }.deserialize(&mut de).ok()?;
     de.end().ok()?;
     Some(parsed)
 }
@@ -322,8 +380,15 @@ fn parse(shared: &Shared, token: &str) -> Result<(Parsed, Arc<JwtCredential>), R
         return Err(bad_json());
     };
     let name = &*shared.key_claim_name;
-    let header = decode_segment(header, name, true).ok_or_else(bad_json)?;
-    let claims = decode_segment(payload, name, false).ok_or_else(bad_json)?;
+    let allow_lists = shared.audiences.is_some() || shared.issuers.is_some();
+    let header = decode_segment(header, name, true, false).ok_or_else(bad_json)?;
+    let claims = decode_segment(payload, name, false, allow_lists).ok_or_else(bad_json)?;
+    if header.duplicate {
+        return Err(invalid("Bad token; duplicate header names"));
+    }
+    if claims.duplicate {
+        return Err(invalid("Bad token; duplicate claim names"));
+    }
     if let Some(typ) = &header.typ {
         if !typ.as_str().is_some_and(|t| t.eq_ignore_ascii_case("JWT")) {
             return Err(invalid("Bad token; invalid typ"));
@@ -350,9 +415,38 @@ fn parse(shared: &Shared, token: &str) -> Result<(Parsed, Arc<JwtCredential>), R
         Some(Value::String(kid)) => Some(kid),
         _ => None,
     };
+    let allowed = allowed(shared, claims.iss.as_ref(), claims.aud.as_ref());
     let message_len = token.rfind('.').unwrap_or_default();
-    let parsed = Parsed { alg, kid, message_len, token: token.into(), exp, nbf };
+    let parsed = Parsed { alg, kid, message_len, token: token.into(), exp, nbf, allowed };
     Ok((parsed, credential.clone()))
+}
+
+/// The `issuers` and `audiences` allow-lists (RFC 8725 §3.9). `aud` may be one string or an
+/// array of strings, one of which must be allowed.
+fn allowed(shared: &Shared, iss: Option<&Value>, aud: Option<&Value>) -> Result<(), Rejection> {
+    let listed = |list: &[Box<str>], value: &str| list.iter().any(|allowed| **allowed == *value);
+    if let Some(issuers) = &shared.issuers {
+        match iss {
+            None | Some(Value::Null) => return Err(invalid("No mandatory 'iss' in claims")),
+            Some(Value::String(iss)) if listed(issuers, iss) => {}
+            Some(_) => return Err(invalid("Invalid 'iss' in claims")),
+        }
+    }
+    if let Some(audiences) = &shared.audiences {
+        let ok = match aud {
+            None | Some(Value::Null) => return Err(invalid("No mandatory 'aud' in claims")),
+            Some(Value::String(aud)) => listed(audiences, aud),
+            Some(Value::Array(items)) => {
+                items.iter().all(Value::is_string)
+                    && items.iter().any(|item| item.as_str().is_some_and(|aud| listed(audiences, aud)))
+            }
+            Some(_) => false,
+        };
+        if !ok {
+            return Err(invalid("Invalid 'aud' in claims"));
+        }
+    }
+    Ok(())
 }
 
 /// Exactly one distinct token from the configured query parameters, cookies and headers.
@@ -492,11 +586,14 @@ impl VerifiedCache {
         self.entries.lock().map_or(0, |e| e.len())
     }
 
-    fn get(&self, digest: &[u8; 32]) -> Option<Cached> {
+    /// A hit verified with the credential's current keys; a JWKS set due for its max-age
+    /// refresh makes every hit a miss (the refresh decides whether the key is still served).
+    fn get(&self, digest: &[u8; 32], shared: &Shared) -> Option<Cached> {
         let mut entries = self.entries.lock().ok()?;
         let hit = entries.get(digest)?;
         let current = match &hit.credential.material {
             KeyMaterial::Static(_) => 0,
+            KeyMaterial::Jwks(jwks) if jwks.due(shared.now()) => return None,
             KeyMaterial::Jwks(jwks) => jwks.generation(),
         };
         if hit.generation != current {

@@ -9,13 +9,14 @@ use tower::Layer;
 use super::acl::{anonymous_with_groups, identity_with_groups};
 use super::{PluginContext, Wrap};
 use crate::auth::jwt::{
-    Algorithm, DEFAULT_JWKS_REFRESH_INTERVAL, JwtAuthLayer, JwtCredential, RegisteredClaim, parse_algorithm,
+    Algorithm, DEFAULT_JWKS_MAX_AGE, DEFAULT_JWKS_REFRESH_INTERVAL, JwtAuthLayer, JwtCredential,
+    MIN_JWKS_REFRESH_INTERVAL, RegisteredClaim, parse_algorithm,
 };
 use crate::config::schema::{Config, Plugin};
 use crate::config::{ConfigError, RouteService};
 
-/// The plugin's `config:` block (Kong's keys plus `leeway`, `jwks_refresh_interval` and
-/// `verified_token_cache_size`).
+/// The plugin's `config:` block (Kong's keys plus `leeway`, `jwks_refresh_interval`,
+/// `jwks_max_age`, `audiences`, `issuers` and `verified_token_cache_size`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct JwtPluginConfig {
@@ -41,9 +42,18 @@ pub(crate) struct JwtPluginConfig {
     /// Seconds of clock skew tolerated on `exp` / `nbf`.
     #[serde(default)]
     pub(crate) leeway: u64,
-    /// Seconds between JWKS fetches caused by unknown `kid`s.
+    /// Seconds between JWKS fetches caused by unknown `kid`s (at least 1).
     #[serde(default)]
     pub(crate) jwks_refresh_interval: Option<u64>,
+    /// Seconds a fetched JWKS is trusted before it is fetched again (default 600).
+    #[serde(default)]
+    pub(crate) jwks_max_age: Option<u64>,
+    /// Allowed `aud` values (RFC 8725 §3.9); absent: not checked.
+    #[serde(default)]
+    pub(crate) audiences: Option<Vec<String>>,
+    /// Allowed `iss` values; absent: not checked.
+    #[serde(default)]
+    pub(crate) issuers: Option<Vec<String>>,
     /// Verified tokens kept (by digest); 0 disables the cache.
     #[serde(default)]
     pub(crate) verified_token_cache_size: usize,
@@ -106,6 +116,7 @@ pub(crate) fn credentials(
     config: &Config,
     secret_is_base64: bool,
     refresh_interval: Duration,
+    max_age: Duration,
 ) -> Result<Vec<JwtCredential>, ConfigError> {
     let mut out: Vec<JwtCredential> = Vec::new();
     let mut seen: std::collections::HashMap<String, String> = std::collections::HashMap::new();
@@ -160,6 +171,7 @@ pub(crate) fn credentials(
                 (_, None, None, Some(url)) => {
                     JwtCredential::jwks(consumer, &secret.key, algorithm, url, refresh_interval)
                         .map_err(|e| invalid("jwks_url", e.to_string()))?
+                        .jwks_max_age(max_age)
                 }
                 _ => {
                     return Err(invalid(
@@ -182,8 +194,38 @@ pub(crate) fn layer(ctx: &PluginContext<'_>, config: JwtPluginConfig) -> Result<
             .map_err(|_| ctx.error(&format!("header_names[{i}]"), format!("invalid header name `{name}`")))?;
         header_names.push(name);
     }
+    // Kong refuses this too: without `exp` verified, a token with no `exp` never expires.
+    if config.maximum_expiration > 0 && !config.claims_to_verify.contains(&ClaimName::Exp) {
+        return Err(ctx.error(
+            "maximum_expiration",
+            "needs `exp` in `claims_to_verify` (add it, or set maximum_expiration to 0)",
+        ));
+    }
     let refresh = config.jwks_refresh_interval.map_or(DEFAULT_JWKS_REFRESH_INTERVAL, Duration::from_secs);
-    let credentials = credentials(ctx.origin, ctx.config, config.secret_is_base64, refresh)?;
+    if refresh < MIN_JWKS_REFRESH_INTERVAL {
+        return Err(ctx.error(
+            "jwks_refresh_interval",
+            format!("expected at least {} s between JWKS fetches", MIN_JWKS_REFRESH_INTERVAL.as_secs()),
+        ));
+    }
+    let max_age = config.jwks_max_age.map_or(DEFAULT_JWKS_MAX_AGE, Duration::from_secs);
+    if max_age < refresh {
+        return Err(ctx.error(
+            "jwks_max_age",
+            format!("expected at least jwks_refresh_interval ({} s)", refresh.as_secs()),
+        ));
+    }
+    for (key, list) in [("audiences", &config.audiences), ("issuers", &config.issuers)] {
+        if let Some(list) = list {
+            if list.is_empty() {
+                return Err(ctx.error(key, "expected at least one value (leave the key out to not check)"));
+            }
+            if let Some(i) = list.iter().position(String::is_empty) {
+                return Err(ctx.error(&format!("{key}[{i}]"), "expected a non-empty value"));
+            }
+        }
+    }
+    let credentials = credentials(ctx.origin, ctx.config, config.secret_is_base64, refresh, max_age)?;
     let mut builder = JwtAuthLayer::builder()
         .key_claim_name(config.key_claim_name)
         .claims_to_verify(config.claims_to_verify.iter().map(|c| match c {
@@ -191,6 +233,8 @@ pub(crate) fn layer(ctx: &PluginContext<'_>, config: JwtPluginConfig) -> Result<
             ClaimName::Nbf => RegisteredClaim::Nbf,
         }))
         .maximum_expiration(Duration::from_secs(config.maximum_expiration))
+        .audiences(config.audiences.unwrap_or_default())
+        .issuers(config.issuers.unwrap_or_default())
         .uri_param_names(config.uri_param_names)
         .cookie_names(config.cookie_names)
         .header_names(header_names)
@@ -241,7 +285,8 @@ mod tests {
         );
         let config = "{key_claim_name: kid, claims_to_verify: [exp, nbf], maximum_expiration: 3600, leeway: 5, \
                       cookie_names: [c], header_names: [authorization, x-jwt], run_on_preflight: false, \
-                      anonymous: anon, verified_token_cache_size: 1000, jwks_refresh_interval: 30}";
+                      anonymous: anon, verified_token_cache_size: 1000, jwks_refresh_interval: 30, \
+                      jwks_max_age: 300, audiences: [orders], issuers: [\"https://idp.example\"]}";
         let yaml = with(&consumers, config);
         Config::from_yaml(&yaml, "test.yaml").unwrap().build_router("test.yaml").unwrap();
         // Service and global scope.
@@ -261,6 +306,30 @@ mod tests {
             (
                 with(c, "{claims_to_verify: [iat]}"),
                 "services[0].routes[0].plugins[0].config.claims_to_verify[0]: unknown variant `iat`",
+            ),
+            (
+                with(c, "{maximum_expiration: 60}"),
+                "services[0].routes[0].plugins[0].config.maximum_expiration: needs `exp` in `claims_to_verify`",
+            ),
+            (
+                with(c, "{claims_to_verify: [nbf], maximum_expiration: 60}"),
+                "services[0].routes[0].plugins[0].config.maximum_expiration: needs `exp` in `claims_to_verify`",
+            ),
+            (
+                with(c, "{jwks_refresh_interval: 0}"),
+                "services[0].routes[0].plugins[0].config.jwks_refresh_interval: expected at least 1 s",
+            ),
+            (
+                with(c, "{jwks_refresh_interval: 30, jwks_max_age: 10}"),
+                "services[0].routes[0].plugins[0].config.jwks_max_age: expected at least jwks_refresh_interval (30 s)",
+            ),
+            (
+                with(c, "{audiences: []}"),
+                "services[0].routes[0].plugins[0].config.audiences: expected at least one value",
+            ),
+            (
+                with(c, "{issuers: [a, \"\"]}"),
+                "services[0].routes[0].plugins[0].config.issuers[1]: expected a non-empty value",
             ),
             (with(c, "{realm: x}"), "services[0].routes[0].plugins[0].config.realm: unknown field `realm`"),
             (

@@ -9,7 +9,7 @@ use tower::util::BoxCloneSyncService;
 
 use super::acl::{anonymous_with_groups, identity_with_groups};
 use super::{PluginContext, Wrap};
-use crate::auth::introspection::{ConsumerBy, IntrospectionLayer};
+use crate::auth::introspection::{ConsumerBy, DEFAULT_NEGATIVE_TTL, IntrospectionLayer, MAX_CACHE_TTL};
 use crate::config::ConfigError;
 use crate::config::duration;
 use crate::config::schema::Plugin;
@@ -28,6 +28,10 @@ struct IntrospectionConfig {
     /// Kong writes seconds (`60`); `1m` works too.
     #[serde(default)]
     ttl: Option<Ttl>,
+    /// portcullis: how long an inactive answer is reused (default 5 s; 0 disables); seconds or
+    /// a duration, like `ttl`.
+    #[serde(default)]
+    negative_ttl: Option<Ttl>,
     #[serde(default)]
     consumer_by: ConsumerByName,
     #[serde(default)]
@@ -68,6 +72,23 @@ fn yes() -> bool {
     true
 }
 
+/// `ttl`-style keys: seconds (Kong) or a duration, at most [`MAX_CACHE_TTL`].
+fn seconds(ctx: &PluginContext<'_>, key: &str, value: Option<&Ttl>) -> Result<Option<Duration>, ConfigError> {
+    let expected = || format!("expected seconds from 0 to {} (one day)", MAX_CACHE_TTL.as_secs());
+    let duration = match value {
+        None => return Ok(None),
+        Some(Ttl::Seconds(s)) => Duration::try_from_secs_f64(*s)
+            .map_err(|_| ctx.error(key, format!("invalid {key} `{s}`: {}", expected())))?,
+        Some(Ttl::Text(text)) => {
+            crate::config::parse_duration(text).map_err(|e| ctx.error(key, e.to_string()))?
+        }
+    };
+    if duration > MAX_CACHE_TTL {
+        return Err(ctx.error(key, format!("invalid {key} `{duration:?}`: {}", expected())));
+    }
+    Ok(Some(duration))
+}
+
 pub(crate) fn build(ctx: &PluginContext<'_>, plugin: &Plugin) -> Result<Wrap, ConfigError> {
     let config: IntrospectionConfig = ctx.parse(plugin)?;
     let url: http::Uri = config
@@ -83,16 +104,9 @@ pub(crate) fn build(ctx: &PluginContext<'_>, plugin: &Plugin) -> Result<Wrap, Co
             };
             ctx.error("introspection_url", why)
         })?;
-    let ttl = match &config.ttl {
-        None => Duration::from_secs(60),
-        Some(Ttl::Seconds(s)) if s.is_finite() && *s >= 0.0 => Duration::from_secs_f64(*s),
-        Some(Ttl::Seconds(s)) => {
-            return Err(ctx.error("ttl", format!("invalid ttl `{s}`: expected seconds >= 0")));
-        }
-        Some(Ttl::Text(text)) => {
-            crate::config::parse_duration(text).map_err(|e| ctx.error("ttl", e.to_string()))?
-        }
-    };
+    let ttl = seconds(ctx, "ttl", config.ttl.as_ref())?.unwrap_or(Duration::from_secs(60));
+    let negative_ttl =
+        seconds(ctx, "negative_ttl", config.negative_ttl.as_ref())?.unwrap_or(DEFAULT_NEGATIVE_TTL);
     let consumer_by = match config.consumer_by {
         ConsumerByName::Username => ConsumerBy::Username,
         ConsumerByName::ClientId => ConsumerBy::ClientId,
@@ -100,6 +114,7 @@ pub(crate) fn build(ctx: &PluginContext<'_>, plugin: &Plugin) -> Result<Wrap, Co
     let mut builder = IntrospectionLayer::builder(url)
         .timeout(config.timeout)
         .ttl(ttl)
+        .negative_ttl(negative_ttl)
         .consumer_by(consumer_by)
         .hide_credentials(config.hide_credentials)
         .run_on_preflight(config.run_on_preflight);
