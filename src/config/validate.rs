@@ -339,7 +339,19 @@ fn check_scheme(at: &str, scheme: &str) -> Result<(), Invalid> {
     }
 }
 
+/// `url` with any userinfo (`user:password@`) replaced by `***@`: config errors are printed and
+/// logged, and must not carry a password.
+fn redacted(url: &str) -> std::borrow::Cow<'_, str> {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let authority_end = url[start..].find(['/', '?', '#']).map_or(url.len(), |i| start + i);
+    match url[start..authority_end].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..start], &url[start + at..]).into(),
+        None => url.into(),
+    }
+}
+
 fn parse_url(at: &str, url: &str) -> Result<Upstream, Invalid> {
+    let url = &*redacted(url);
     let expected = || Invalid::new(at, format!("invalid url `{url}`, expected `http://host:port/path`"));
     let uri: http::Uri = url.parse().map_err(|_| expected())?;
     let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {

@@ -204,6 +204,10 @@ consumers:
     );
     let err = load_error(&text);
     assert!(err.contains("services[0].url") && err.contains("credentials in the url"), "{err}");
+    assert!(!err.contains("pw-secret") && err.contains("http://***@"), "the error names no password: {err}");
+    let text = text.replace("user:pw-secret@", "user:pw-secret@also@");
+    let err = load_error(&text);
+    assert!(!err.contains("pw-secret"), "{err}");
 }
 
 // === item 10: introspection is no amplifier ===
