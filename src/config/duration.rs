@@ -1,4 +1,6 @@
-//! Durations in config: `250ms`, `5s`, `1m`, or Kong's integer milliseconds (`60000`).
+//! Durations in config: `250ms`, `5s`, `1m`, or a bare number in the unit Kong uses for that key:
+//! milliseconds for timeouts (`60000`, [`deserialize`]), seconds for leeways, TTLs and intervals
+//! (`60`, `0.5`, [`deserialize_secs`]).
 
 use std::fmt;
 use std::time::Duration;
@@ -45,6 +47,85 @@ pub(crate) fn deserialize_option<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<Duration>, D::Error> {
     deserializer.deserialize_option(OptionalDurationVisitor)
+}
+
+/// `deserialize_with` for a duration whose bare numbers are seconds, as Kong writes `leeway`,
+/// `maximum_expiration` and cache TTLs: `60`, `0.5`, `"60"`, or a duration (`60s`, `500ms`).
+pub(crate) fn deserialize_secs<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    deserializer.deserialize_any(SecondsVisitor)
+}
+
+/// [`deserialize_secs`] for an optional field; `~` (null) means unset.
+pub(crate) fn deserialize_secs_option<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    deserializer.deserialize_option(OptionalSecondsVisitor)
+}
+
+/// What every seconds-flavoured duration field accepts.
+const EXPECTED_SECS: &str = "a duration like `60s`, `500ms` or seconds as a number";
+
+/// A number of seconds, or a duration string, that is not a valid duration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid duration `{0}`: expected {EXPECTED_SECS}")]
+pub(crate) struct InvalidSeconds(pub(crate) String);
+
+/// Parses a seconds-flavoured duration: a number of seconds (`60`, `0.5`) or a [`humantime`]
+/// string (`60s`, `500ms`).
+fn parse_secs(text: &str) -> Result<Duration, InvalidSeconds> {
+    let trimmed = text.trim();
+    if let Ok(secs) = trimmed.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs).map_err(|_| InvalidSeconds(text.to_owned()));
+    }
+    humantime::parse_duration(trimmed).map_err(|_| InvalidSeconds(text.to_owned()))
+}
+
+struct SecondsVisitor;
+
+impl<'de> Visitor<'de> for SecondsVisitor {
+    type Value = Duration;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(EXPECTED_SECS)
+    }
+
+    fn visit_u64<E: de::Error>(self, secs: u64) -> Result<Duration, E> {
+        Ok(Duration::from_secs(secs))
+    }
+
+    fn visit_i64<E: de::Error>(self, secs: i64) -> Result<Duration, E> {
+        u64::try_from(secs).map(Duration::from_secs).map_err(|_| E::custom(InvalidSeconds(secs.to_string())))
+    }
+
+    fn visit_f64<E: de::Error>(self, secs: f64) -> Result<Duration, E> {
+        Duration::try_from_secs_f64(secs).map_err(|_| E::custom(InvalidSeconds(format!("{secs:?}"))))
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Duration, E> {
+        parse_secs(text).map_err(E::custom)
+    }
+}
+
+struct OptionalSecondsVisitor;
+
+impl<'de> Visitor<'de> for OptionalSecondsVisitor {
+    type Value = Option<Duration>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(EXPECTED_SECS)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserialize_secs(deserializer).map(Some)
+    }
 }
 
 struct DurationVisitor;
@@ -103,6 +184,23 @@ mod tests {
         assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_duration("60000").unwrap(), Duration::from_secs(60));
         assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+    }
+
+    #[test]
+    fn seconds_flavoured_numbers_and_durations() {
+        for (text, expected) in [
+            ("60", Duration::from_secs(60)),
+            ("0.5", Duration::from_millis(500)),
+            ("60s", Duration::from_secs(60)),
+            ("500ms", Duration::from_millis(500)),
+            ("1m", Duration::from_secs(60)),
+        ] {
+            assert_eq!(parse_secs(text), Ok(expected), "{text}");
+        }
+        for bad in ["", "soon", "-1", "NaN", "inf", "1e300", "-5s"] {
+            let err = parse_secs(bad).unwrap_err().to_string();
+            assert!(err.contains("expected a duration like `60s`, `500ms` or seconds as a number"), "{err}");
+        }
     }
 
     #[test]

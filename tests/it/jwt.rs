@@ -72,6 +72,38 @@ fn spoofed(url: String) -> http::request::Builder {
         .header("x-anonymous-consumer", "false")
 }
 
+/// `leeway` and `maximum_expiration` are durations like every other in the file, with Kong's
+/// bare numbers read as seconds.
+#[tokio::test]
+async fn leeway_and_maximum_expiration_are_durations_or_seconds() {
+    let upstream = Upstream::start().await;
+    let expired_30s_ago = token(Algorithm::HS256, "alice-hs", now() - 30);
+    for (leeway, maximum_expiration, admitted) in [
+        ("60s", "1h", true),
+        ("60", "3600", true),
+        ("1m", "\"3600\"", true),
+        ("500ms", "1h", false),
+        ("0.5", "1h", false),
+    ] {
+        let yaml = yaml(&upstream.url()).replace(
+            "maximum_expiration: 3600",
+            &format!("maximum_expiration: {maximum_expiration}\n        leeway: {leeway}"),
+        );
+        let gw = TestGateway::start(&yaml).await;
+        let before = upstream.seen().len();
+        let req =
+            Request::get(gw.url("/orders")).header("authorization", format!("Bearer {expired_30s_ago}"));
+        let res = send(req.body(Full::default()).unwrap()).await;
+        let expected = if admitted { 200 } else { 401 };
+        assert_eq!(res.status, expected, "leeway {leeway}: {:?}", res.body);
+        assert_eq!(upstream.seen().len(), before + usize::from(admitted), "leeway {leeway}");
+        // `maximum_expiration` (an hour, however written) still refuses a two-hour token.
+        let long = token(Algorithm::HS256, "alice-hs", now() + 7200);
+        let req = Request::get(gw.url("/orders")).header("authorization", format!("Bearer {long}"));
+        assert_eq!(send(req.body(Full::default()).unwrap()).await.status, 401, "{maximum_expiration}");
+    }
+}
+
 #[tokio::test]
 async fn verified_identity_reaches_the_upstream_and_query_tokens_do_not() {
     let upstream = Upstream::start().await;

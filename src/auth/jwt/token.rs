@@ -169,7 +169,7 @@ fn finish(
 /// `claims_to_verify` (with leeway) and `maximum_expiration`, re-run on every cache hit.
 fn check_times(shared: &Shared, exp: Option<f64>, nbf: Option<f64>) -> Result<(), Rejection> {
     let now = shared.now() as f64;
-    let leeway = shared.leeway as f64;
+    let leeway = shared.leeway;
     if shared.verify_exp {
         let exp = exp.ok_or_else(|| invalid("'exp' must be a number"))?;
         if exp + leeway <= now {

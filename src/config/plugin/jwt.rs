@@ -13,7 +13,7 @@ use crate::auth::jwt::{
     MIN_JWKS_REFRESH_INTERVAL, RegisteredClaim, parse_algorithm,
 };
 use crate::config::schema::{Config, Plugin};
-use crate::config::{ConfigError, RouteService};
+use crate::config::{ConfigError, RouteService, duration};
 
 /// The plugin's `config:` block (Kong's keys plus `leeway`, `jwks_refresh_interval`,
 /// `jwks_max_age`, `audiences`, `issuers` and `verified_token_cache_size`).
@@ -24,9 +24,9 @@ pub(crate) struct JwtPluginConfig {
     pub(crate) key_claim_name: String,
     #[serde(default)]
     pub(crate) claims_to_verify: Vec<ClaimName>,
-    /// Seconds; 0 disables the check.
-    #[serde(default)]
-    pub(crate) maximum_expiration: u64,
+    /// Seconds (Kong) or a duration; 0 disables the check.
+    #[serde(default, deserialize_with = "duration::deserialize_secs")]
+    pub(crate) maximum_expiration: Duration,
     #[serde(default = "default_uri_param_names")]
     pub(crate) uri_param_names: Vec<String>,
     #[serde(default)]
@@ -39,15 +39,16 @@ pub(crate) struct JwtPluginConfig {
     pub(crate) secret_is_base64: bool,
     #[serde(default)]
     pub(crate) anonymous: Option<String>,
-    /// Seconds of clock skew tolerated on `exp` / `nbf`.
-    #[serde(default)]
-    pub(crate) leeway: u64,
-    /// Seconds between JWKS fetches caused by unknown `kid`s (at least 1).
-    #[serde(default)]
-    pub(crate) jwks_refresh_interval: Option<u64>,
-    /// Seconds a fetched JWKS is trusted before it is fetched again (default 600).
-    #[serde(default)]
-    pub(crate) jwks_max_age: Option<u64>,
+    /// Clock skew tolerated on `exp` / `nbf`: seconds (Kong) or a duration (`500ms`).
+    #[serde(default, deserialize_with = "duration::deserialize_secs")]
+    pub(crate) leeway: Duration,
+    /// Time between JWKS fetches caused by unknown `kid`s (at least 1 s): seconds or a duration.
+    #[serde(default, deserialize_with = "duration::deserialize_secs_option")]
+    pub(crate) jwks_refresh_interval: Option<Duration>,
+    /// How long a fetched JWKS is trusted before it is fetched again (default 600 s): seconds or
+    /// a duration.
+    #[serde(default, deserialize_with = "duration::deserialize_secs_option")]
+    pub(crate) jwks_max_age: Option<Duration>,
     /// Allowed `aud` values (RFC 8725 §3.9); absent: not checked.
     #[serde(default)]
     pub(crate) audiences: Option<Vec<String>>,
@@ -195,24 +196,24 @@ pub(crate) fn layer(ctx: &PluginContext<'_>, config: JwtPluginConfig) -> Result<
         header_names.push(name);
     }
     // Kong refuses this too: without `exp` verified, a token with no `exp` never expires.
-    if config.maximum_expiration > 0 && !config.claims_to_verify.contains(&ClaimName::Exp) {
+    if !config.maximum_expiration.is_zero() && !config.claims_to_verify.contains(&ClaimName::Exp) {
         return Err(ctx.error(
             "maximum_expiration",
             "needs `exp` in `claims_to_verify` (add it, or set maximum_expiration to 0)",
         ));
     }
-    let refresh = config.jwks_refresh_interval.map_or(DEFAULT_JWKS_REFRESH_INTERVAL, Duration::from_secs);
+    let refresh = config.jwks_refresh_interval.unwrap_or(DEFAULT_JWKS_REFRESH_INTERVAL);
     if refresh < MIN_JWKS_REFRESH_INTERVAL {
         return Err(ctx.error(
             "jwks_refresh_interval",
             format!("expected at least {} s between JWKS fetches", MIN_JWKS_REFRESH_INTERVAL.as_secs()),
         ));
     }
-    let max_age = config.jwks_max_age.map_or(DEFAULT_JWKS_MAX_AGE, Duration::from_secs);
+    let max_age = config.jwks_max_age.unwrap_or(DEFAULT_JWKS_MAX_AGE);
     if max_age < refresh {
         return Err(ctx.error(
             "jwks_max_age",
-            format!("expected at least jwks_refresh_interval ({} s)", refresh.as_secs()),
+            format!("expected at least jwks_refresh_interval ({})", humantime::format_duration(refresh)),
         ));
     }
     for (key, list) in [("audiences", &config.audiences), ("issuers", &config.issuers)] {
@@ -232,14 +233,14 @@ pub(crate) fn layer(ctx: &PluginContext<'_>, config: JwtPluginConfig) -> Result<
             ClaimName::Exp => RegisteredClaim::Exp,
             ClaimName::Nbf => RegisteredClaim::Nbf,
         }))
-        .maximum_expiration(Duration::from_secs(config.maximum_expiration))
+        .maximum_expiration(config.maximum_expiration)
         .audiences(config.audiences.unwrap_or_default())
         .issuers(config.issuers.unwrap_or_default())
         .uri_param_names(config.uri_param_names)
         .cookie_names(config.cookie_names)
         .header_names(header_names)
         .run_on_preflight(config.run_on_preflight)
-        .leeway(Duration::from_secs(config.leeway))
+        .leeway(config.leeway)
         .verified_token_cache(config.verified_token_cache_size)
         .credentials(credentials);
     if let Some(name) = &config.anonymous {
@@ -289,6 +290,14 @@ mod tests {
                       jwks_max_age: 300, audiences: [orders], issuers: [\"https://idp.example\"]}";
         let yaml = with(&consumers, config);
         Config::from_yaml(&yaml, "test.yaml").unwrap().build_router("test.yaml").unwrap();
+        // Every time-valued key takes a duration as well as Kong's seconds.
+        let durations = config
+            .replace("maximum_expiration: 3600", "maximum_expiration: 1h")
+            .replace("leeway: 5", "leeway: 500ms")
+            .replace("jwks_refresh_interval: 30", "jwks_refresh_interval: 30s")
+            .replace("jwks_max_age: 300", "jwks_max_age: 5m");
+        let yaml = with(&consumers, &durations);
+        Config::from_yaml(&yaml, "test.yaml").unwrap().build_router("test.yaml").unwrap();
         // Service and global scope.
         let service = "_format_version: \"3.0\"\nservices:\n- name: svc\n  url: http://127.0.0.1:9000\n  plugins: [{name: jwt}]\n  routes:\n  - {name: r0, paths: [/a]}\nplugins: [{name: jwt, config: {secret_is_base64: true}}]\nconsumers:\n- username: bob\n  jwt_secrets: [{key: b, secret: c2VjcmV0}]\n";
         let router = Config::from_yaml(service, "test.yaml").unwrap().build_router("test.yaml").unwrap();
@@ -321,7 +330,19 @@ mod tests {
             ),
             (
                 with(c, "{jwks_refresh_interval: 30, jwks_max_age: 10}"),
-                "services[0].routes[0].plugins[0].config.jwks_max_age: expected at least jwks_refresh_interval (30 s)",
+                "services[0].routes[0].plugins[0].config.jwks_max_age: expected at least jwks_refresh_interval (30s)",
+            ),
+            (
+                with(c, "{jwks_refresh_interval: 500ms}"),
+                "services[0].routes[0].plugins[0].config.jwks_refresh_interval: expected at least 1 s",
+            ),
+            (
+                with(c, "{leeway: soon}"),
+                "services[0].routes[0].plugins[0].config.leeway: invalid duration `soon`: expected a duration like `60s`, `500ms` or seconds as a number",
+            ),
+            (
+                with(c, "{leeway: -5}"),
+                "services[0].routes[0].plugins[0].config.leeway: invalid duration `-5`",
             ),
             (
                 with(c, "{audiences: []}"),
@@ -419,7 +440,7 @@ mod tests {
         let parsed: JwtPluginConfig = ctx.parse(plugin).unwrap();
         assert_eq!(parsed.key_claim_name, "kid");
         assert_eq!(parsed.claims_to_verify, [ClaimName::Exp, ClaimName::Nbf]);
-        assert_eq!(parsed.maximum_expiration, 3600);
+        assert_eq!(parsed.maximum_expiration, Duration::from_secs(3600));
         assert_eq!(parsed.uri_param_names, ["jwt"]);
         assert!(parsed.cookie_names.is_empty());
         assert_eq!(parsed.header_names, ["authorization"]);

@@ -26,12 +26,12 @@ struct IntrospectionConfig {
     #[serde(default = "default_timeout", deserialize_with = "duration::deserialize")]
     timeout: Duration,
     /// Kong writes seconds (`60`); `1m` works too.
-    #[serde(default)]
-    ttl: Option<Ttl>,
+    #[serde(default, deserialize_with = "duration::deserialize_secs_option")]
+    ttl: Option<Duration>,
     /// portcullis: how long an inactive answer is reused (default 5 s; 0 disables); seconds or
     /// a duration, like `ttl`.
-    #[serde(default)]
-    negative_ttl: Option<Ttl>,
+    #[serde(default, deserialize_with = "duration::deserialize_secs_option")]
+    negative_ttl: Option<Duration>,
     #[serde(default)]
     consumer_by: ConsumerByName,
     #[serde(default)]
@@ -47,13 +47,6 @@ struct IntrospectionConfig {
     /// portcullis: at most this many active tokens cached (default 10 000).
     #[serde(default)]
     cache_size: Option<usize>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Ttl {
-    Seconds(f64),
-    Text(String),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -72,21 +65,23 @@ fn yes() -> bool {
     true
 }
 
-/// `ttl`-style keys: seconds (Kong) or a duration, at most [`MAX_CACHE_TTL`].
-fn seconds(ctx: &PluginContext<'_>, key: &str, value: Option<&Ttl>) -> Result<Option<Duration>, ConfigError> {
-    let expected = || format!("expected seconds from 0 to {} (one day)", MAX_CACHE_TTL.as_secs());
-    let duration = match value {
-        None => return Ok(None),
-        Some(Ttl::Seconds(s)) => Duration::try_from_secs_f64(*s)
-            .map_err(|_| ctx.error(key, format!("invalid {key} `{s}`: {}", expected())))?,
-        Some(Ttl::Text(text)) => {
-            crate::config::parse_duration(text).map_err(|e| ctx.error(key, e.to_string()))?
-        }
-    };
-    if duration > MAX_CACHE_TTL {
-        return Err(ctx.error(key, format!("invalid {key} `{duration:?}`: {}", expected())));
+/// `ttl`-style keys, at most [`MAX_CACHE_TTL`].
+fn at_most_a_day(
+    ctx: &PluginContext<'_>,
+    key: &str,
+    value: Option<Duration>,
+) -> Result<Option<Duration>, ConfigError> {
+    match value {
+        Some(duration) if duration > MAX_CACHE_TTL => Err(ctx.error(
+            key,
+            format!(
+                "invalid {key} `{}`: expected seconds from 0 to {} (one day)",
+                humantime::format_duration(duration),
+                MAX_CACHE_TTL.as_secs()
+            ),
+        )),
+        other => Ok(other),
     }
-    Ok(Some(duration))
 }
 
 pub(crate) fn build(ctx: &PluginContext<'_>, plugin: &Plugin) -> Result<Wrap, ConfigError> {
@@ -104,9 +99,9 @@ pub(crate) fn build(ctx: &PluginContext<'_>, plugin: &Plugin) -> Result<Wrap, Co
             };
             ctx.error("introspection_url", why)
         })?;
-    let ttl = seconds(ctx, "ttl", config.ttl.as_ref())?.unwrap_or(Duration::from_secs(60));
+    let ttl = at_most_a_day(ctx, "ttl", config.ttl)?.unwrap_or(Duration::from_secs(60));
     let negative_ttl =
-        seconds(ctx, "negative_ttl", config.negative_ttl.as_ref())?.unwrap_or(DEFAULT_NEGATIVE_TTL);
+        at_most_a_day(ctx, "negative_ttl", config.negative_ttl)?.unwrap_or(DEFAULT_NEGATIVE_TTL);
     let consumer_by = match config.consumer_by {
         ConsumerByName::Username => ConsumerBy::Username,
         ConsumerByName::ClientId => ConsumerBy::ClientId,
