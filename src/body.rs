@@ -68,6 +68,46 @@ pub struct BodyTooLarge {
     pub limit: u64,
 }
 
+/// The default budget of the gateway's JSON body rules (transformer `json`/`body` rules,
+/// key-auth's `key_in_body`): 1 MiB read at most.
+pub const DEFAULT_MAX_JSON_BODY_BYTES: u64 = 1024 * 1024;
+
+/// The default deepest nesting of `[`/`{` those rules accept.
+pub const DEFAULT_MAX_JSON_DEPTH: usize = 64;
+
+/// The deepest nesting that can be configured: serde_json refuses to parse beyond 128 levels.
+pub const MAX_JSON_DEPTH_LIMIT: usize = 128;
+
+/// Whether `json` nests arrays and objects deeper than `max` levels: one byte scan, before a
+/// parser recurses (so `[[[[…` ten thousand deep costs a pass over the bytes, not a stack).
+/// Brackets inside strings do not count; the scan does not validate the rest of the syntax.
+pub(crate) fn json_deeper_than(json: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &byte in json {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 impl Body {
     /// An empty body.
     pub fn empty() -> Self {
@@ -176,5 +216,23 @@ impl http_body::Body for Body {
             Kind::Incoming { inner, .. } => inner.size_hint(),
             Kind::Boxed { inner } => inner.size_hint(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_deeper_than;
+
+    #[test]
+    fn json_depth_counts_brackets_outside_strings() {
+        assert!(!json_deeper_than(br#"{"a":[1,{"b":[]}]}"#, 4));
+        assert!(json_deeper_than(br#"{"a":[1,{"b":[]}]}"#, 3));
+        assert!(!json_deeper_than(br#"{"a":"[[[[[[\"[[[["}"#, 1), "brackets in strings");
+        assert!(!json_deeper_than(br#"{"a":"\\","b":"{{"}"#, 1), "an escaped backslash ends no string");
+        assert!(!json_deeper_than(b"[][][][]", 1), "siblings are not nesting");
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(json_deeper_than(deep.as_bytes(), 128));
+        assert!(!json_deeper_than(deep.as_bytes(), 10_000));
+        assert!(!json_deeper_than(b"", 1));
     }
 }

@@ -294,6 +294,7 @@ struct Config {
     anonymous: Option<Consumer>,
     www_authenticate: HeaderValue,
     body_limit: usize,
+    max_json_depth: usize,
 }
 
 #[derive(Debug)]
@@ -330,6 +331,7 @@ impl ApiKeyAuthLayer {
                 anonymous: None,
                 www_authenticate: HeaderValue::from_static("Key"),
                 body_limit: 64 * 1024,
+                max_json_depth: crate::body::DEFAULT_MAX_JSON_DEPTH,
             },
         }
         .key_names(["apikey"])
@@ -383,6 +385,14 @@ impl ApiKeyAuthBuilder {
     /// Largest body read when looking for a key in it (default 64 KiB).
     pub fn body_limit(mut self, bytes: usize) -> Self {
         self.config.body_limit = bytes;
+        self
+    }
+
+    /// Refuses (400) a JSON body nested deeper than `depth` arrays and objects when looking for
+    /// a key in it (default 64, at most 128, serde_json's own recursion limit). Checked by a
+    /// byte scan before the body is parsed.
+    pub fn max_json_depth(mut self, depth: usize) -> Self {
+        self.config.max_json_depth = depth.clamp(1, crate::body::MAX_JSON_DEPTH_LIMIT);
         self
     }
 
@@ -772,9 +782,16 @@ where
             return Ok(AuthFailure::respond(PLUGIN, rejection, &req));
         }
     };
+    if kind == BodyKind::Json && crate::body::json_deeper_than(&bytes, config.max_json_depth) {
+        let message = format!("JSON body nested deeper than {} levels", config.max_json_depth);
+        let req = Request::from_parts(parts, ());
+        return Ok(AuthFailure::respond(PLUGIN, Rejection::bad_request(message), &req));
+    }
     let params = match kind {
         BodyKind::Form => Some(BodyParams::Form(bytes.clone())),
         // A body that is not JSON carries no key (Kong treats it as empty).
+        // Only an object has fields: anything else is not parsed at all.
+        BodyKind::Json if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') => None,
         BodyKind::Json => serde_json::from_slice(&bytes).ok().map(BodyParams::Json),
     };
     let located = config.locate(&parts.headers, parts.uri.query(), params.as_ref());

@@ -74,6 +74,13 @@ pub struct Gateway {
     /// Largest request body accepted (413 above it). Default 10 MiB.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: u64,
+    /// Largest JSON body a body rule reads (transformer JSON rules, key-auth's `key_in_body`).
+    /// Default 1 MiB.
+    #[serde(default = "default_max_json_body_bytes")]
+    pub max_json_body_bytes: u64,
+    /// Deepest JSON nesting a body rule accepts (1..=128). Default 64.
+    #[serde(default = "default_max_json_depth")]
+    pub max_json_depth: usize,
     /// Largest request head accepted (431 above it). Default 32 KiB.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
@@ -99,6 +106,8 @@ impl Default for Gateway {
             trusted_proxies: TrustedProxies::none(),
             access_log: AccessLog::default(),
             max_body_bytes: default_max_body_bytes(),
+            max_json_body_bytes: default_max_json_body_bytes(),
+            max_json_depth: default_max_json_depth(),
             max_header_bytes: default_max_header_bytes(),
             header_read_timeout: default_header_read_timeout(),
             idle_timeout: default_idle_timeout(),
@@ -112,6 +121,12 @@ fn default_listen() -> SocketAddr {
 }
 fn default_max_body_bytes() -> u64 {
     10 * 1024 * 1024
+}
+fn default_max_json_body_bytes() -> u64 {
+    crate::body::DEFAULT_MAX_JSON_BODY_BYTES
+}
+fn default_max_json_depth() -> usize {
+    crate::body::DEFAULT_MAX_JSON_DEPTH
 }
 fn default_max_header_bytes() -> usize {
     32 * 1024

@@ -180,6 +180,7 @@ fn defaults() {
     assert_eq!(config.gateway.admin_listen, None);
     assert_eq!(config.gateway.access_log, AccessLog::Stdout);
     assert_eq!(config.gateway.max_body_bytes, 10 * 1024 * 1024);
+    assert_eq!((config.gateway.max_json_body_bytes, config.gateway.max_json_depth), (1024 * 1024, 64));
     assert!(config.gateway.trusted_proxies.is_empty());
     assert!(config.services.is_empty() && config.consumers.is_empty() && config.plugins.is_empty());
 

@@ -39,6 +39,16 @@ impl Config {
         if let Some((path, message)) = self.gateway.admin_problem() {
             return Err(Invalid::new(path, message));
         }
+        let depth = self.gateway.max_json_depth;
+        if !(1..=crate::body::MAX_JSON_DEPTH_LIMIT).contains(&depth) {
+            return Err(Invalid::new(
+                "gateway.max_json_depth",
+                format!(
+                    "expected 1..={} levels (serde_json's limit), got {depth}",
+                    crate::body::MAX_JSON_DEPTH_LIMIT
+                ),
+            ));
+        }
         let upstreams = {
             let names = self.names()?;
             let upstreams = self

@@ -10,7 +10,7 @@ use tower::Layer;
 
 use super::core::Micros;
 use super::leaky_bucket::LeakyBucket;
-use super::limit_by::LimitBy;
+use super::limit_by::{DEFAULT_IPV6_PREFIX, LimitBy};
 use super::policy::{Period, Policy};
 use super::service::RateLimit;
 use super::store::{MemoryStore, Store};
@@ -22,6 +22,8 @@ use super::window::WindowLimit;
 pub(crate) struct Options {
     pub(crate) policy: Arc<Policy>,
     pub(crate) limit_by: LimitBy,
+    /// IPv6 client IPs are counted per network of this many bits (1..=128).
+    pub(crate) ipv6_prefix: u8,
     pub(crate) hide_client_headers: bool,
     pub(crate) error_code: StatusCode,
     pub(crate) error_message: Option<Cow<'static, str>>,
@@ -71,6 +73,7 @@ impl RateLimitLayer {
             options: Options {
                 policy: Arc::new(policy),
                 limit_by: LimitBy::default(),
+                ipv6_prefix: DEFAULT_IPV6_PREFIX,
                 hide_client_headers: false,
                 error_code: StatusCode::TOO_MANY_REQUESTS,
                 error_message: None,
@@ -120,6 +123,14 @@ macro_rules! common_options {
             /// What the limit is counted per (default: the client IP).
             pub fn limit_by(mut self, limit_by: LimitBy) -> Self {
                 self.inner.options.limit_by = limit_by;
+                self
+            }
+
+            /// Counts IPv6 clients per network of `bits` bits (default 64: a subscriber's `/64`,
+            /// whose 2^64 addresses would otherwise each get a bucket); 128 counts each address.
+            /// Clamped to 1..=128. IPv4 clients (and IPv4-mapped IPv6) count per address.
+            pub fn ipv6_prefix(mut self, bits: u8) -> Self {
+                self.inner.options.ipv6_prefix = bits.clamp(1, 128);
                 self
             }
 

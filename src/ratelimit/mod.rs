@@ -106,7 +106,7 @@ pub use future::ResponseFuture;
 #[cfg(feature = "redis")]
 pub use hybrid::{HybridStore, SyncReport};
 pub use layer::{LeakyBucketLayer, RateLimitLayer, RateLimitStats, SlidingWindowLayer, TokenBucketLayer};
-pub use limit_by::LimitBy;
+pub use limit_by::{DEFAULT_IPV6_PREFIX, LimitBy, MAX_KEY_BYTES};
 pub use policy::{KeyState, Period, Policy, Verdict};
 #[cfg(feature = "redis")]
 pub use redis::{InvalidRedisUrl, RedisStore};

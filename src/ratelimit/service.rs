@@ -55,7 +55,7 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let (key, req) = self.options.limit_by.key(req);
+        let (key, req) = self.options.limit_by.key(req, self.options.ipv6_prefix);
         match self.shared.store.decide(&key, &self.options.policy) {
             Decided::Ready(result) => match decide(&self.options, &self.shared, result, &req) {
                 Action::Reject(response) => ResponseFuture::rejected(response),

@@ -61,7 +61,9 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 }
 
 /// The embedded store: sharded maps behind their own mutexes (no global lock: two keys in
-/// different shards never contend), bounded in keys.
+/// different shards never contend), bounded in keys, and so in bytes: the layers hand it keys
+/// of at most [`MAX_KEY_BYTES`](super::MAX_KEY_BYTES) (longer ones are hashed), so a key costs
+/// its slot plus at most that many boxed bytes.
 ///
 /// A key whose state is back to "never seen" (its windows passed, its bucket refilled) is
 /// *idle* and dropped without changing any answer. When a shard is full of busy keys, the least
@@ -242,7 +244,8 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
-    /// The default bound: 100,000 keys (about 20 MB at most).
+    /// The default bound: 100,000 keys (about 20 MB at most, plus up to 25.6 MB for keys longer
+    /// than the inline slot; see [`MAX_KEY_BYTES`](super::MAX_KEY_BYTES)).
     pub const DEFAULT_MAX_KEYS: usize = 100_000;
 
     /// A store holding at most about `max_keys` keys, on the system clock.

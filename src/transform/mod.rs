@@ -25,9 +25,14 @@
 //! state, never a client's.
 //!
 //! **Bodies** are read only when a body rule exists and the body's `Content-Type` is one the rules
-//! apply to, and only up to [`max_body_bytes`](TransformBuilder::max_body_bytes): a request body
-//! over it is answered 413, a response body over it is a 502 (a response whose `Content-Length`
-//! already says it is too large passes through untransformed). Otherwise the body streams
+//! apply to, and only up to [`max_body_bytes`](TransformBuilder::max_body_bytes) — for JSON,
+//! [`max_json_body_bytes`](TransformBuilder::max_json_body_bytes) (default 1 MiB): reading stops
+//! at the limit, nothing past it is buffered. A request body over it is answered 413 (a rule that
+//! must apply is never silently skipped); a response body over it is a 502 (a response whose
+//! `Content-Length` already says it is too large passes through untransformed). JSON nested
+//! deeper than [`max_json_depth`](TransformBuilder::max_json_depth) (default 64) is answered 400
+//! on the request side and passes untouched on the response side; only a top-level object is
+//! parsed at all. Otherwise the body streams
 //! through untouched, chunk by chunk. A body that is not a JSON object passes through unchanged;
 //! multipart bodies pass through untouched. `Content-Length` is recomputed whenever a body is
 //! rewritten.
@@ -124,6 +129,9 @@ use tower::{Layer, Service};
 
 pub use template::TemplateError;
 
+use crate::body::{
+    DEFAULT_MAX_JSON_BODY_BYTES, DEFAULT_MAX_JSON_DEPTH, MAX_JSON_DEPTH_LIMIT, json_deeper_than,
+};
 use crate::error::{BoxError, Rejection};
 use crate::observe::request_id::RequestId;
 use form::Pairs;
@@ -231,6 +239,8 @@ pub struct TransformBuilder {
     uri: Option<String>,
     method: Option<Method>,
     max_body_bytes: u64,
+    max_json_body_bytes: u64,
+    max_json_depth: usize,
 }
 
 /// Rewrites requests and responses; see the [module docs](self).
@@ -255,6 +265,10 @@ struct Shared {
     res_headers: Vec<HeaderOp>,
     res_json: Ops<String, serde_json::Value>,
     max_body_bytes: u64,
+    /// JSON bodies (either side) are read up to this many bytes: at most `max_body_bytes`.
+    max_json_body_bytes: u64,
+    /// JSON nested deeper than this is not parsed (400 for a request, untouched response).
+    max_json_depth: usize,
     /// The request rules are header rules only (or there are none): applied in `call`, nothing
     /// else to do.
     headers_only: bool,
@@ -266,7 +280,15 @@ struct Shared {
 
 impl Default for TransformBuilder {
     fn default() -> Self {
-        Self { request: Vec::new(), response: Vec::new(), uri: None, method: None, max_body_bytes: 10 << 20 }
+        Self {
+            request: Vec::new(),
+            response: Vec::new(),
+            uri: None,
+            method: None,
+            max_body_bytes: 10 << 20,
+            max_json_body_bytes: DEFAULT_MAX_JSON_BODY_BYTES,
+            max_json_depth: DEFAULT_MAX_JSON_DEPTH,
+        }
     }
 }
 
@@ -327,6 +349,23 @@ impl TransformBuilder {
         self
     }
 
+    /// Reads at most this many bytes of a JSON body, request or response (default 1 MiB, and
+    /// never more than [`max_body_bytes`](Self::max_body_bytes)): the memory a JSON rule may
+    /// cost. A request body over it is answered 413; a response body over it passes untouched
+    /// when its `Content-Length` says so, and is a 502 when it is streamed past the limit.
+    pub fn max_json_body_bytes(mut self, limit: u64) -> Self {
+        self.max_json_body_bytes = limit;
+        self
+    }
+
+    /// Refuses JSON nested deeper than `depth` arrays and objects (default 64, at most 128,
+    /// serde_json's own recursion limit): a request body is answered 400, a response body passes
+    /// untouched. Checked by a byte scan before anything recurses.
+    pub fn max_json_depth(mut self, depth: usize) -> Self {
+        self.max_json_depth = depth.clamp(1, MAX_JSON_DEPTH_LIMIT);
+        self
+    }
+
     /// Checks every rule and parses every template.
     pub fn build(self) -> Result<TransformLayer, TransformError> {
         let mut shared = Shared {
@@ -341,6 +380,8 @@ impl TransformBuilder {
             res_headers: Vec::new(),
             res_json: Ops::default(),
             max_body_bytes: self.max_body_bytes,
+            max_json_body_bytes: self.max_json_body_bytes.min(self.max_body_bytes),
+            max_json_depth: self.max_json_depth,
             headers_only: false,
             form_to_query: self
                 .method
@@ -754,8 +795,13 @@ impl<S> Transform<S> {
             return ResponseFuture::inner(self.inner.call(req), after);
         }
         let head = req.method() == Method::HEAD;
+        // A JSON rule parses what it reads: the smaller JSON budget applies.
+        let limit = match body_kind {
+            Some(BodyKind::Json) => shared.max_json_body_bytes,
+            _ => shared.max_body_bytes,
+        };
         let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > shared.max_body_bytes) {
+        if declared.is_some_and(|len| len > limit) {
             let id = req.extensions().get::<RequestId>();
             return ResponseFuture::rejected(Rejection::payload_too_large().into_response(id));
         }
@@ -769,6 +815,7 @@ impl<S> Transform<S> {
             parts: Some(parts),
             inner: Some(inner),
             buf: Vec::new(),
+            limit,
             rendered,
             kind: body_kind,
             form_to_query,
@@ -796,6 +843,8 @@ pin_project! {
         parts: Option<http::request::Parts>,
         inner: Option<S>,
         buf: Vec<u8>,
+        // Reading stops here (413): nothing past it is buffered.
+        limit: u64,
         rendered: Vec<String>,
         kind: Option<BodyKind>,
         form_to_query: bool,
@@ -989,14 +1038,11 @@ where
             StateProj::ReadRequest { read } => {
                 let read = read.as_mut().project();
                 let shared = &**read.shared;
-                let rejection =
-                    match ready!(poll_read(read.body, read.buf, shared.max_body_bytes, is_too_large, cx)) {
-                        Ok(()) => None,
-                        Err(ReadError::TooLarge) => Some(Rejection::payload_too_large()),
-                        Err(ReadError::Failed) => {
-                            Some(Rejection::bad_request("failed to read the request body"))
-                        }
-                    };
+                let rejection = match ready!(poll_read(read.body, read.buf, *read.limit, is_too_large, cx)) {
+                    Ok(()) => None,
+                    Err(ReadError::TooLarge) => Some(Rejection::payload_too_large()),
+                    Err(ReadError::Failed) => Some(Rejection::bad_request("failed to read the request body")),
+                };
                 if let Some(rejection) = rejection {
                     let response = rejection.into_response(read.request_id.as_ref());
                     state.set(State::Rejected { response: Some(response) });
@@ -1016,6 +1062,13 @@ where
                             continue;
                         }
                     }
+                }
+                // A rule that must read the body and cannot is not skipped: refused.
+                if *read.kind == Some(BodyKind::Json) && json_deeper_than(&original, shared.max_json_depth) {
+                    let message = format!("JSON body nested deeper than {} levels", shared.max_json_depth);
+                    let response = Rejection::bad_request(message).into_response(read.request_id.as_ref());
+                    state.set(State::Rejected { response: Some(response) });
+                    continue;
                 }
                 let rendered = &*read.rendered;
                 let rewritten = match read.kind {
@@ -1062,7 +1115,7 @@ where
                 }
                 let declared =
                     response.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-                if declared.is_some_and(|len| len > shared.max_body_bytes) {
+                if declared.is_some_and(|len| len > shared.max_json_body_bytes) {
                     return Poll::Ready(Ok(response));
                 }
                 let (parts, body) = response.into_parts();
@@ -1078,7 +1131,8 @@ where
             StateProj::ReadResponse { read } => {
                 let read = read.as_mut().project();
                 let shared = &**read.shared;
-                let result = ready!(poll_read(read.body, read.buf, shared.max_body_bytes, |_| false, cx));
+                let result =
+                    ready!(poll_read(read.body, read.buf, shared.max_json_body_bytes, |_| false, cx));
                 if let Err(e) = result {
                     let message = match e {
                         ReadError::TooLarge => "upstream response body over the transform limit",
@@ -1093,7 +1147,8 @@ where
                 // Unlike a request (Kong adds fields to an empty one), an empty response body
                 // stays empty: there is no object to change.
                 let empty = original.iter().all(u8::is_ascii_whitespace);
-                let rewritten = if empty {
+                // Too deep to parse: the upstream's answer goes back as it came.
+                let rewritten = if empty || json_deeper_than(&original, shared.max_json_depth) {
                     None
                 } else {
                     rules::apply_json(&shared.res_json, &original, |v| Some(v.clone()))

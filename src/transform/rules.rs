@@ -367,13 +367,15 @@ pub(crate) fn apply_json<V>(
     body: &[u8],
     value: impl Fn(&V) -> Option<Value>,
 ) -> Option<Vec<u8>> {
-    let mut object = if body.iter().all(u8::is_ascii_whitespace) {
-        Map::new()
-    } else {
-        match serde_json::from_slice::<Value>(body) {
+    // Only an object is rewritten: anything else is not parsed at all (a megabyte of `[0,0,…]`
+    // would cost tens of megabytes as `Value`s).
+    let mut object = match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => Map::new(),
+        Some(b'{') => match serde_json::from_slice::<Value>(body) {
             Ok(Value::Object(object)) => object,
             _ => return None,
-        }
+        },
+        Some(_) => return None,
     };
     for name in &ops.remove {
         object.shift_remove(name);

@@ -484,3 +484,48 @@ fn bad_rules_name_their_location() {
     let e = err(TransformLayer::builder().request(Action::Add, RequestPart::Querystring, ["novalue"]));
     assert_eq!(e.location(), "add.querystring[0]");
 }
+
+#[tokio::test]
+async fn json_budget_and_depth_on_both_sides() {
+    let layer = TransformLayer::builder()
+        .request(Action::Add, RequestPart::Body, ["a:b"])
+        .response(Action::Add, ResponsePart::Json, ["k:v"])
+        .max_json_body_bytes(32)
+        .max_json_depth(3)
+        .build()
+        .unwrap();
+    let answer = |body: &'static str, length: bool| {
+        let mut res = Response::builder().header("content-type", "application/json");
+        if length {
+            res = res.header("content-length", body.len());
+        }
+        res.body(Body::from(body)).unwrap()
+    };
+    // Request side: over the depth is 400, over the JSON budget 413 (a form body keeps the
+    // general limit); nothing reaches the service.
+    let (seen, res) = run(layer.clone(), json_post("[[[[]]]]"), Response::default()).await;
+    assert_eq!((res.status().as_u16(), seen.method.as_str()), (400, ""));
+    let (seen, res) =
+        run(layer.clone(), json_post(r#"{"pad":"0123456789012345678901234567"}"#), Response::default()).await;
+    assert_eq!((res.status().as_u16(), seen.method.as_str()), (413, ""));
+    let (seen, res) =
+        run(layer.clone(), form_post("/", "pad=0123456789012345678901234567890123"), Response::default())
+            .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(seen.body, "pad=0123456789012345678901234567890123&a=b");
+    let (seen, _) = run(layer.clone(), json_post(r#"{"x":[[1]]}"#), Response::default()).await;
+    assert_eq!(seen.body, r#"{"x":[[1]],"a":"b"}"#);
+
+    // Response side: too deep, or declared over the budget, passes untouched; streamed over the
+    // budget it has been partly read: 502.
+    let small = || json_post("{}");
+    let (_, res) = run(layer.clone(), small(), answer(r#"{"x":[[[1]]]}"#, true)).await;
+    assert_eq!(body_of(res).await, r#"{"x":[[[1]]]}"#);
+    let long = r#"{"pad":"0123456789012345678901234567"}"#;
+    let (_, res) = run(layer.clone(), small(), answer(long, true)).await;
+    assert_eq!((res.status().as_u16(), body_of(res).await), (200, Bytes::from_static(long.as_bytes())));
+    let (_, res) = run(layer.clone(), small(), answer(long, false)).await;
+    assert_eq!(res.status(), 502);
+    let (_, res) = run(layer, small(), answer(r#"{"x":[[1]]}"#, true)).await;
+    assert_eq!(body_of(res).await, r#"{"x":[[1]],"k":"v"}"#);
+}

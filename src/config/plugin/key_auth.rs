@@ -97,10 +97,11 @@ pub(crate) fn build(ctx: &PluginContext<'_>, plugin: &Plugin) -> Result<Wrap, Co
         .key_in_query(config.key_in_query)
         .key_in_body(config.key_in_body)
         .hide_credentials(config.hide_credentials)
-        .run_on_preflight(config.run_on_preflight);
-    if let Some(limit) = config.body_limit {
-        builder = builder.body_limit(limit);
-    }
+        .run_on_preflight(config.run_on_preflight)
+        .max_json_depth(ctx.config.gateway.max_json_depth);
+    // A key is parsed out of at most `gateway.max_json_body_bytes`, whatever `body_limit` says.
+    let json_budget = usize::try_from(ctx.config.gateway.max_json_body_bytes).unwrap_or(usize::MAX);
+    builder = builder.body_limit(config.body_limit.unwrap_or(64 * 1024).min(json_budget));
     if let Some(realm) = &config.realm {
         builder = builder.realm(realm);
     }

@@ -29,6 +29,8 @@ struct RateLimitingConfig {
     limit_by: LimitByName,
     header_name: Option<String>,
     path: Option<String>,
+    /// portcullis: IPv6 clients are counted per network of this many bits (default 64).
+    ipv6_prefix: Option<i64>,
     #[serde(default)]
     policy: PolicyName,
     redis_host: Option<String>,
@@ -112,7 +114,16 @@ fn layer(ctx: &PluginContext<'_>, c: &RateLimitingConfig) -> Result<RateLimitLay
         LimitByName::Consumer => LimitBy::Consumer,
         LimitByName::Credential => LimitBy::Credential,
         LimitByName::Ip => LimitBy::ClientIp,
-        LimitByName::Path => LimitBy::Path,
+        // Kong requires `path` with `limit_by: path` and counts only that path; another path
+        // falls back to the client IP.
+        LimitByName::Path => {
+            let path =
+                c.path.as_deref().ok_or_else(|| ctx.error("path", "required when `limit_by` is `path`"))?;
+            if !path.starts_with('/') {
+                return Err(ctx.error("path", format!("expected a path starting with `/`, got `{path}`")));
+            }
+            LimitBy::path(path)
+        }
         LimitByName::Service => LimitBy::Service,
         LimitByName::Header => {
             let name = c
@@ -128,6 +139,11 @@ fn layer(ctx: &PluginContext<'_>, c: &RateLimitingConfig) -> Result<RateLimitLay
     if c.path.is_some() && c.limit_by != LimitByName::Path {
         return Err(ctx.error("path", "only meaningful with `limit_by: path`"));
     }
+    let ipv6_prefix = match c.ipv6_prefix {
+        None => crate::ratelimit::DEFAULT_IPV6_PREFIX,
+        Some(bits @ 1..=128) => bits as u8,
+        Some(bits) => return Err(ctx.error("ipv6_prefix", format!("expected 1..=128 bits, got {bits}"))),
+    };
     let error_code = match c.error_code {
         None => StatusCode::TOO_MANY_REQUESTS,
         Some(code) => StatusCode::from_u16(code)
@@ -141,6 +157,7 @@ fn layer(ctx: &PluginContext<'_>, c: &RateLimitingConfig) -> Result<RateLimitLay
         ($layer:expr) => {{
             let mut layer = $layer
                 .limit_by(limit_by)
+                .ipv6_prefix(ipv6_prefix)
                 .hide_client_headers(c.hide_client_headers)
                 .error_code(error_code)
                 .fault_tolerant(c.fault_tolerant);

@@ -67,7 +67,11 @@ fn lists(
 
 pub(crate) fn build(ctx: &PluginContext<'_>, plugin: &Plugin) -> Result<Wrap, ConfigError> {
     let config: Config = ctx.parse(plugin)?;
-    let mut builder = TransformLayer::builder().max_body_bytes(ctx.config.gateway.max_body_bytes);
+    let gateway = &ctx.config.gateway;
+    let mut builder = TransformLayer::builder()
+        .max_body_bytes(gateway.max_body_bytes)
+        .max_json_body_bytes(gateway.max_json_body_bytes)
+        .max_json_depth(gateway.max_json_depth);
     if let Some(method) = &config.http_method {
         let method = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
             .map_err(|_| ctx.error("http_method", format!("invalid HTTP method `{method}`")))?;

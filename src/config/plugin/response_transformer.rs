@@ -78,7 +78,11 @@ fn values(builder: TransformBuilder, action: Action, lists: &Values) -> Transfor
 
 pub(crate) fn build(ctx: &PluginContext<'_>, plugin: &Plugin) -> Result<Wrap, ConfigError> {
     let config: Config = ctx.parse(plugin)?;
-    let mut builder = TransformLayer::builder().max_body_bytes(ctx.config.gateway.max_body_bytes);
+    let gateway = &ctx.config.gateway;
+    let mut builder = TransformLayer::builder()
+        .max_body_bytes(gateway.max_body_bytes)
+        .max_json_body_bytes(gateway.max_json_body_bytes)
+        .max_json_depth(gateway.max_json_depth);
     builder = names(builder, Action::Remove, &config.remove);
     builder = names(builder, Action::Rename, &config.rename);
     builder = values(builder, Action::Replace, &config.replace);
