@@ -16,7 +16,12 @@
 //!
 //! [`Proxy`] forwards the method, the path (joined with the upstream's base path after Kong's
 //! `strip_path`, from the router's [`RouteMatch`]), the query string byte for byte, the headers and
-//! the streamed body. It drops hop-by-hop headers on the way up and on the way back, sets `Host`
+//! the streamed body. It drops hop-by-hop headers on the way up (a `Connection` naming a header
+//! the gateway resolved or set, such as `X-Forwarded-For` or `X-Request-ID`, removes nothing) and
+//! on the way back. An upstream response framed by `Transfer-Encoding` that also carries a
+//! `Content-Length` reaches the client whole (hyper read it by its chunks, RFC 9112 §6.3) without
+//! that `Content-Length`, and its upstream connection is closed rather than pooled: a server that
+//! frames one response two ways cannot be trusted to start the next one where hyper thinks. It sets `Host`
 //! to the upstream's unless the route has `preserve_host`, and turns failures into JSON: a connect
 //! failure, reset or invalid response is 502, a body over the gateway's limit is 413. The
 //! forwarding headers (`X-Forwarded-*`, `X-Real-IP`) are set earlier by
@@ -42,10 +47,10 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::HOST;
+use http::header::{CONTENT_LENGTH, HOST};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{CaptureConnection, HttpConnector, capture_connection};
 use hyper_util::client::legacy::{self, Client};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pin_project_lite::pin_project;
@@ -58,7 +63,7 @@ use crate::resilience::PreviousHosts;
 use crate::resilience::balance::{HostSet, PickedHost};
 use crate::resilience::classify::{Outcome, UpstreamFailure};
 use crate::router::{RouteMatch, upstream_path};
-use crate::sanitize::strip_hop_by_hop;
+use crate::sanitize::{strip_request_hop_by_hop, strip_response_hop_by_hop};
 
 /// What happened upstream, in response extensions for the access log and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -267,7 +272,7 @@ where
             .cloned()
             .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
         *req.uri_mut() = uri;
-        strip_hop_by_hop(req.headers_mut());
+        strip_request_hop_by_hop(req.headers_mut());
         let host = match (preserve_host, original_host) {
             (true, Some(host)) => host,
             _ => picked.host().host_header().clone(),
@@ -280,6 +285,9 @@ where
             req.headers_mut().insert(HOST, host);
         }
         let deadline = req.extensions().get::<AttemptTimeout>().map(|t| Box::pin(tokio::time::sleep(t.0)));
+        // The pool entry the request goes out on, so that a response framed two ways can keep its
+        // connection out of the pool (HTTP/2 frames every response one way).
+        let connection = (!self.upstream.http2).then(|| capture_connection(&mut req));
         ResponseFuture {
             state: State::Upstream {
                 inner: self.client.request(req),
@@ -287,6 +295,7 @@ where
                 picked: Some(picked),
                 deadline,
                 request_id,
+                connection,
             },
         }
     }
@@ -313,6 +322,7 @@ pin_project! {
             // The attempt's deadline, when the request carries an `AttemptTimeout`.
             deadline: Option<Pin<Box<tokio::time::Sleep>>>,
             request_id: Option<RequestId>,
+            connection: Option<CaptureConnection>,
         },
     }
 }
@@ -338,7 +348,7 @@ impl Future for ResponseFuture {
                 Some(response) => Poll::Ready(Ok(response)),
                 None => Poll::Pending,
             },
-            StateProj::Upstream { inner, started, picked, deadline, request_id } => {
+            StateProj::Upstream { inner, started, picked, deadline, request_id, connection } => {
                 let result = match inner.poll(cx) {
                     Poll::Ready(result) => Some(result),
                     Poll::Pending => {
@@ -360,7 +370,20 @@ impl Future for ResponseFuture {
                     Some(Ok(response)) => {
                         let status = response.status();
                         let mut response = response.map(Body::from);
-                        strip_hop_by_hop(response.headers_mut());
+                        let transfer_encoded = strip_response_hop_by_hop(response.headers_mut());
+                        // Framed twice: hyper read the chunks; the length is not the body's,
+                        // and the connection's next byte may not start a response.
+                        if transfer_encoded && response.headers_mut().remove(CONTENT_LENGTH).is_some() {
+                            // Poisoned now, before the body is read: the pool checks it when the
+                            // connection comes back idle.
+                            if let Some(connected) =
+                                connection.as_ref().map(CaptureConnection::connection_metadata)
+                            {
+                                if let Some(connected) = connected.as_ref() {
+                                    connected.poison();
+                                }
+                            }
+                        }
                         (response, Some(status), None)
                     }
                     Some(Err(error)) => {
