@@ -50,11 +50,15 @@ use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
-use hyper_util::client::legacy::connect::{CaptureConnection, HttpConnector, capture_connection};
+use hyper_util::client::legacy::connect::{
+    CaptureConnection, Connected, Connection, HttpConnector, capture_connection,
+};
 use hyper_util::client::legacy::{self, Client};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use pin_project_lite::pin_project;
+use tokio::net::TcpStream;
 use tower::Service;
+use tower::util::MapResponse;
 
 use crate::body::{Body, BodyTooLarge};
 use crate::error::{BoxError, Rejection};
@@ -109,6 +113,71 @@ struct Upstream {
     hosts: HostSet,
     base_path: String,
     http2: bool,
+}
+
+// === impl UpstreamStream ===
+
+/// The proxy's connector: hyper-util's, each connection wrapped in an [`UpstreamStream`].
+type UpstreamConnector = MapResponse<HttpConnector, fn(TokioIo<TcpStream>) -> UpstreamStream>;
+
+/// An upstream TCP connection that reports no `HttpInfo` to hyper-util: nothing reads it, and
+/// hyper-util would box a copy of it into every response's extensions and into every captured
+/// connection (the proxy captures each HTTP/1 request's, see `capture_connection` below).
+#[derive(Debug)]
+struct UpstreamStream {
+    io: TokioIo<TcpStream>,
+}
+
+impl UpstreamStream {
+    fn new(io: TokioIo<TcpStream>) -> Self {
+        Self { io }
+    }
+}
+
+impl Connection for UpstreamStream {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl hyper::rt::Read for UpstreamStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for UpstreamStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
 }
 
 /// Builds a [`Proxy`].
@@ -168,7 +237,7 @@ impl ProxyBuilder {
             .pool_idle_timeout(self.pool_idle_timeout)
             .pool_max_idle_per_host(self.pool_max_idle_per_host)
             .http2_only(self.upstream.http2)
-            .build(connector);
+            .build(MapResponse::new(connector, UpstreamStream::new as fn(_) -> _));
         Proxy { client, upstream: Arc::new(self.upstream) }
     }
 }
@@ -176,7 +245,7 @@ impl ProxyBuilder {
 /// Forwards requests to an upstream; see the [module docs](self).
 #[derive(Debug)]
 pub struct Proxy<B = Body> {
-    client: Client<HttpConnector, B>,
+    client: Client<UpstreamConnector, B>,
     upstream: Arc<Upstream>,
 }
 
@@ -286,7 +355,9 @@ where
         }
         let deadline = req.extensions().get::<AttemptTimeout>().map(|t| Box::pin(tokio::time::sleep(t.0)));
         // The pool entry the request goes out on, so that a response framed two ways can keep its
-        // connection out of the pool (HTTP/2 frames every response one way).
+        // connection out of the pool (HTTP/2 frames every response one way). hyper-util offers
+        // no other handle on it; its watch channel costs two allocations and an extension, less
+        // the `HttpInfo` extension `UpstreamStream` no longer adds to each response.
         let connection = (!self.upstream.http2).then(|| capture_connection(&mut req));
         ResponseFuture {
             state: State::Upstream {
