@@ -1004,6 +1004,30 @@ mod tests {
         assert!(configured.contains("x-original-url=/admin"), "{configured}");
     }
 
+    #[cfg(feature = "proxy")]
+    #[test]
+    fn the_proxys_own_pass_keeps_gateway_headers_on_the_way_up_only() {
+        let headers = || {
+            let mut h = HeaderMap::new();
+            h.insert(CONNECTION, HeaderValue::from_static("X-Request-ID, X-Forwarded-For, X-Gone"));
+            h.insert(X_REQUEST_ID, HeaderValue::from_static("id"));
+            h.insert(X_FORWARDED_FOR, HeaderValue::from_static("192.0.2.7"));
+            h.insert("x-gone", HeaderValue::from_static("1"));
+            h
+        };
+        let mut up = headers();
+        strip_request_hop_by_hop(&mut up);
+        let mut names: Vec<&str> = up.keys().map(HeaderName::as_str).collect();
+        names.sort();
+        assert_eq!(names, ["x-forwarded-for", "x-request-id"]);
+
+        let mut down = headers();
+        down.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        assert!(strip_response_hop_by_hop(&mut down), "it carried Transfer-Encoding");
+        assert!(down.is_empty(), "an upstream's Connection names what it likes: {down:?}");
+        assert!(!strip_response_hop_by_hop(&mut headers()));
+    }
+
     #[test]
     fn strip_list_matches_by_name_not_only_length() {
         let list = StripList::new(DEFAULT_STRIP_FROM_UNTRUSTED.map(HeaderName::from_static));
