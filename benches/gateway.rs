@@ -16,7 +16,7 @@ use std::task::{Context, Poll, Waker};
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, Method, Request, Response};
 use portcullis::Body;
-use portcullis::client_ip::{PeerAddr, TrustedProxies};
+use portcullis::client_ip::{ListenerInfo, PeerAddr, TrustedProxies};
 use portcullis::observe::access_log::{AccessLogLayer, LogSink};
 use portcullis::observe::request_id::{RequestId, RequestIdLayer};
 use portcullis::router::{Route, Router};
@@ -72,6 +72,8 @@ fn request() -> Request<Body> {
         .body(Body::empty())
         .expect("valid request");
     req.extensions_mut().insert(PeerAddr("127.0.0.1:40000".parse().expect("addr")));
+    req.extensions_mut()
+        .insert(ListenerInfo { local_addr: "127.0.0.1:8000".parse().expect("addr"), tls: false });
     // As the gateway's server does: room for the headers the front and route layers add.
     req.headers_mut().reserve(portcullis::gateway::HEADER_HEADROOM);
     req

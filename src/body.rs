@@ -34,6 +34,8 @@ pin_project! {
             // The body is cut off with `BodyTooLarge` once `read` passes `limit`.
             limit: u64,
             read: u64,
+            // A client's request body: its trailers pass through `sanitize_trailers`.
+            from_client: bool,
         },
         Boxed { #[pin] inner: UnsyncBoxBody<Bytes, BoxError> },
     }
@@ -130,10 +132,15 @@ impl Body {
         Self { kind: Kind::Boxed { inner: body.map_err(Into::into).boxed_unsync() } }
     }
 
-    /// Wraps a body read from a hyper connection, failing with [`BodyTooLarge`] after `limit` bytes.
+    /// Wraps a client's request body read from a hyper connection, failing with [`BodyTooLarge`]
+    /// after `limit` bytes. Its trailers lose the fields the gateway owns
+    /// ([`sanitize_trailers`](crate::sanitize::sanitize_trailers)), as the request's headers do
+    /// in [`SanitizeLayer`](crate::sanitize::SanitizeLayer): done here, where the gateway's
+    /// server wraps every request body, so the layer keeps the caller's body type.
+    /// (`From<Incoming>`, for an upstream's response body, leaves trailers alone.)
     #[cfg(feature = "proxy")]
     pub fn incoming(inner: hyper::body::Incoming, limit: Option<u64>) -> Self {
-        Self { kind: Kind::Incoming { inner, limit: limit.unwrap_or(u64::MAX), read: 0 } }
+        Self { kind: Kind::Incoming { inner, limit: limit.unwrap_or(u64::MAX), read: 0, from_client: true } }
     }
 }
 
@@ -170,7 +177,7 @@ impl From<Vec<u8>> for Body {
 #[cfg(feature = "proxy")]
 impl From<hyper::body::Incoming> for Body {
     fn from(inner: hyper::body::Incoming) -> Self {
-        Self::incoming(inner, None)
+        Self { kind: Kind::Incoming { inner, limit: u64::MAX, read: 0, from_client: false } }
     }
 }
 
@@ -184,8 +191,8 @@ impl http_body::Body for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().kind.project() {
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            KindProj::Incoming { inner, limit, read } => {
-                let frame = match std::task::ready!(inner.poll_frame(cx)) {
+            KindProj::Incoming { inner, limit, read, from_client } => {
+                let mut frame = match std::task::ready!(inner.poll_frame(cx)) {
                     Some(Ok(frame)) => frame,
                     Some(Err(error)) => return Poll::Ready(Some(Err(error.into()))),
                     None => return Poll::Ready(None),
@@ -195,6 +202,8 @@ impl http_body::Body for Body {
                     if *read > *limit {
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit: *limit }))));
                     }
+                } else if let Some(trailers) = frame.trailers_mut().filter(|_| *from_client) {
+                    crate::sanitize::sanitize_trailers(trailers);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

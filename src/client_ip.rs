@@ -16,6 +16,17 @@ use ipnet::IpNet;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerAddr(pub SocketAddr);
 
+/// The listening socket a request arrived on, inserted by the server beside [`PeerAddr`]: the
+/// `X-Forwarded-Proto` and `X-Forwarded-Port` the upstream receives describe it (the scheme this
+/// listener speaks and the port it listens on), never what the client wrote in its request line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerInfo {
+    /// The connection's local address (its port is the one the client connected to).
+    pub local_addr: SocketAddr,
+    /// Whether the listener terminates TLS (`https`); plain HTTP otherwise.
+    pub tls: bool,
+}
+
 /// The resolved client address, in request extensions (and echoed in response extensions for the
 /// access log).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

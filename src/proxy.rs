@@ -16,7 +16,12 @@
 //!
 //! [`Proxy`] forwards the method, the path (joined with the upstream's base path after Kong's
 //! `strip_path`, from the router's [`RouteMatch`]), the query string byte for byte, the headers and
-//! the streamed body. It drops hop-by-hop headers on the way up and on the way back, sets `Host`
+//! the streamed body. It drops hop-by-hop headers on the way up (a `Connection` naming a header
+//! the gateway resolved or set, such as `X-Forwarded-For` or `X-Request-ID`, removes nothing) and
+//! on the way back. An upstream response framed by `Transfer-Encoding` that also carries a
+//! `Content-Length` reaches the client whole (hyper read it by its chunks, RFC 9112 §6.3) without
+//! that `Content-Length`, and its upstream connection is closed rather than pooled: a server that
+//! frames one response two ways cannot be trusted to start the next one where hyper thinks. It sets `Host`
 //! to the upstream's unless the route has `preserve_host`, and turns failures into JSON: a connect
 //! failure, reset or invalid response is 502, a body over the gateway's limit is 413. The
 //! forwarding headers (`X-Forwarded-*`, `X-Real-IP`) are set earlier by
@@ -42,14 +47,18 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::HOST;
+use http::header::{CONTENT_LENGTH, HOST};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{
+    CaptureConnection, Connected, Connection, HttpConnector, capture_connection,
+};
 use hyper_util::client::legacy::{self, Client};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use pin_project_lite::pin_project;
+use tokio::net::TcpStream;
 use tower::Service;
+use tower::util::MapResponse;
 
 use crate::body::{Body, BodyTooLarge};
 use crate::error::{BoxError, Rejection};
@@ -58,7 +67,7 @@ use crate::resilience::PreviousHosts;
 use crate::resilience::balance::{HostSet, PickedHost};
 use crate::resilience::classify::{Outcome, UpstreamFailure};
 use crate::router::{RouteMatch, upstream_path};
-use crate::sanitize::strip_hop_by_hop;
+use crate::sanitize::{strip_request_hop_by_hop, strip_response_hop_by_hop};
 
 /// What happened upstream, in response extensions for the access log and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +113,71 @@ struct Upstream {
     hosts: HostSet,
     base_path: String,
     http2: bool,
+}
+
+// === impl UpstreamStream ===
+
+/// The proxy's connector: hyper-util's, each connection wrapped in an [`UpstreamStream`].
+type UpstreamConnector = MapResponse<HttpConnector, fn(TokioIo<TcpStream>) -> UpstreamStream>;
+
+/// An upstream TCP connection that reports no `HttpInfo` to hyper-util: nothing reads it, and
+/// hyper-util would box a copy of it into every response's extensions and into every captured
+/// connection (the proxy captures each HTTP/1 request's, see `capture_connection` below).
+#[derive(Debug)]
+struct UpstreamStream {
+    io: TokioIo<TcpStream>,
+}
+
+impl UpstreamStream {
+    fn new(io: TokioIo<TcpStream>) -> Self {
+        Self { io }
+    }
+}
+
+impl Connection for UpstreamStream {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl hyper::rt::Read for UpstreamStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for UpstreamStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
 }
 
 /// Builds a [`Proxy`].
@@ -163,7 +237,7 @@ impl ProxyBuilder {
             .pool_idle_timeout(self.pool_idle_timeout)
             .pool_max_idle_per_host(self.pool_max_idle_per_host)
             .http2_only(self.upstream.http2)
-            .build(connector);
+            .build(MapResponse::new(connector, UpstreamStream::new as fn(_) -> _));
         Proxy { client, upstream: Arc::new(self.upstream) }
     }
 }
@@ -171,7 +245,7 @@ impl ProxyBuilder {
 /// Forwards requests to an upstream; see the [module docs](self).
 #[derive(Debug)]
 pub struct Proxy<B = Body> {
-    client: Client<HttpConnector, B>,
+    client: Client<UpstreamConnector, B>,
     upstream: Arc<Upstream>,
 }
 
@@ -267,7 +341,7 @@ where
             .cloned()
             .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
         *req.uri_mut() = uri;
-        strip_hop_by_hop(req.headers_mut());
+        strip_request_hop_by_hop(req.headers_mut());
         let host = match (preserve_host, original_host) {
             (true, Some(host)) => host,
             _ => picked.host().host_header().clone(),
@@ -280,6 +354,11 @@ where
             req.headers_mut().insert(HOST, host);
         }
         let deadline = req.extensions().get::<AttemptTimeout>().map(|t| Box::pin(tokio::time::sleep(t.0)));
+        // The pool entry the request goes out on, so that a response framed two ways can keep its
+        // connection out of the pool (HTTP/2 frames every response one way). hyper-util offers
+        // no other handle on it; its watch channel costs two allocations and an extension, less
+        // the `HttpInfo` extension `UpstreamStream` no longer adds to each response.
+        let connection = (!self.upstream.http2).then(|| capture_connection(&mut req));
         ResponseFuture {
             state: State::Upstream {
                 inner: self.client.request(req),
@@ -287,6 +366,7 @@ where
                 picked: Some(picked),
                 deadline,
                 request_id,
+                connection,
             },
         }
     }
@@ -313,6 +393,7 @@ pin_project! {
             // The attempt's deadline, when the request carries an `AttemptTimeout`.
             deadline: Option<Pin<Box<tokio::time::Sleep>>>,
             request_id: Option<RequestId>,
+            connection: Option<CaptureConnection>,
         },
     }
 }
@@ -338,7 +419,7 @@ impl Future for ResponseFuture {
                 Some(response) => Poll::Ready(Ok(response)),
                 None => Poll::Pending,
             },
-            StateProj::Upstream { inner, started, picked, deadline, request_id } => {
+            StateProj::Upstream { inner, started, picked, deadline, request_id, connection } => {
                 let result = match inner.poll(cx) {
                     Poll::Ready(result) => Some(result),
                     Poll::Pending => {
@@ -360,7 +441,20 @@ impl Future for ResponseFuture {
                     Some(Ok(response)) => {
                         let status = response.status();
                         let mut response = response.map(Body::from);
-                        strip_hop_by_hop(response.headers_mut());
+                        let transfer_encoded = strip_response_hop_by_hop(response.headers_mut());
+                        // Framed twice: hyper read the chunks; the length is not the body's,
+                        // and the connection's next byte may not start a response.
+                        if transfer_encoded && response.headers_mut().remove(CONTENT_LENGTH).is_some() {
+                            // Poisoned now, before the body is read: the pool checks it when the
+                            // connection comes back idle.
+                            if let Some(connected) =
+                                connection.as_ref().map(CaptureConnection::connection_metadata)
+                            {
+                                if let Some(connected) = connected.as_ref() {
+                                    connected.poison();
+                                }
+                            }
+                        }
                         (response, Some(status), None)
                     }
                     Some(Err(error)) => {

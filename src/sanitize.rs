@@ -6,13 +6,30 @@
 //!    `Content-Length` is over the body limit;
 //! 2. normalizes the path ([`normalize_path`]) or answers 400 — so routing, auth, rate limiting
 //!    and the upstream all see one path, and `/public/..%2Fadmin` cannot be routed by its raw form;
-//! 3. drops hop-by-hop headers (those named in `Connection`, then the fixed list), and every
-//!    gateway-owned header a client sent (`X-Consumer-ID`, `X_Consumer_ID`, `X-Real-IP`,
-//!    `X-Portcullis-*`, ...), *before* the gateway adds its own;
-//! 4. resolves the client IP through the trusted proxies into [`ClientIp`], and sets the
-//!    forwarding headers the upstream receives: exactly one `X-Forwarded-For` (the incoming chain
-//!    only when the peer is trusted, then the peer), `X-Forwarded-Proto`, `X-Forwarded-Host`,
-//!    `X-Forwarded-Port` and `X-Real-IP`.
+//! 3. resolves the client IP through the trusted proxies into [`ClientIp`], from the headers as
+//!    they arrived;
+//! 4. answers 400 (and closes the connection) to a `Transfer-Encoding` other than one `chunked`
+//!    (`chunked, chunked`, `gzip, chunked`: codings the gateway would not undo before forwarding);
+//! 5. drops hop-by-hop headers (those named in `Connection`, then the fixed list, which includes
+//!    `Proxy-Authorization`), every gateway-owned header a client sent (`X-Consumer-ID`,
+//!    `X_Consumer_ID`, `X-Real-IP`, `X-Portcullis-*`, ...) and, from a peer outside the trusted
+//!    proxies, the forwarding headers of [`DEFAULT_STRIP_FROM_UNTRUSTED`] (or the list given to
+//!    [`SanitizeLayer::strip_from_untrusted`]), *before* the gateway adds its own. `Connection`
+//!    never removes a header the gateway resolves or sets (`Host`, `Authorization`,
+//!    `X-Request-ID`, `X-Forwarded-For`/`-Proto`/`-Host`/`-Port`, the owned headers);
+//! 6. sets the forwarding headers the upstream receives: exactly one `X-Forwarded-For` (the
+//!    incoming chain only when the peer is trusted, then the peer), `X-Forwarded-Proto`,
+//!    `X-Forwarded-Host`, `X-Forwarded-Port` and `X-Real-IP`. Proto and port describe the
+//!    listener the request arrived on ([`ListenerInfo`]: `http` or `https`, and the port it
+//!    listens on, as Kong's `X-Forwarded-Port`), never the request line's scheme (an absolute-form
+//!    `https://…` URI or an HTTP/2 `:scheme` is the client's word). Without a [`ListenerInfo`]
+//!    (a host server other than the gateway's) they fall back to `http` and the `Host` header's
+//!    port, else 80.
+//!
+//! Request trailers arrive in the body, which this layer does not wrap (its body type stays the
+//! caller's): the gateway's server drops the same fields from them in
+//! [`Body::incoming`](crate::Body::incoming), and another host can wrap its request bodies in
+//! [`SanitizeTrailers`].
 //!
 //! ```
 //! use portcullis::sanitize::SanitizeLayer;
@@ -39,16 +56,18 @@
 use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::{CONNECTION, CONTENT_LENGTH, HOST};
+use http::header::{AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri};
+use http_body::Frame;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use crate::client_ip::{ClientIp, PeerAddr, TrustedProxies};
+use crate::client_ip::{ClientIp, ListenerInfo, PeerAddr, TrustedProxies};
 use crate::error::Rejection;
 
 /// The request path after normalization (dot segments resolved, unreserved escapes decoded),
@@ -58,8 +77,9 @@ use crate::error::Rejection;
 pub struct NormalizedPath(pub String);
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
+/// `Proxy-Authorization` is the client's credential for the next proxy, never for the upstream.
 // A `static`: a `const` array of `HeaderName`s would be built and dropped at every use.
-static HOP_BY_HOP: [HeaderName; 8] = [
+static HOP_BY_HOP: [HeaderName; 9] = [
     CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -68,6 +88,7 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     http::header::TRANSFER_ENCODING,
     http::header::UPGRADE,
     http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
 ];
 
 /// Whether `name` is on the fixed hop-by-hop list (transform rules may not set these).
@@ -75,25 +96,64 @@ pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name)
 }
 
-/// Removes the headers named in `Connection`, then the fixed hop-by-hop list.
+/// The forwarding headers [`SanitizeLayer`] drops from a peer outside the trusted proxies unless
+/// given another list ([`SanitizeLayer::strip_from_untrusted`], `gateway.strip_from_untrusted`):
+/// each tells an upstream something about the client or the original request that only a proxy
+/// the gateway trusts may say (RFC 7239 `Forwarded`, the prefix/scheme/TLS hints frameworks read,
+/// the path overrides of IIS and Symfony, Akamai's and Cloudflare's client IP, and the method
+/// override some frameworks apply).
+pub const DEFAULT_STRIP_FROM_UNTRUSTED: [&str; 9] = [
+    "forwarded",
+    "x-forwarded-prefix",
+    "x-forwarded-ssl",
+    "x-forwarded-scheme",
+    "x-forwarded-server",
+    "x-original-url",
+    "x-rewrite-url",
+    "true-client-ip",
+    "x-http-method-override",
+];
+
+/// Removes the headers named in `Connection`, then the fixed hop-by-hop list, from an upstream's
+/// response. Returns whether it carried `Transfer-Encoding` (the response was read by it, so a
+/// `Content-Length` beside it is not the body's length).
 #[cfg(feature = "proxy")]
-pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    remove_where(headers, |_| false);
+pub(crate) fn strip_response_hop_by_hop(headers: &mut HeaderMap) -> bool {
+    let doomed = doomed_names(headers, |_| false);
+    if doomed.is_empty() {
+        return false;
+    }
+    let transfer_encoding = doomed.contains(&TRANSFER_ENCODING);
+    remove_doomed(headers, doomed, false);
+    transfer_encoding
 }
 
-/// Removes hop-by-hop headers (those named in `Connection`, then the fixed list) and every
-/// header for which `also` is true, in one pass over the names: the common request has none of
-/// them, and then nothing is allocated.
-fn remove_where(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
+/// Removes the headers named in `Connection`, then the fixed hop-by-hop list, from a request
+/// on its way upstream; `Connection` never removes a header the gateway resolved or set.
+#[cfg(feature = "proxy")]
+pub(crate) fn strip_request_hop_by_hop(headers: &mut HeaderMap) {
+    let doomed = doomed_names(headers, |_| false);
+    if !doomed.is_empty() {
+        remove_doomed(headers, doomed, true);
+    }
+}
+
+/// The hop-by-hop headers present and every header for which `also` is true, in one pass over
+/// the names: the common request has none of them, and then nothing is allocated.
+fn doomed_names(headers: &HeaderMap, also: impl Fn(&HeaderName) -> bool) -> Vec<HeaderName> {
     let mut doomed: Vec<HeaderName> = Vec::new();
     for name in headers.keys() {
         if HOP_BY_HOP.contains(name) || also(name) {
             doomed.push(name.clone());
         }
     }
-    if doomed.is_empty() {
-        return;
-    }
+    doomed
+}
+
+/// Removes `doomed` and the headers `Connection` names; with `protect_gateway_headers`, not
+/// those the gateway resolves or sets ([`is_gateway_header`]): a client may not use `Connection`
+/// to remove what the gateway decided.
+fn remove_doomed(headers: &mut HeaderMap, mut doomed: Vec<HeaderName>, protect_gateway_headers: bool) {
     if doomed.contains(&CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)
@@ -101,12 +161,127 @@ fn remove_where(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .filter(|name| !(protect_gateway_headers && is_gateway_header(name)))
             .collect();
         doomed.extend(named);
     }
     for name in doomed {
         headers.remove(name);
     }
+}
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Whether the gateway resolves or sets `name` on a request: `Host` (routing), `Authorization`
+/// (what an auth layer verified is what the upstream sees), `X-Request-ID`, the forwarding
+/// headers and the owned headers.
+fn is_gateway_header(name: &HeaderName) -> bool {
+    *name == HOST
+        || *name == AUTHORIZATION
+        || *name == X_REQUEST_ID
+        || *name == X_FORWARDED_FOR
+        || *name == X_FORWARDED_PROTO
+        || *name == X_FORWARDED_HOST
+        || *name == X_FORWARDED_PORT
+        || is_owned_header(name.as_str())
+}
+
+/// Whether a request trailer field named `name` is dropped by [`sanitize_trailers`].
+fn is_refused_trailer(name: &HeaderName) -> bool {
+    is_hop_by_hop(name)
+        || is_gateway_header(name)
+        || *name == CONTENT_LENGTH
+        || name.as_str().starts_with("x-forwarded-")
+        || DEFAULT_STRIP_FROM_UNTRUSTED.contains(&name.as_str())
+}
+
+/// Drops from a request's trailers every field the gateway owns or decides as a header — the
+/// owned headers, `X-Request-ID`, the forwarding headers (`X-Forwarded-*`, `Forwarded` and the
+/// rest of [`DEFAULT_STRIP_FROM_UNTRUSTED`]), `Host`, `Authorization`, framing and hop-by-hop
+/// fields — so an upstream that merges trailers into headers cannot be told what the gateway
+/// would have removed (RFC 9110 §6.5.1 forbids these in trailers anyway). Trusted peers included:
+/// no proxy sends forwarding information in trailers.
+pub fn sanitize_trailers(trailers: &mut HeaderMap) {
+    let doomed = doomed_names(trailers, is_refused_trailer);
+    for name in doomed {
+        trailers.remove(name);
+    }
+}
+
+pin_project! {
+    /// A request body whose trailers pass through [`sanitize_trailers`]: what the gateway's
+    /// server does to every request body ([`Body::incoming`](crate::Body::incoming)), for a host
+    /// that runs [`SanitizeLayer`] on its own bodies (`req.map(SanitizeTrailers::new)`).
+    #[derive(Debug)]
+    pub struct SanitizeTrailers<B> {
+        #[pin]
+        inner: B,
+    }
+}
+
+impl<B> SanitizeTrailers<B> {
+    /// Wraps `inner`.
+    pub fn new(inner: B) -> Self {
+        Self { inner }
+    }
+
+    /// The wrapped body.
+    pub fn into_inner(self) -> B {
+        self.inner
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for SanitizeTrailers<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let mut frame = std::task::ready!(self.project().inner.poll_frame(cx));
+        if let Some(trailers) = frame.as_mut().and_then(|f| f.as_mut().ok()).and_then(Frame::trailers_mut) {
+            sanitize_trailers(trailers);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A request's `Transfer-Encoding` (hyper has already decoded the body by its final `chunked`)
+/// must be exactly one `chunked`: `chunked, chunked` is refused as HAProxy and Envoy refuse it
+/// (a server behind that decodes once reads another body), and any other coding would reach the
+/// upstream undone once the gateway re-frames the body.
+fn check_transfer_encoding(headers: &HeaderMap) -> Result<(), Rejection> {
+    let mut chunked = 0;
+    let tokens =
+        headers.get_all(TRANSFER_ENCODING).into_iter().flat_map(|v| v.as_bytes().split(|b| *b == b','));
+    for token in tokens {
+        let token = token.trim_ascii();
+        if token.eq_ignore_ascii_case(b"chunked") {
+            chunked += 1;
+        } else if !token.is_empty() {
+            return Err(framing_rejection("unsupported Transfer-Encoding: only chunked is accepted"));
+        }
+    }
+    match chunked {
+        1 => Ok(()),
+        0 => Err(framing_rejection("empty Transfer-Encoding")),
+        _ => Err(framing_rejection("Transfer-Encoding applies chunked more than once")),
+    }
+}
+
+/// 400 with `Connection: close`: after a framing error the rest of the connection's bytes cannot
+/// be trusted to start a request.
+fn framing_rejection(message: &'static str) -> Rejection {
+    Rejection::bad_request(message).with_header(CONNECTION, HeaderValue::from_static("close"))
 }
 
 /// Whether the gateway owns `name` (compared case-insensitively with `_` read as `-`): clients
@@ -272,10 +447,35 @@ struct Echo {
     client: Option<ClientIp>,
 }
 
+/// Header names dropped from an untrusted peer, with a mask of their lengths: a header of
+/// another length (most of a request's) is passed over with one bit test.
+#[derive(Debug, Clone)]
+struct StripList {
+    names: Arc<[HeaderName]>,
+    lengths: u64,
+}
+
+impl StripList {
+    fn new(names: impl IntoIterator<Item = HeaderName>) -> Self {
+        let names: Arc<[HeaderName]> = names.into_iter().collect();
+        let lengths = names.iter().fold(0, |mask, name| mask | Self::bit(name));
+        Self { names, lengths }
+    }
+
+    fn bit(name: &HeaderName) -> u64 {
+        1 << name.as_str().len().min(63)
+    }
+
+    fn contains(&self, name: &HeaderName) -> bool {
+        self.lengths & Self::bit(name) != 0 && self.names.contains(name)
+    }
+}
+
 /// Sanitizes every request; see the [module docs](self).
 #[derive(Debug, Clone)]
 pub struct SanitizeLayer {
     trusted: TrustedProxies,
+    strip_from_untrusted: StripList,
     max_header_bytes: usize,
     max_body_bytes: Option<u64>,
 }
@@ -287,14 +487,28 @@ impl Default for SanitizeLayer {
 }
 
 impl SanitizeLayer {
-    /// Trusts no proxy; 32 KiB of headers; no body limit.
+    /// Trusts no proxy; drops [`DEFAULT_STRIP_FROM_UNTRUSTED`] from every peer; 32 KiB of
+    /// headers; no body limit.
     pub fn new() -> Self {
-        Self { trusted: TrustedProxies::none(), max_header_bytes: 32 * 1024, max_body_bytes: None }
+        Self {
+            trusted: TrustedProxies::none(),
+            strip_from_untrusted: StripList::new(DEFAULT_STRIP_FROM_UNTRUSTED.map(HeaderName::from_static)),
+            max_header_bytes: 32 * 1024,
+            max_body_bytes: None,
+        }
     }
 
     /// Believes `X-Forwarded-*` from these peers.
     pub fn trusted_proxies(mut self, trusted: TrustedProxies) -> Self {
         self.trusted = trusted;
+        self
+    }
+
+    /// Drops these headers from a peer outside the trusted proxies (and from a request with no
+    /// [`PeerAddr`]), instead of [`DEFAULT_STRIP_FROM_UNTRUSTED`]; pass the defaults along to
+    /// add to them, or nothing to keep every such header.
+    pub fn strip_from_untrusted(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.strip_from_untrusted = StripList::new(names);
         self
     }
 
@@ -351,20 +565,32 @@ impl<S> SanitizeService<S> {
         }
         let normalized = normalized.map(NormalizedPath);
 
-        remove_where(req.headers_mut(), |name| is_owned_header(name.as_str()));
+        let peer = req.extensions().get::<PeerAddr>().copied();
+        // With no peer address nothing says the request came through a trusted proxy.
+        let peer_trusted = peer.is_some_and(|peer| self.config.trusted.contains(peer.0.ip()));
+        // Resolved from the headers as they arrived, before anything is removed.
+        let client = peer.map(|peer| ClientIp(self.config.trusted.client_ip(peer.0.ip(), req.headers())));
+        let untrusted = (!peer_trusted).then_some(&self.config.strip_from_untrusted);
+        let doomed = doomed_names(req.headers(), |name| {
+            is_owned_header(name.as_str()) || untrusted.is_some_and(|list| list.contains(name))
+        });
+        if !doomed.is_empty() {
+            if doomed.contains(&TRANSFER_ENCODING) {
+                check_transfer_encoding(req.headers())?;
+            }
+            remove_doomed(req.headers_mut(), doomed, true);
+        }
 
-        let Some(peer) = req.extensions().get::<PeerAddr>().copied() else {
+        let (Some(peer), Some(client)) = (peer, client) else {
             return Ok(Echo { path: normalized, client: None });
         };
-        let peer_trusted = self.config.trusted.contains(peer.0.ip());
-        let client = ClientIp(self.config.trusted.client_ip(peer.0.ip(), req.headers()));
-        let https = req.uri().scheme() == Some(&http::uri::Scheme::HTTPS);
+        let listener = req.extensions().get::<ListenerInfo>().copied();
         let host = req
             .headers()
             .get(HOST)
             .cloned()
             .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
-        set_forwarding_headers(req.headers_mut(), peer, peer_trusted, client, https, host);
+        set_forwarding_headers(req.headers_mut(), peer, peer_trusted, client, listener, host);
         req.extensions_mut().insert(client);
         Ok(Echo { path: normalized, client: Some(client) })
     }
@@ -438,7 +664,7 @@ fn set_forwarding_headers(
     peer: PeerAddr,
     peer_trusted: bool,
     client: ClientIp,
-    https: bool,
+    listener: Option<ListenerInfo>,
     host: Option<HeaderValue>,
 ) {
     // Up to five headers are added: grow the map once, not once per insert. Behind the
@@ -467,11 +693,16 @@ fn set_forwarding_headers(
     }
     // A trusted proxy's own X-Forwarded-Proto/Host/Port describe the client's side; keep them.
     let keep = |headers: &HeaderMap, name: &HeaderName| peer_trusted && headers.contains_key(name);
+    // The listener's scheme and port, never the request line's (the client's word).
+    let https = listener.is_some_and(|l| l.tls);
     if !keep(headers, &X_FORWARDED_PROTO) {
         let proto = if https { "https" } else { "http" };
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
-    let port = host.as_ref().and_then(|h| host_port(h.as_bytes())).unwrap_or(if https { 443 } else { 80 });
+    let port = match listener {
+        Some(listener) => listener.local_addr.port(),
+        None => host.as_ref().and_then(|h| host_port(h.as_bytes())).unwrap_or(80),
+    };
     if !keep(headers, &X_FORWARDED_HOST) {
         match host {
             Some(host) => headers.insert(X_FORWARDED_HOST, host),
@@ -690,6 +921,189 @@ mod tests {
         assert!(seen.contains("x-forwarded-for=198.51.100.1, 10.0.0.9, 10.1.1.1\n"), "{seen}");
         assert!(seen.contains("x-real-ip=198.51.100.1\n"), "{seen}");
         assert!(seen.contains("x-forwarded-proto=https\n"), "{seen}");
+    }
+
+    #[tokio::test]
+    async fn connection_never_removes_what_the_gateway_decides() {
+        let svc = ServiceBuilder::new().layer(SanitizeLayer::new()).service_fn(headers_seen);
+        let mut req = Request::builder()
+            .uri("/x")
+            .header("host", "api.example.com")
+            .header(
+                "connection",
+                "X-Forwarded-For, X-Request-ID, X-Real-IP, Authorization, Host, X-Consumer-ID, X-Gone",
+            )
+            .header("authorization", "Bearer t")
+            .header("x-request-id", "abc")
+            .header("x-gone", "1")
+            .header("proxy-authorization", "Basic Zm9v")
+            .body(())
+            .unwrap();
+        req.extensions_mut().insert(PeerAddr("192.0.2.7:5555".parse().unwrap()));
+        req.extensions_mut().insert(ListenerInfo { local_addr: "10.0.0.1:8000".parse().unwrap(), tls: true });
+        let seen = seen(&svc.oneshot(req).await.unwrap());
+        assert_eq!(
+            seen,
+            [
+                "authorization=Bearer t",
+                "host=api.example.com",
+                "x-forwarded-for=192.0.2.7",
+                "x-forwarded-host=api.example.com",
+                "x-forwarded-port=8000",
+                "x-forwarded-proto=https",
+                "x-real-ip=192.0.2.7",
+                "x-request-id=abc",
+                "path=/x",
+            ]
+            .join("\n")
+        );
+    }
+
+    #[tokio::test]
+    async fn untrusted_forwarding_headers_and_the_request_line_scheme_are_ignored() {
+        let trusted = TrustedProxies::parse(["10.0.0.0/8"]).unwrap();
+        let svc = ServiceBuilder::new()
+            .layer(SanitizeLayer::new().trusted_proxies(trusted.clone()))
+            .service_fn(headers_seen);
+        let request = |peer: Option<&str>| {
+            let mut req = Request::builder()
+                .uri("https://api.example.com:443/x")
+                .header("host", "api.example.com:443")
+                .header("forwarded", "for=6.6.6.6;proto=https")
+                .header("x-original-url", "/admin")
+                .header("X-HTTP-Method-Override", "DELETE")
+                .header("x-other", "kept")
+                .body(())
+                .unwrap();
+            if let Some(peer) = peer {
+                req.extensions_mut().insert(PeerAddr(peer.parse().unwrap()));
+            }
+            req
+        };
+        for peer in [Some("192.0.2.7:1"), None] {
+            let text = seen(&svc.clone().oneshot(request(peer)).await.unwrap());
+            for gone in ["forwarded", "x-original-url", "x-http-method-override"] {
+                assert!(!text.lines().any(|l| l.starts_with(&format!("{gone}="))), "{peer:?}: {text}");
+            }
+            assert!(text.contains("x-other=kept"), "{text}");
+            if peer.is_some() {
+                // No listener known: `http`, and the port the client addressed.
+                assert!(text.contains("x-forwarded-proto=http\n"), "{text}");
+                assert!(text.contains("x-forwarded-port=443\n"), "{text}");
+            }
+        }
+        let trusted_seen = seen(&svc.clone().oneshot(request(Some("10.1.1.1:1"))).await.unwrap());
+        assert!(trusted_seen.contains("forwarded=for=6.6.6.6;proto=https"), "{trusted_seen}");
+        assert!(trusted_seen.contains("x-original-url=/admin"), "{trusted_seen}");
+
+        let svc = ServiceBuilder::new()
+            .layer(SanitizeLayer::new().strip_from_untrusted([HeaderName::from_static("x-other")]))
+            .service_fn(headers_seen);
+        let configured = seen(&svc.oneshot(request(Some("192.0.2.7:1"))).await.unwrap());
+        assert!(!configured.contains("x-other="), "{configured}");
+        assert!(configured.contains("x-original-url=/admin"), "{configured}");
+    }
+
+    #[cfg(feature = "proxy")]
+    #[test]
+    fn the_proxys_own_pass_keeps_gateway_headers_on_the_way_up_only() {
+        let headers = || {
+            let mut h = HeaderMap::new();
+            h.insert(CONNECTION, HeaderValue::from_static("X-Request-ID, X-Forwarded-For, X-Gone"));
+            h.insert(X_REQUEST_ID, HeaderValue::from_static("id"));
+            h.insert(X_FORWARDED_FOR, HeaderValue::from_static("192.0.2.7"));
+            h.insert("x-gone", HeaderValue::from_static("1"));
+            h
+        };
+        let mut up = headers();
+        strip_request_hop_by_hop(&mut up);
+        let mut names: Vec<&str> = up.keys().map(HeaderName::as_str).collect();
+        names.sort();
+        assert_eq!(names, ["x-forwarded-for", "x-request-id"]);
+
+        let mut down = headers();
+        down.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        assert!(strip_response_hop_by_hop(&mut down), "it carried Transfer-Encoding");
+        assert!(down.is_empty(), "an upstream's Connection names what it likes: {down:?}");
+        assert!(!strip_response_hop_by_hop(&mut headers()));
+    }
+
+    #[test]
+    fn strip_list_matches_by_name_not_only_length() {
+        let list = StripList::new(DEFAULT_STRIP_FROM_UNTRUSTED.map(HeaderName::from_static));
+        for name in DEFAULT_STRIP_FROM_UNTRUSTED {
+            assert!(list.contains(&HeaderName::from_static(name)), "{name}");
+        }
+        // `authorization` has the length of `x-rewrite-url`; `accept-encoding` of `x-forwarded-ssl`.
+        for name in ["authorization", "accept-encoding", "content-length", "host", "x-forwarded-for"] {
+            assert!(!list.contains(&HeaderName::from_static(name)), "{name}");
+        }
+        let long = HeaderName::from_bytes(&[b'x'; 100]).unwrap();
+        assert!(StripList::new([long.clone()]).contains(&long));
+        assert!(!StripList::new([]).contains(&long));
+    }
+
+    #[tokio::test]
+    async fn transfer_encoding_is_one_chunked_or_400_with_close() {
+        let svc = ServiceBuilder::new().layer(SanitizeLayer::new()).service_fn(headers_seen);
+        let request = |values: &[&str]| {
+            let mut req = Request::builder().method("POST").uri("/x");
+            for value in values {
+                req = req.header("transfer-encoding", *value);
+            }
+            req.body(()).unwrap()
+        };
+        let res = svc.clone().oneshot(request(&["chunked"])).await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert!(!seen(&res).contains("transfer-encoding"));
+        for values in [
+            &["chunked, chunked"][..],
+            &["chunked", "chunked"],
+            &["gzip, chunked"],
+            &["identity,chunked"],
+            &[""],
+        ] {
+            let res = svc.clone().oneshot(request(values)).await.unwrap();
+            assert_eq!(res.status(), 400, "{values:?}");
+            assert_eq!(res.headers()["connection"], "close");
+            let body: serde_json::Value = serde_json::from_slice(res.body()).unwrap();
+            assert_eq!(body["error"], "bad_request");
+        }
+    }
+
+    #[tokio::test]
+    async fn trailers_lose_owned_and_forwarding_fields() {
+        use http_body_util::BodyExt;
+        let mut trailers = HeaderMap::new();
+        for name in
+            ["x-consumer-id", "x-forwarded-for", "x-forwarded-prefix", "x-request-id", "authorization"]
+        {
+            trailers.insert(HeaderName::from_static(name), HeaderValue::from_static("spoof"));
+        }
+        trailers.insert("forwarded", HeaderValue::from_static("for=6.6.6.6"));
+        trailers.insert("content-length", HeaderValue::from_static("1"));
+        trailers.insert("x-checksum", HeaderValue::from_static("abc"));
+        let body = Frames([Frame::data(Bytes::from_static(b"hi")), Frame::trailers(trailers)].into());
+        let collected = SanitizeTrailers::new(body).collect().await.unwrap();
+        let trailers = collected.trailers().cloned().unwrap();
+        assert_eq!(trailers.len(), 1, "{trailers:?}");
+        assert_eq!(trailers["x-checksum"], "abc");
+        assert_eq!(collected.to_bytes(), "hi");
+    }
+
+    /// A body of ready frames.
+    struct Frames(std::collections::VecDeque<Frame<Bytes>>);
+
+    impl http_body::Body for Frames {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
     }
 
     #[tokio::test]

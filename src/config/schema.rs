@@ -68,6 +68,10 @@ pub struct Gateway {
     /// Proxies whose `X-Forwarded-For` is believed: CIDRs or bare addresses. Default: none.
     #[serde(default, deserialize_with = "trusted_proxies")]
     pub trusted_proxies: TrustedProxies,
+    /// Headers dropped from a peer outside `trusted_proxies`. Default
+    /// [`DEFAULT_STRIP_FROM_UNTRUSTED`](crate::sanitize::DEFAULT_STRIP_FROM_UNTRUSTED).
+    #[serde(default = "default_strip_from_untrusted", deserialize_with = "header_names")]
+    pub strip_from_untrusted: Vec<http::HeaderName>,
     /// Where access-log lines go. Default `stdout`.
     #[serde(default)]
     pub access_log: AccessLog,
@@ -104,6 +108,7 @@ impl Default for Gateway {
             admin_metrics_public: false,
             tls: None,
             trusted_proxies: TrustedProxies::none(),
+            strip_from_untrusted: default_strip_from_untrusted(),
             access_log: AccessLog::default(),
             max_body_bytes: default_max_body_bytes(),
             max_json_body_bytes: default_max_json_body_bytes(),
@@ -118,6 +123,9 @@ impl Default for Gateway {
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8000))
+}
+fn default_strip_from_untrusted() -> Vec<http::HeaderName> {
+    crate::sanitize::DEFAULT_STRIP_FROM_UNTRUSTED.map(http::HeaderName::from_static).to_vec()
 }
 fn default_max_body_bytes() -> u64 {
     10 * 1024 * 1024
@@ -632,6 +640,24 @@ impl<'de> Deserialize<'de> for Cidr {
 fn trusted_proxies<'de, D: Deserializer<'de>>(deserializer: D) -> Result<TrustedProxies, D::Error> {
     let entries = Vec::<Cidr>::deserialize(deserializer)?;
     TrustedProxies::parse(entries.iter().map(|Cidr(text)| text)).map_err(de::Error::custom)
+}
+
+/// One header name, validated on its own so the error names its index.
+struct HeaderNameEntry(http::HeaderName);
+
+impl<'de> Deserialize<'de> for HeaderNameEntry {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        http::HeaderName::from_bytes(text.as_bytes()).map(Self).map_err(|_| {
+            de::Error::custom(format_args!(
+                "invalid header name `{text}`, expected a name like `X-Original-URL`"
+            ))
+        })
+    }
+}
+
+fn header_names<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<http::HeaderName>, D::Error> {
+    Ok(Vec::<HeaderNameEntry>::deserialize(deserializer)?.into_iter().map(|HeaderNameEntry(n)| n).collect())
 }
 
 /// One `methods[]` entry.

@@ -661,3 +661,22 @@ services:
     assert_eq!(b.budget.snapshot().retries_in_flight, 1, "a and b inherit one policy: one budget");
     assert_eq!(own.budget.snapshot().retries_in_flight, 0, "a route's own policy has its own budget");
 }
+
+#[test]
+fn strip_from_untrusted_defaults_replaces_and_names_a_bad_entry() {
+    let config = Config::from_yaml("_format_version: \"3.0\"\n", "test.yaml").unwrap();
+    let names: Vec<&str> = config.gateway.strip_from_untrusted.iter().map(|n| n.as_str()).collect();
+    assert_eq!(names, crate::sanitize::DEFAULT_STRIP_FROM_UNTRUSTED);
+    let config = Config::from_yaml(
+        "_format_version: \"3.0\"\ngateway:\n  strip_from_untrusted: [X-Tenant, Forwarded]\n",
+        "test.yaml",
+    )
+    .unwrap();
+    let names: Vec<&str> = config.gateway.strip_from_untrusted.iter().map(|n| n.as_str()).collect();
+    assert_eq!(names, ["x-tenant", "forwarded"]);
+    assert_error(
+        "_format_version: \"3.0\"\ngateway:\n  strip_from_untrusted: [Forwarded, \"bad name\"]\n",
+        "gateway.strip_from_untrusted[1]",
+        "invalid header name `bad name`, expected a name like `X-Original-URL`",
+    );
+}

@@ -153,6 +153,7 @@ impl Gateway {
             .layer(
                 SanitizeLayer::new()
                     .trusted_proxies(settings.trusted_proxies.clone())
+                    .strip_from_untrusted(settings.strip_from_untrusted.iter().cloned())
                     .max_header_bytes(settings.max_header_bytes)
                     .max_body_bytes(settings.max_body_bytes),
             )

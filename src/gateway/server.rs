@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tower::{Service, ServiceExt};
 
 use crate::body::Body;
-use crate::client_ip::PeerAddr;
+use crate::client_ip::{ListenerInfo, PeerAddr};
 use crate::error::BoxError;
 
 /// Headers the server makes room for when a request arrives, beyond those it carries: the
@@ -199,6 +199,9 @@ where
     B::Error: Into<BoxError>,
 {
     async fn run(mut self, stream: tokio::net::TcpStream, peer: SocketAddr) {
+        // The forwarding headers describe this socket; without its address the sanitizer falls
+        // back to the Host header's port.
+        let listener = stream.local_addr().ok().map(|local_addr| ListenerInfo { local_addr, tls: false });
         let activity = Arc::new(Activity {
             born: Instant::now(),
             in_flight: AtomicUsize::new(0),
@@ -213,6 +216,9 @@ where
             let mut req = req.map(|body| Body::incoming(body, limit));
             req.headers_mut().reserve(HEADER_HEADROOM);
             req.extensions_mut().insert(PeerAddr(peer));
+            if let Some(listener) = listener {
+                req.extensions_mut().insert(listener);
+            }
             let call = service.clone().oneshot(req);
             async move {
                 let response = call.await;

@@ -353,9 +353,7 @@ async fn any_exp_the_provider_sends_is_clamped() {
         let text = format!("_format_version: \"3.0\"\n{}", introspected(&upstream, &endpoint, extra));
         let err = load_error(&text);
         assert!(
-            err.starts_with(&format!(
-                "admin.yaml: services[0].routes[0].plugins[0].config.{key}: invalid "
-            )),
+            err.starts_with(&format!("admin.yaml: services[0].routes[0].plugins[0].config.{key}: invalid ")),
             "{err}"
         );
     }

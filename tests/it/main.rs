@@ -7,6 +7,7 @@ mod auth_keys;
 mod breaker;
 mod config;
 mod edge_auth;
+mod edge_headers;
 mod edge_limits;
 mod hosts;
 #[cfg(feature = "jwt")]

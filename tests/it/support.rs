@@ -51,6 +51,8 @@ pub struct Seen {
     pub uri: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// The request's trailers, if it sent any.
+    pub trailers: Option<HeaderMap>,
 }
 
 /// An upstream on 127.0.0.1 that records every request. `/slow/...` waits 3 s before answering,
@@ -90,7 +92,9 @@ impl Upstream {
 
 async fn answer(req: Request<Incoming>, recorder: Arc<Mutex<Vec<Seen>>>) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let collected = body.collect().await.ok();
+    let trailers = collected.as_ref().and_then(|c| c.trailers().cloned());
+    let body = collected.map(|c| c.to_bytes()).unwrap_or_default();
     let path = parts.uri.path().to_owned();
     recorder.lock().unwrap().push(Seen {
         method: parts.method.to_string(),
@@ -98,6 +102,7 @@ async fn answer(req: Request<Incoming>, recorder: Arc<Mutex<Vec<Seen>>>) -> Resp
         uri: parts.uri.path_and_query().map(|pq| pq.as_str().to_owned()).unwrap_or_default(),
         headers: parts.headers.clone(),
         body,
+        trailers,
     });
     if path.starts_with("/slow") {
         tokio::time::sleep(Duration::from_secs(3)).await;
