@@ -15,7 +15,8 @@
 //! which host was chosen.
 //!
 //! [`Proxy`] forwards the method, the path (joined with the upstream's base path after Kong's
-//! `strip_path`, from the router's [`RouteMatch`]), the query string byte for byte, the headers and
+//! `strip_path`, from the router's [`RouteMatch`]; 400 `bad_request` when the joined path would
+//! hold a `.` or `..` segment), the query string byte for byte, the headers and
 //! the streamed body. It drops hop-by-hop headers on the way up and on the way back, sets `Host`
 //! to the upstream's unless the route has `preserve_host`, and turns failures into JSON: a connect
 //! failure, reset or invalid response is 502, a body over the gateway's limit is 413. The
@@ -214,23 +215,29 @@ impl<B> Proxy<B> {
         &self.upstream.hosts
     }
 
-    fn upstream_uri<T>(&self, req: &Request<T>, authority: &Authority) -> Result<Uri, Rejection> {
+    /// The upstream path and query: a rewritten [`UpstreamPath`] as is, else the base path
+    /// joined with the request path ([`upstream_path`]); 400 when that would leave the base path.
+    fn upstream_path_and_query<T>(&self, req: &Request<T>) -> Result<PathAndQuery, Rejection> {
         let mut path = match req.extensions().get::<UpstreamPath>() {
             Some(rewritten) => rewritten.0.clone(),
             None => {
                 let strip_len = req.extensions().get::<RouteMatch>().map_or(0, |m| m.strip_len);
                 upstream_path(&self.upstream.base_path, req.uri().path(), strip_len)
+                    .map_err(|e| Rejection::bad_request(e.to_string()))?
             }
         };
         if let Some(query) = req.uri().query() {
             path.push('?');
             path.push_str(query);
         }
-        let pq = PathAndQuery::try_from(path).map_err(|_| Rejection::bad_request("invalid path"))?;
+        PathAndQuery::try_from(path).map_err(|_| Rejection::bad_request("invalid path"))
+    }
+
+    fn upstream_uri(&self, path_and_query: PathAndQuery, authority: &Authority) -> Result<Uri, Rejection> {
         Uri::builder()
             .scheme(self.upstream.scheme.clone())
             .authority(authority.clone())
-            .path_and_query(pq)
+            .path_and_query(path_and_query)
             .build()
             .map_err(|_| Rejection::bad_request("invalid path"))
     }
@@ -252,11 +259,16 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let request_id = req.extensions().get::<RequestId>().cloned();
+        // Before a host is picked: a refused path charges no host.
+        let path_and_query = match self.upstream_path_and_query(&req) {
+            Ok(path_and_query) => path_and_query,
+            Err(rejection) => return ResponseFuture::rejected(rejection, request_id),
+        };
         let picked = match self.upstream.hosts.pick(req.extensions().get::<PreviousHosts>()) {
             Ok(picked) => picked,
             Err(_) => return ResponseFuture::rejected(Rejection::no_healthy_upstream(), request_id),
         };
-        let uri = match self.upstream_uri(&req, picked.host().authority()) {
+        let uri = match self.upstream_uri(path_and_query, picked.host().authority()) {
             Ok(uri) => uri,
             Err(rejection) => return ResponseFuture::rejected(rejection, request_id),
         };

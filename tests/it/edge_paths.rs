@@ -1,0 +1,100 @@
+//! Paths that must not take a request somewhere the gateway did not mean (issue 12, items 1, 2
+//! and 5), sent as raw bytes so no client normalizes them: `strip_path` joins that would climb out
+//! of the service's path, `replace.uri` values that would, `;` parameters on dot segments, and
+//! case-insensitive route paths.
+
+use crate::support::*;
+
+/// `GET {path}` as raw HTTP/1.1; returns the status and the whole answer.
+async fn raw_get(gw: &TestGateway, path: &str) -> (u16, String) {
+    let answer =
+        raw(gw.addr, format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await;
+    (raw_status(&answer), answer)
+}
+
+/// Asserts a 400 `bad_request` with the JSON error body.
+fn assert_bad_request(path: &str, (status, answer): (u16, String)) {
+    assert_eq!(status, 400, "{path}: {answer}");
+    assert!(answer.contains("application/json"), "{path}: {answer}");
+    assert!(answer.contains(r#""error":"bad_request""#), "{path}: {answer}");
+}
+
+#[tokio::test]
+async fn strip_path_never_leaves_the_service_path() {
+    let up = Upstream::start().await;
+    let yaml = format!(
+        r#"services:
+- name: svc
+  url: {}/base
+  routes:
+  - name: api
+    paths: [/api]
+  - name: versioned
+    paths: ["~/re(?P<n>\\d)"]
+  - name: kept
+    paths: [/keep]
+    strip_path: false
+"#,
+        up.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    // `/api../secret` would reach the upstream as `/base/../secret`, which it resolves to `/secret`.
+    for path in ["/api../secret", "/api%2e%2e/secret", "/api.%2e/x", "/api%2E./x", "/api.", "/re1../secret"] {
+        assert_bad_request(path, raw_get(&gw, path).await);
+    }
+    assert!(up.seen().is_empty(), "the upstream saw {:?}", up.seen());
+    // Kong's string prefix still matches, as a segment of its own; so do the ordinary forms.
+    for (path, upstream) in [
+        ("/apix", "/base/x"),
+        ("/api", "/base"),
+        ("/api/users?a=1", "/base/users?a=1"),
+        ("/api..x/y", "/base/..x/y"),
+        ("/re1/ok", "/base/ok"),
+        ("/re7", "/base"),
+        // Nothing stripped: `keep..` is an ordinary segment.
+        ("/keep../x", "/base/keep../x"),
+    ] {
+        let (status, answer) = raw_get(&gw, path).await;
+        assert_eq!(status, 200, "{path}: {answer}");
+        assert_eq!(up.last().uri, upstream, "{path}");
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn dot_segments_with_parameters_are_refused() {
+    let (public, admin) = (Upstream::start().await, Upstream::start().await);
+    let yaml = format!(
+        r#"services:
+- name: public
+  url: {}
+  routes:
+  - name: public
+    paths: [/public, /a]
+    strip_path: false
+- name: admin
+  url: {}
+  routes:
+  - name: admin
+    paths: [/admin]
+    strip_path: false
+"#,
+        public.url(),
+        admin.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    // Tomcat reads `..;` as `..`: `/public/..;/admin` would be the upstream's `/admin`.
+    for path in ["/public/..;/admin", "/public/.;/admin", "/public/%2e%2e;x/admin", "/public/.%2e;/admin"] {
+        assert_bad_request(path, raw_get(&gw, path).await);
+    }
+    assert!(public.seen().is_empty(), "{:?}", public.seen());
+    assert!(admin.seen().is_empty(), "{:?}", admin.seen());
+    // A parameter on an ordinary segment is the upstream's business.
+    for path in ["/a;b/c", "/public/x;v=1/y", "/public/..x;/y"] {
+        let (status, answer) = raw_get(&gw, path).await;
+        assert_eq!(status, 200, "{path}: {answer}");
+        assert_eq!(public.last().uri, path);
+    }
+    assert!(admin.seen().is_empty());
+    gw.stop().await;
+}
