@@ -98,3 +98,58 @@ async fn dot_segments_with_parameters_are_refused() {
     assert!(admin.seen().is_empty());
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn replace_uri_values_never_climb_out() {
+    let up = Upstream::start().await;
+    let yaml = format!(
+        r#"services:
+- name: svc
+  url: {}/base
+  routes:
+  - name: users
+    paths: [/t]
+    plugins:
+    - name: request-transformer
+      config:
+        replace: {{uri: "/users/$(query_params.id or headers.x-id)"}}
+  - name: files
+    paths: ["~/files/(?P<name>.+)$"]
+    plugins:
+    - name: request-transformer
+      config:
+        replace: {{uri: "/store/$(uri_captures.name)"}}
+"#,
+        up.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    // `/users/../../admin` would be the upstream's `/admin`.
+    for path in [
+        "/t?id=..%2F..%2Fadmin",
+        "/t?id=%2e%2e",
+        "/t?id=..",
+        "/t?id=..%5Cadmin",
+        "/t?id=..%3B",
+        "/t?id=%252e.",
+    ] {
+        assert_bad_request(path, raw_get(&gw, path).await);
+    }
+    let answer =
+        raw(gw.addr, b"GET /t HTTP/1.1\r\nHost: x\r\nX-Id: ../admin\r\nConnection: close\r\n\r\n").await;
+    assert_bad_request("X-Id: ../admin", (raw_status(&answer), answer));
+    assert!(up.seen().is_empty(), "the upstream saw {:?}", up.seen());
+    // Every other value is exactly one segment under `/users/`.
+    for (path, upstream) in [
+        ("/t?id=42", "/users/42?id=42"),
+        ("/t?id=a%2Fb", "/users/a%2Fb?id=a%2Fb"),
+        ("/t?id=a%3Fb%23c%25d", "/users/a%3Fb%23c%25d?id=a%3Fb%23c%25d"),
+        ("/t?id=..a", "/users/..a?id=..a"),
+        ("/files/a/b", "/store/a%2Fb"),
+        ("/files/..x", "/store/..x"),
+    ] {
+        let (status, answer) = raw_get(&gw, path).await;
+        assert_eq!(status, 200, "{path}: {answer}");
+        assert_eq!(up.last().uri, upstream, "{path}");
+    }
+    gw.stop().await;
+}
