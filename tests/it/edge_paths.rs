@@ -153,3 +153,51 @@ async fn replace_uri_values_never_climb_out() {
     }
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn case_insensitive_paths_is_a_per_route_choice() {
+    let (admin, reports, public) =
+        (Upstream::start().await, Upstream::start().await, Upstream::start().await);
+    let yaml = format!(
+        r#"services:
+- name: admin
+  url: {}
+  routes:
+  - name: admin
+    paths: [/admin]
+    strip_path: false
+- name: reports
+  url: {}
+  routes:
+  - name: reports
+    paths: [/Reports, "~/exports/(?P<id>[a-z]+)$"]
+    strip_path: false
+    case_insensitive_paths: true
+- name: public
+  url: {}
+  routes:
+  - name: public
+    paths: [/]
+    strip_path: false
+"#,
+        admin.url(),
+        reports.url(),
+        public.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    // Kong's default: `/ADMIN` is not `/admin` (it falls to the catch-all, not the admin route).
+    assert_eq!(raw_get(&gw, "/admin/x").await.0, 200);
+    assert_eq!(admin.last().uri, "/admin/x");
+    assert_eq!(raw_get(&gw, "/ADMIN/x").await.0, 200);
+    assert_eq!(admin.seen().len(), 1, "a differently-cased path matched the case-sensitive route");
+    assert_eq!(public.last().uri, "/ADMIN/x");
+    // With `case_insensitive_paths`, every casing reaches the route, sent upstream as the client wrote it.
+    for path in ["/reports/q1", "/REPORTS/q1", "/rEpOrTs", "/exports/abc", "/EXPORTS/ABC"] {
+        let (status, answer) = raw_get(&gw, path).await;
+        assert_eq!(status, 200, "{path}: {answer}");
+        assert_eq!(reports.last().uri, path);
+    }
+    assert_eq!(reports.seen().len(), 5);
+    assert_eq!(public.seen().len(), 1);
+    gw.stop().await;
+}
