@@ -58,7 +58,7 @@ use crate::observe::request_id::RequestId;
 use crate::resilience::PreviousHosts;
 use crate::resilience::balance::{HostSet, PickedHost};
 use crate::resilience::classify::{Outcome, UpstreamFailure};
-use crate::router::{RouteMatch, upstream_path};
+use crate::router::{RouteMatch, UpstreamPathError, upstream_path};
 use crate::sanitize::strip_hop_by_hop;
 
 /// What happened upstream, in response extensions for the access log and metrics.
@@ -78,7 +78,8 @@ pub struct UpstreamInfo {
 /// The whole upstream path for this request, in request extensions: set by a layer that rewrites
 /// the path (`replace.uri` of [`TransformLayer`](crate::transform::TransformLayer)), used by
 /// [`Proxy`] as is instead of joining its base path with the request path (Kong's
-/// `kong.service.request.set_path`). The query string is still the request URI's.
+/// `kong.service.request.set_path`). The query string is still the request URI's. One that
+/// holds a `.` or `..` segment is answered 400, like a joined path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamPath(pub String);
 
@@ -216,9 +217,13 @@ impl<B> Proxy<B> {
     }
 
     /// The upstream path and query: a rewritten [`UpstreamPath`] as is, else the base path
-    /// joined with the request path ([`upstream_path`]); 400 when that would leave the base path.
+    /// joined with the request path ([`upstream_path`]); 400 when either holds a dot segment.
     fn upstream_path_and_query<T>(&self, req: &Request<T>) -> Result<PathAndQuery, Rejection> {
         let mut path = match req.extensions().get::<UpstreamPath>() {
+            // Checked here too: a layer of the user's own may have set it.
+            Some(rewritten) if crate::sanitize::has_dot_segment(&rewritten.0) => {
+                return Err(Rejection::bad_request(UpstreamPathError::DotSegment.to_string()));
+            }
             Some(rewritten) => rewritten.0.clone(),
             None => {
                 let strip_len = req.extensions().get::<RouteMatch>().map_or(0, |m| m.strip_len);

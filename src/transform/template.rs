@@ -175,8 +175,8 @@ impl Template {
     /// Renders a path template (`replace.uri`): the template's own text (literal pieces and
     /// quoted defaults) as configured, each value read from the request as exactly one path
     /// segment — every byte but an unreserved character or `!$&'()*+,=:@` percent-encoded, `/`,
-    /// `\`, `%`, `;`, `?` and `#` included. A value that is, or holds between `/` or `\`, a `.`
-    /// or `..` segment (`%2e` and `;` forms too) is refused.
+    /// `\`, `%`, `;`, `?` and `#` included. A value that is, or holds between `/` or `\` (or
+    /// their escapes `%2F`, `%5C`), a `.` or `..` segment (`%2e` and `;` forms too) is refused.
     pub(crate) fn render_path(&self, env: &Env<'_>) -> Result<String, DotSegmentValue> {
         let mut out = String::new();
         for piece in &self.pieces {
@@ -229,7 +229,8 @@ fn first_value<'a>(alts: &'a [Alt], env: &Env<'a>) -> Option<Value<'a>> {
 /// Appends `value` as one path segment (see [`Template::render_path`]).
 fn push_segment(out: &mut String, value: &str) -> Result<(), DotSegmentValue> {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    if value.split(['/', '\\']).any(|part| crate::sanitize::is_dot_segment(part.as_bytes())) {
+    // Split on `%2F` and `%5C` too: a header value is not decoded, and an upstream may decode twice.
+    if crate::sanitize::has_dot_segment(value) {
         return Err(DotSegmentValue);
     }
     for b in value.bytes() {

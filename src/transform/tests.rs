@@ -218,6 +218,9 @@ async fn replace_uri_text_is_trusted_but_never_climbs() {
     let req = get("/p").header("x-id", "../admin").body(Body::empty()).unwrap();
     let (seen, res) = run(layer.clone(), req, Response::default()).await;
     assert_eq!((res.status().as_u16(), seen.method.as_str()), (400, ""));
+    let req = get("/p").header("x-id", "..%2Fadmin").body(Body::empty()).unwrap();
+    let (seen, res) = run(layer.clone(), req, Response::default()).await;
+    assert_eq!((res.status().as_u16(), seen.method.as_str()), (400, ""), "an encoded separator counts");
     let req = get("/p").header("x-id", "a b/c").body(Body::empty()).unwrap();
     let (seen, _) = run(layer, req, Response::default()).await;
     assert_eq!(seen.upstream_path.as_deref(), Some("/u/a%20b%2Fc"));

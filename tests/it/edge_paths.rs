@@ -201,3 +201,34 @@ async fn case_insensitive_paths_is_a_per_route_choice() {
     assert_eq!(public.seen().len(), 1);
     gw.stop().await;
 }
+
+/// The library's `Router` + `Proxy` without `SanitizeLayer` in front: the proxy itself refuses to
+/// send a path that holds a dot segment in any form.
+#[tokio::test]
+async fn proxy_alone_never_sends_a_dot_segment() {
+    use http::Request;
+    use portcullis::Body;
+    use portcullis::proxy::{Proxy, UpstreamPath};
+    use portcullis::router::{Route, Router};
+    use tower::ServiceExt;
+
+    let up = Upstream::start().await;
+    let proxy = Proxy::builder(&format!("{}/base", up.url())).unwrap().build();
+    let router = Router::builder().route(Route::new().paths(["/api"]), proxy).build().unwrap();
+    let call = |path: &str, rewritten: Option<&str>| {
+        let mut req = Request::get(path).body(Body::empty()).unwrap();
+        if let Some(rewritten) = rewritten {
+            req.extensions_mut().insert(UpstreamPath(rewritten.to_owned()));
+        }
+        router.clone().oneshot(req)
+    };
+    for path in ["/api/%2e%2e/secret", "/api%2E./x", "/api/..;/x", "/api/x/..%2fy", "/api/./x"] {
+        let res = call(path, None).await.unwrap();
+        assert_eq!(res.status(), 400, "{path}");
+    }
+    let res = call("/api/x", Some("/users/../admin")).await.unwrap();
+    assert_eq!(res.status(), 400);
+    assert!(up.seen().is_empty(), "the upstream saw {:?}", up.seen());
+    assert_eq!(call("/api/x.y/%2e%2ex", None).await.unwrap().status(), 200);
+    assert_eq!(up.last().uri, "/base/x.y/%2e%2ex");
+}
