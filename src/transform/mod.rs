@@ -46,8 +46,8 @@
 //! [`TransformError`]); the values it reads from the request are not: each becomes exactly one
 //! path segment, every `/`, `\`, `%`, `;`, `?`, `#`, control byte and other non-path character
 //! percent-encoded (a value `a/b?c` is the one segment `a%2Fb%3Fc`, never decoded again),
-//! and a value that is, or holds between `/` or `\`, a `.` or `..` segment (`%2e` and `..;`
-//! forms too) is answered 400 `bad_request`, as is a result that holds one. So
+//! and a value that is, or holds between `/` or `\` (or `%2F`, `%5C`), a `.` or `..` segment
+//! (`%2e` and `..;` forms too) is answered 400 `bad_request`, as is a result that holds one. So
 //! `/users/$(query_params.id)` never leaves `/users/`.
 //!
 //! ```
