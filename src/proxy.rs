@@ -15,15 +15,17 @@
 //! which host was chosen.
 //!
 //! [`Proxy`] forwards the method, the path (joined with the upstream's base path after Kong's
-//! `strip_path`, from the router's [`RouteMatch`]), the query string byte for byte, the headers and
-//! the streamed body. It drops hop-by-hop headers on the way up (a `Connection` naming a header
-//! the gateway resolved or set, such as `X-Forwarded-For` or `X-Request-ID`, removes nothing) and
-//! on the way back. An upstream response framed by `Transfer-Encoding` that also carries a
-//! `Content-Length` reaches the client whole (hyper read it by its chunks, RFC 9112 §6.3) without
-//! that `Content-Length`, and its upstream connection is closed rather than pooled: a server that
-//! frames one response two ways cannot be trusted to start the next one where hyper thinks. It sets `Host`
-//! to the upstream's unless the route has `preserve_host`, and turns failures into JSON: a connect
-//! failure, reset or invalid response is 502, a body over the gateway's limit is 413. The
+//! `strip_path`, from the router's [`RouteMatch`]; 400 `bad_request` when the joined path would
+//! hold a `.` or `..` segment), the query string byte for byte, the headers and the streamed
+//! body. It drops hop-by-hop headers on the way up (a `Connection` naming a header the gateway
+//! resolved or set, such as `X-Forwarded-For` or `X-Request-ID`, removes nothing) and on the way
+//! back. An upstream response framed by `Transfer-Encoding` that also carries a `Content-Length`
+//! reaches the client whole (hyper read it by its chunks, RFC 9112 §6.3) without that
+//! `Content-Length`, and its upstream connection is closed rather than pooled: a server that
+//! frames one response two ways cannot be trusted to start the next one where hyper thinks. It
+//! sets `Host` to the upstream's unless the route has `preserve_host`, and turns failures into
+//! JSON: a connect failure, reset or invalid response is 502, a body over the gateway's limit is
+//! 413. The
 //! forwarding headers (`X-Forwarded-*`, `X-Real-IP`) are set earlier by
 //! [`SanitizeLayer`](crate::sanitize::SanitizeLayer), from the trusted-proxy settings.
 //!
@@ -66,7 +68,7 @@ use crate::observe::request_id::RequestId;
 use crate::resilience::PreviousHosts;
 use crate::resilience::balance::{HostSet, PickedHost};
 use crate::resilience::classify::{Outcome, UpstreamFailure};
-use crate::router::{RouteMatch, upstream_path};
+use crate::router::{RouteMatch, UpstreamPathError, upstream_path};
 use crate::sanitize::{strip_request_hop_by_hop, strip_response_hop_by_hop};
 
 /// What happened upstream, in response extensions for the access log and metrics.
@@ -86,7 +88,8 @@ pub struct UpstreamInfo {
 /// The whole upstream path for this request, in request extensions: set by a layer that rewrites
 /// the path (`replace.uri` of [`TransformLayer`](crate::transform::TransformLayer)), used by
 /// [`Proxy`] as is instead of joining its base path with the request path (Kong's
-/// `kong.service.request.set_path`). The query string is still the request URI's.
+/// `kong.service.request.set_path`). The query string is still the request URI's. One that
+/// holds a `.` or `..` segment is answered 400, like a joined path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamPath(pub String);
 
@@ -288,23 +291,33 @@ impl<B> Proxy<B> {
         &self.upstream.hosts
     }
 
-    fn upstream_uri<T>(&self, req: &Request<T>, authority: &Authority) -> Result<Uri, Rejection> {
+    /// The upstream path and query: a rewritten [`UpstreamPath`] as is, else the base path
+    /// joined with the request path ([`upstream_path`]); 400 when either holds a dot segment.
+    fn upstream_path_and_query<T>(&self, req: &Request<T>) -> Result<PathAndQuery, Rejection> {
         let mut path = match req.extensions().get::<UpstreamPath>() {
+            // Checked here too: a layer of the user's own may have set it.
+            Some(rewritten) if crate::sanitize::has_dot_segment(&rewritten.0) => {
+                return Err(Rejection::bad_request(UpstreamPathError::DotSegment.to_string()));
+            }
             Some(rewritten) => rewritten.0.clone(),
             None => {
                 let strip_len = req.extensions().get::<RouteMatch>().map_or(0, |m| m.strip_len);
                 upstream_path(&self.upstream.base_path, req.uri().path(), strip_len)
+                    .map_err(|e| Rejection::bad_request(e.to_string()))?
             }
         };
         if let Some(query) = req.uri().query() {
             path.push('?');
             path.push_str(query);
         }
-        let pq = PathAndQuery::try_from(path).map_err(|_| Rejection::bad_request("invalid path"))?;
+        PathAndQuery::try_from(path).map_err(|_| Rejection::bad_request("invalid path"))
+    }
+
+    fn upstream_uri(&self, path_and_query: PathAndQuery, authority: &Authority) -> Result<Uri, Rejection> {
         Uri::builder()
             .scheme(self.upstream.scheme.clone())
             .authority(authority.clone())
-            .path_and_query(pq)
+            .path_and_query(path_and_query)
             .build()
             .map_err(|_| Rejection::bad_request("invalid path"))
     }
@@ -326,11 +339,16 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let request_id = req.extensions().get::<RequestId>().cloned();
+        // Before a host is picked: a refused path charges no host.
+        let path_and_query = match self.upstream_path_and_query(&req) {
+            Ok(path_and_query) => path_and_query,
+            Err(rejection) => return ResponseFuture::rejected(rejection, request_id),
+        };
         let picked = match self.upstream.hosts.pick(req.extensions().get::<PreviousHosts>()) {
             Ok(picked) => picked,
             Err(_) => return ResponseFuture::rejected(Rejection::no_healthy_upstream(), request_id),
         };
-        let uri = match self.upstream_uri(&req, picked.host().authority()) {
+        let uri = match self.upstream_uri(path_and_query, picked.host().authority()) {
             Ok(uri) => uri,
             Err(rejection) => return ResponseFuture::rejected(rejection, request_id),
         };

@@ -16,6 +16,8 @@
 //!   also matches `/apiv2`. A path starting with `~` is a regex anchored at the start of the path
 //!   (`~/users/(?P<id>\d+)$`); its named and positional groups land in [`RouteMatch::captures`].
 //!   The path is matched as given (an earlier layer normalizes it); the query is never part of it.
+//!   Matching is case-sensitive, as in Kong, unless the route sets
+//!   [`Route::case_insensitive_paths`] (then ASCII case is ignored, prefix and regex alike).
 //! - **methods**: exact, uppercase (`GET`).
 //! - **hosts**: case-insensitive; the request's `Host` header, or the URI authority for HTTP/2.
 //!   The request's port is ignored unless the configured host has one (`api.test:8443`).
@@ -41,7 +43,9 @@
 //!
 //! With `strip_path` (the default) [`RouteMatch::strip_len`] is the length of the matched prefix,
 //! or of the whole regex match. [`upstream_path`] joins the service's path with the rest of the
-//! request path the way Kong does.
+//! request path the way Kong does, and refuses a joined path that holds a `.` or `..` segment
+//! (`/api../secret` on route `/api` would be `/base/../secret`): the upstream would resolve it
+//! out of the service's path.
 //!
 //! # Example
 //!
@@ -180,6 +184,7 @@ pub struct Route {
     strip_path: bool,
     preserve_host: bool,
     regex_priority: i32,
+    case_insensitive_paths: bool,
 }
 
 impl Default for Route {
@@ -194,6 +199,7 @@ impl Default for Route {
             strip_path: true,
             preserve_host: false,
             regex_priority: 0,
+            case_insensitive_paths: false,
         }
     }
 }
@@ -279,6 +285,15 @@ impl Route {
     /// Kong `regex_priority` (default 0): among matching regex paths, higher wins.
     pub fn regex_priority(mut self, regex_priority: i32) -> Self {
         self.regex_priority = regex_priority;
+        self
+    }
+
+    /// Match the route's paths ignoring ASCII case (default `false`: Kong compares paths
+    /// case-sensitively). With `true`, prefix `/admin` also matches `/ADMIN/x` and a regex path
+    /// runs as `(?i)`. Enable it when the upstream treats paths case-insensitively (IIS, a
+    /// case-insensitive file system), so `/ADMIN` cannot slip past a route meant for `/admin`.
+    pub fn case_insensitive_paths(mut self, case_insensitive_paths: bool) -> Self {
+        self.case_insensitive_paths = case_insensitive_paths;
         self
     }
 
@@ -425,15 +440,49 @@ struct Candidate {
     /// integer compare rejects nearly every candidate before `starts_with` looks at the bytes.
     head: u64,
     head_mask: u64,
+    /// For a case-insensitive route, bit `0x20` of every byte of `head` that is an ASCII letter
+    /// (`head` holds it lowercase): OR-ed into the path's head it folds exactly those letters,
+    /// so the one compare stays exact. 0 for a case-sensitive route.
+    fold: u64,
+    ignore_case: bool,
 }
 
 impl Candidate {
-    fn new(route: usize, path: PathPattern) -> Self {
+    fn new(route: usize, path: PathPattern, ignore_case: bool) -> Self {
         let prefix = path.required_prefix().as_bytes();
         let len = prefix.len().min(8);
         let mut mask = [0u8; 8];
         mask[..len].fill(0xff);
-        Self { route, head: head_of(prefix), head_mask: u64::from_le_bytes(mask), path }
+        let mut fold = [0u8; 8];
+        if ignore_case {
+            for (bit, b) in fold.iter_mut().zip(prefix) {
+                *bit = if b.is_ascii_alphabetic() { 0x20 } else { 0 };
+            }
+        }
+        let fold = u64::from_le_bytes(fold);
+        Self {
+            route,
+            head: head_of(prefix) | fold,
+            head_mask: u64::from_le_bytes(mask),
+            fold,
+            ignore_case,
+            path,
+        }
+    }
+
+    /// Whether `path` (with `path_head`, its [`head_of`]) starts with the required prefix.
+    #[inline]
+    fn may_match(&self, path: &str, path_head: u64) -> bool {
+        if (path_head | self.fold) & self.head_mask != self.head {
+            return false;
+        }
+        let prefix = self.path.required_prefix();
+        if self.ignore_case {
+            path.len() >= prefix.len()
+                && path.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+        } else {
+            starts_with(path, prefix)
+        }
     }
 }
 
@@ -539,9 +588,7 @@ impl<S> Router<S> {
         let mut regex_hits = None;
         let path_head = head_of(path.as_bytes());
         for candidate in inner.candidates.iter() {
-            if path_head & candidate.head_mask != candidate.head
-                || !starts_with(path, candidate.path.required_prefix())
-            {
+            if !candidate.may_match(path, path_head) {
                 continue;
             }
             let route = &inner.routes[candidate.route];
@@ -723,7 +770,9 @@ impl<S> RouterBuilder<S> {
                 let (pattern, key) = if let Some(source) = path.strip_prefix('~') {
                     // Compiling the source alone first guarantees it cannot close the anchoring
                     // group early (`a)|(b`).
-                    let anchored = Regex::new(source).and_then(|_| Regex::new(&format!("^(?:{source})")));
+                    let flags = if route.case_insensitive_paths { "i" } else { "" };
+                    let anchored =
+                        Regex::new(source).and_then(|_| Regex::new(&format!("^(?{flags}:{source})")));
                     let regex = anchored.map_err(|source| RouteError::InvalidRegex {
                         route: label(),
                         pattern: path.clone(),
@@ -741,11 +790,11 @@ impl<S> RouterBuilder<S> {
                 } else {
                     return Err(RouteError::InvalidPath { route: label(), path: path.clone() });
                 };
-                ranked.push((key, Candidate::new(index, pattern)));
+                ranked.push((key, Candidate::new(index, pattern, route.case_insensitive_paths)));
             }
             if route.paths.is_empty() {
                 // Ranks like an empty prefix: after every path of the same field count.
-                ranked.push(((fields, false, 0, 0), Candidate::new(index, PathPattern::Any)));
+                ranked.push(((fields, false, 0, 0), Candidate::new(index, PathPattern::Any, false)));
             }
             let methods = route
                 .methods
@@ -916,31 +965,56 @@ where
 
 // === upstream path ===
 
+/// Why [`upstream_path`] refused to build a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpstreamPathError {
+    /// The joined path would hold a segment an upstream reads as `.` or `..` (`%2e` and a `;`
+    /// parameter included), which would take the request out of the service's path.
+    #[error("the upstream path would hold a '.' or '..' segment")]
+    DotSegment,
+}
+
 /// Kong's upstream path: the service's path joined by exactly one `/` to what is left of the
 /// request path after stripping its first `strip_len` bytes ([`RouteMatch::strip_len`]).
 ///
-/// With nothing left the service path is used as is; with neither, `/`.
+/// With nothing left the service path is used as is; with neither, `/`. A prefix route `/api`
+/// strips from `/apix` too (Kong's string prefix), so `x` becomes a segment of its own; a path
+/// that would then hold a `.` or `..` segment (`/api../secret` → `/base/../secret`, or `%2e`
+/// forms, or `..;`) is an [`UpstreamPathError`]: the upstream would resolve it out of the service's
+/// path. The gateway answers it 400 `bad_request`.
 ///
 /// ```
-/// use portcullis::router::upstream_path;
+/// use portcullis::router::{UpstreamPathError, upstream_path};
 ///
-/// assert_eq!(upstream_path("/base", "/api/users", 4), "/base/users"); // route `/api`, strip_path
-/// assert_eq!(upstream_path("/base", "/api/users", 0), "/base/api/users"); // strip_path: false
-/// assert_eq!(upstream_path("", "/api/users", 4), "/users");
-/// assert_eq!(upstream_path("/base", "/api", 4), "/base");
+/// assert_eq!(upstream_path("/base", "/api/users", 4), Ok("/base/users".into())); // route `/api`, strip_path
+/// assert_eq!(upstream_path("/base", "/api/users", 0), Ok("/base/api/users".into())); // strip_path: false
+/// assert_eq!(upstream_path("", "/api/users", 4), Ok("/users".into()));
+/// assert_eq!(upstream_path("/base", "/api", 4), Ok("/base".into()));
+/// assert_eq!(upstream_path("/base", "/apix", 4), Ok("/base/x".into()));
+/// assert_eq!(upstream_path("/base", "/api../secret", 4), Err(UpstreamPathError::DotSegment));
 /// ```
-pub fn upstream_path(service_path: &str, request_path: &str, strip_len: usize) -> String {
+pub fn upstream_path(
+    service_path: &str,
+    request_path: &str,
+    strip_len: usize,
+) -> Result<String, UpstreamPathError> {
     let rest = request_path.get(strip_len..).unwrap_or("");
-    if rest.is_empty() {
-        return if service_path.is_empty() { "/".to_owned() } else { service_path.to_owned() };
+    let joined = if rest.is_empty() {
+        if service_path.is_empty() { "/".to_owned() } else { service_path.to_owned() }
+    } else {
+        let base = service_path.strip_suffix('/').unwrap_or(service_path);
+        let rest = rest.strip_prefix('/').unwrap_or(rest);
+        let mut joined = String::with_capacity(base.len() + 1 + rest.len());
+        joined.push_str(base);
+        joined.push('/');
+        joined.push_str(rest);
+        joined
+    };
+    if crate::sanitize::has_dot_segment(&joined) {
+        return Err(UpstreamPathError::DotSegment);
     }
-    let base = service_path.strip_suffix('/').unwrap_or(service_path);
-    let rest = rest.strip_prefix('/').unwrap_or(rest);
-    let mut joined = String::with_capacity(base.len() + 1 + rest.len());
-    joined.push_str(base);
-    joined.push('/');
-    joined.push_str(rest);
-    joined
+    Ok(joined)
 }
 
 #[cfg(test)]
@@ -1084,6 +1158,33 @@ mod tests {
         assert_eq!(find_get(&router, "/abc").as_deref(), Some("optional"));
         assert_eq!(find_get(&router, "/up").as_deref(), Some("optional"));
         assert_eq!(find_get(&router, "/bc"), None);
+    }
+
+    #[test]
+    fn case_insensitive_paths_is_per_route() {
+        let router = names([
+            Route::new().name("exact").paths(["/admin"]),
+            Route::new()
+                .name("folded")
+                .paths(["/Internal/Reports", r"~/Users/(?P<id>\d+)$"])
+                .case_insensitive_paths(true),
+        ]);
+        assert_eq!(find_get(&router, "/admin/x").as_deref(), Some("exact"));
+        assert_eq!(find_get(&router, "/ADMIN/x"), None, "Kong is case-sensitive by default");
+        assert_eq!(find_get(&router, "/Admin"), None);
+        for path in ["/internal/reports", "/INTERNAL/REPORTS/x", "/iNtErNaL/rEpOrTs", "/users/7", "/USERS/7"]
+        {
+            assert_eq!(find_get(&router, path).as_deref(), Some("folded"), "{path}");
+        }
+        // Only letters fold: the head compare must not fold `@`/`` ` `` or `[`/`{` into each other.
+        for path in ["/internal/reportz", "/internal-reports", "/users/x", "/intern"] {
+            assert_eq!(find_get(&router, path), None, "{path}");
+        }
+        let router = names([Route::new().name("punct").paths(["/a@[b"]).case_insensitive_paths(true)]);
+        assert_eq!(find_get(&router, "/A@[B").as_deref(), Some("punct"));
+        assert_eq!(find_get(&router, "/a`{b"), None);
+        let (_, found) = find(&router, Method::GET, None, "/A@[Bc", &HeaderMap::new()).unwrap();
+        assert_eq!(found.strip_len, 5);
     }
 
     #[test]
@@ -1231,17 +1332,38 @@ mod tests {
 
     #[test]
     fn upstream_path_joins_with_one_slash() {
-        assert_eq!(upstream_path("/base", "/api/users", "/api".len()), "/base/users");
-        assert_eq!(upstream_path("/base", "/api", "/api".len()), "/base");
-        assert_eq!(upstream_path("/base/", "/users", 0), "/base/users");
-        assert_eq!(upstream_path("", "/api/users", "/api".len()), "/users");
-        assert_eq!(upstream_path("/base", "/api/users", 0), "/base/api/users");
-        assert_eq!(upstream_path("/", "/api/users", 0), "/api/users");
-        assert_eq!(upstream_path("", "/api/users", 0), "/api/users");
-        assert_eq!(upstream_path("", "/api", "/api".len()), "/");
-        assert_eq!(upstream_path("/", "/api", "/api".len()), "/");
-        assert_eq!(upstream_path("/base", "/apiv2", "/api".len()), "/base/v2");
-        assert_eq!(upstream_path("/base", "/api/", "/api".len()), "/base/");
+        let ok = |base, path, strip| upstream_path(base, path, strip).unwrap();
+        assert_eq!(ok("/base", "/api/users", "/api".len()), "/base/users");
+        assert_eq!(ok("/base", "/api", "/api".len()), "/base");
+        assert_eq!(ok("/base/", "/users", 0), "/base/users");
+        assert_eq!(ok("", "/api/users", "/api".len()), "/users");
+        assert_eq!(ok("/base", "/api/users", 0), "/base/api/users");
+        assert_eq!(ok("/", "/api/users", 0), "/api/users");
+        assert_eq!(ok("", "/api/users", 0), "/api/users");
+        assert_eq!(ok("", "/api", "/api".len()), "/");
+        assert_eq!(ok("/", "/api", "/api".len()), "/");
+        assert_eq!(ok("/base", "/apiv2", "/api".len()), "/base/v2");
+        assert_eq!(ok("/base", "/api/", "/api".len()), "/base/");
+        assert_eq!(ok("/base", "/api../secret", 0), "/base/api../secret");
+        assert_eq!(ok("/base", "/api/.well-known/x", "/api".len()), "/base/.well-known/x");
+    }
+
+    #[test]
+    fn upstream_path_never_holds_a_dot_segment() {
+        let strip = "/api".len();
+        for hostile in
+            ["/api../secret", "/api.%2e/x", "/api%2e%2e/x", "/api.", "/api/./x", "/api/..;/x", "/api..%2Fx"]
+        {
+            assert_eq!(
+                upstream_path("/base", hostile, strip),
+                Err(UpstreamPathError::DotSegment),
+                "{hostile}"
+            );
+            assert_eq!(upstream_path("", hostile, strip), Err(UpstreamPathError::DotSegment), "{hostile}");
+        }
+        // A regex route strips its whole match: `~/v\d` on `/v1../x` leaves `../x`.
+        assert_eq!(upstream_path("/base", "/v1../x", 3), Err(UpstreamPathError::DotSegment));
+        assert_eq!(upstream_path("/base", "/api/a/../b", 0), Err(UpstreamPathError::DotSegment));
     }
 
     #[test]

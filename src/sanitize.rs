@@ -5,7 +5,9 @@
 //! 1. answers 431 when the request headers are larger than the limit, and 413 when a declared
 //!    `Content-Length` is over the body limit;
 //! 2. normalizes the path ([`normalize_path`]) or answers 400 — so routing, auth, rate limiting
-//!    and the upstream all see one path, and `/public/..%2Fadmin` cannot be routed by its raw form;
+//!    and the upstream all see one path, and `/public/..%2Fadmin` cannot be routed by its raw form
+//!    (nor `/public/..;/admin`, which Tomcat reads as `/admin`: a dot segment with a `;` parameter
+//!    is refused);
 //! 3. resolves the client IP through the trusted proxies into [`ClientIp`], from the headers as
 //!    they arrived;
 //! 4. answers 400 (and closes the connection) to a `Transfer-Encoding` other than one `chunked`
@@ -325,11 +327,16 @@ pub enum PathError {
     /// A raw backslash, or a path that does not start with `/`.
     #[error("invalid path")]
     Invalid,
+    /// A `.` or `..` segment with a `;` parameter (`/public/..;/admin`): an upstream such as
+    /// Tomcat reads it as `..`, which this normalizer would not resolve.
+    #[error("'.' or '..' segment with a ';' parameter in path")]
+    DotSegmentParameter,
 }
 
 /// Normalizes a request path: decodes percent-encoded unreserved characters, upper-cases the
 /// remaining escapes, merges repeated `/`, and resolves `.` and `..` segments (never above the
-/// root). Returns the input untouched (borrowed) when it is already normal.
+/// root). Returns the input untouched (borrowed) when it is already normal. A segment whose part
+/// before its first `;` is `.` or `..` (`..;x`) is refused: upstreams disagree on what it means.
 pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
     let bytes = path.as_bytes();
     if bytes.first() != Some(&b'/') {
@@ -339,7 +346,7 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
         return Ok(Cow::Borrowed(path));
     }
     let decoded = decode_unreserved(bytes)?;
-    Ok(Cow::Owned(remove_dot_segments(&decoded)))
+    remove_dot_segments(&decoded).map(Cow::Owned)
 }
 
 fn needs_work(bytes: &[u8]) -> bool {
@@ -349,8 +356,8 @@ fn needs_work(bytes: &[u8]) -> bool {
             b'%' | b'\\' => return true,
             b'/' if prev == b'/' => return true,
             b'.' if prev == b'/' => {
-                // "/." followed by end, "/" or "." is a dot segment.
-                if matches!(bytes.get(i + 1), None | Some(b'/') | Some(b'.')) {
+                // "/." followed by end, "/" or "." is a dot segment; by ";" one with a parameter.
+                if matches!(bytes.get(i + 1), None | Some(b'/' | b'.' | b';')) {
                     return true;
                 }
             }
@@ -413,8 +420,9 @@ fn decode_unreserved(bytes: &[u8]) -> Result<String, PathError> {
     Ok(out)
 }
 
-/// RFC 3986 §5.2.4 over `/`-separated segments, with empty segments merged.
-fn remove_dot_segments(path: &str) -> String {
+/// RFC 3986 §5.2.4 over `/`-separated segments, with empty segments merged; a dot segment with
+/// a `;` parameter is refused.
+fn remove_dot_segments(path: &str) -> Result<String, PathError> {
     let mut segments: Vec<&str> = Vec::new();
     let mut trailing_slash = false;
     for segment in path.split('/').skip(1) {
@@ -425,6 +433,7 @@ fn remove_dot_segments(path: &str) -> String {
                 segments.pop();
                 trailing_slash = true;
             }
+            s if is_dot_segment(s.as_bytes()) => return Err(PathError::DotSegmentParameter),
             s => segments.push(s),
         }
     }
@@ -436,7 +445,56 @@ fn remove_dot_segments(path: &str) -> String {
     if trailing_slash || out.is_empty() {
         out.push('/');
     }
-    out
+    Ok(out)
+}
+
+/// Whether `segment` reads as `.` or `..` to some upstream: `%2e` counts as a dot, and only the
+/// part before the first `;` counts (a path parameter; Tomcat reads `..;x` as `..`).
+pub(crate) fn is_dot_segment(segment: &[u8]) -> bool {
+    let mut rest = match segment.iter().position(|&b| b == b';') {
+        Some(at) => &segment[..at],
+        None => segment,
+    };
+    let mut dots = 0;
+    while !rest.is_empty() {
+        rest = match rest {
+            [b'.', after @ ..] => after,
+            [b'%', b'2', e, after @ ..] if *e | 0x20 == b'e' => after,
+            _ => return false,
+        };
+        dots += 1;
+    }
+    matches!(dots, 1 | 2)
+}
+
+/// Whether `path` holds a segment that [reads as a dot segment](is_dot_segment), splitting on
+/// `/` and `\` and on their escapes `%2F` and `%5C` (as an upstream that decodes them would): the
+/// check every path built for an upstream passes, with or without [`SanitizeLayer`] in front.
+pub(crate) fn has_dot_segment(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    // Every dot segment holds a `.` or a `%`; most paths are done here.
+    if !bytes.iter().any(|&b| b == b'.' || b == b'%') {
+        return false;
+    }
+    let mut start = 0;
+    let mut i = 0;
+    while i <= bytes.len() {
+        let separator = match &bytes[i..] {
+            [] | [b'/' | b'\\', ..] => 1,
+            [b'%', b'2', f, ..] if *f | 0x20 == b'f' => 3,
+            [b'%', b'5', c, ..] if *c | 0x20 == b'c' => 3,
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        if is_dot_segment(&bytes[start..i]) {
+            return true;
+        }
+        i += separator;
+        start = i;
+    }
+    false
 }
 
 /// What the access log learns from this layer: the path when normalization changed it, and the
@@ -834,6 +892,40 @@ mod tests {
         assert_eq!(ok("/%252e%252e/admin"), Err(PathError::DoubleEncoding));
         assert_eq!(ok("*"), Err(PathError::Invalid));
         assert!(matches!(normalize_path("/plain/path"), Ok(Cow::Borrowed(_))));
+        // A `;` parameter on a dot segment: Tomcat reads `..;` as `..`.
+        for hostile in ["/public/..;/admin", "/public/.;x/admin", "/a/%2e%2e;/b", "/a/.%2E;", "/..;"] {
+            assert_eq!(ok(hostile), Err(PathError::DotSegmentParameter), "{hostile}");
+        }
+        assert!(matches!(normalize_path("/a;b/c;v=1"), Ok(Cow::Borrowed(_))));
+        assert_eq!(ok("/a/..x;/b"), Ok("/a/..x;/b".into()));
+        assert_eq!(ok("/a/;/b/.well-known;x"), Ok("/a/;/b/.well-known;x".into()));
+    }
+
+    #[test]
+    fn dot_segments_as_an_upstream_reads_them() {
+        for dot in [".", "..", "%2e", "%2E%2e", ".%2E", "..;x", ".;", "%2e;a=b"] {
+            assert!(is_dot_segment(dot.as_bytes()), "{dot}");
+        }
+        for not in ["", "...", "a.", ".x", "%2e%2e%2e", "%2", "%2f", ";..", "x..;"] {
+            assert!(!is_dot_segment(not.as_bytes()), "{not}");
+        }
+        for path in [
+            "/base/../secret",
+            "/a/.",
+            "/..",
+            "/a/%2e%2e/b",
+            "/a/..%2Fb",
+            "/a%2F..%5cb",
+            "/a\\..\\b",
+            "/a/..;/b",
+        ] {
+            assert!(has_dot_segment(path), "{path}");
+        }
+        for path in
+            ["/", "/base/api../x", "/a/.well-known/b", "/a%2e%2ex", "/v1.2/x", "/a;b/c", "/x%25..", ""]
+        {
+            assert!(!has_dot_segment(path), "{path}");
+        }
     }
 
     #[test]

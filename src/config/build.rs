@@ -154,7 +154,8 @@ impl Config {
                     .hosts(route.hosts.iter().cloned())
                     .strip_path(route.strip_path)
                     .preserve_host(route.preserve_host)
-                    .regex_priority(route.regex_priority);
+                    .regex_priority(route.regex_priority)
+                    .case_insensitive_paths(route.case_insensitive_paths);
                 spec = spec.name(route_label);
                 for (header, values) in &route.headers {
                     spec = spec.header(header.clone(), values.iter().cloned());

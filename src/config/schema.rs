@@ -406,6 +406,10 @@ pub struct Route {
     /// Orders regex routes: higher first. Default 0.
     #[serde(default)]
     pub regex_priority: i32,
+    /// Match `paths` ignoring ASCII case (prefixes and regexes). Default false: Kong's paths are
+    /// case-sensitive.
+    #[serde(default)]
+    pub case_insensitive_paths: bool,
     /// Overrides the service's `timeout` for this route.
     #[serde(default, deserialize_with = "duration::deserialize_option")]
     pub timeout: Option<Duration>,

@@ -239,8 +239,8 @@ fn from_file_names_the_file() {
         err.to_string(),
         format!(
             "{path}: services[0].routes[0]: unknown field `pathz`, expected one of `name`, `paths`, `methods`, \
-             `hosts`, `headers`, `protocols`, `strip_path`, `preserve_host`, `regex_priority`, `timeout`, \
-             `retry_policy`, `plugins`, `tags` (line 7, column 5)"
+             `hosts`, `headers`, `protocols`, `strip_path`, `preserve_host`, `regex_priority`, \
+             `case_insensitive_paths`, `timeout`, `retry_policy`, `plugins`, `tags` (line 7, column 5)"
         )
     );
     let ok = Config::from_file(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/minimal.yaml")).unwrap();

@@ -47,8 +47,13 @@
 //! does: the service's path is not prepended. The layer rewrites the request URI (so a router
 //! behind it sees the new path) and, with the `proxy` feature, records it in
 //! [`UpstreamPath`](crate::proxy::UpstreamPath) so the [`Proxy`](crate::proxy::Proxy) sends it as
-//! is. The rendered path is normalized like every request path (a template cannot smuggle `..`
-//! segments past it); one that cannot be is answered 400.
+//! is. The template's own text is trusted (it is configuration; a `.` or `..` segment in it is a
+//! [`TransformError`]); the values it reads from the request are not: each becomes exactly one
+//! path segment, every `/`, `\`, `%`, `;`, `?`, `#`, control byte and other non-path character
+//! percent-encoded (a value `a/b?c` is the one segment `a%2Fb%3Fc`, never decoded again),
+//! and a value that is, or holds between `/` or `\` (or `%2F`, `%5C`), a `.` or `..` segment
+//! (`%2e` and `..;` forms too) is answered 400 `bad_request`, as is a result that holds one. So
+//! `/users/$(query_params.id)` never leaves `/users/`.
 //!
 //! ```
 //! use http_body_util::BodyExt;
@@ -229,6 +234,9 @@ pub enum TransformErrorKind {
     /// A `json_types: number` value that is not a number.
     #[error("`{0}` is not a number")]
     Number(String),
+    /// A `replace.uri` whose own text holds a `.` or `..` segment.
+    #[error("`{0}` holds a '.' or '..' segment; an upstream path may not")]
+    DotSegment(String),
 }
 
 /// Builds a [`TransformLayer`]; rules are checked and templates parsed by [`build`](Self::build).
@@ -257,7 +265,8 @@ struct Shared {
     header_templates: Vec<HeaderTemplate>,
     /// Whether some header template must be rendered before the rules run.
     early_header_templates: bool,
-    uri: Option<usize>,
+    /// The `replace.uri` template, rendered apart: its values become path segments.
+    uri: Option<Template>,
     method: Option<Method>,
     req_headers: Vec<HeaderOp>,
     req_query: Ops<String, Val<String>>,
@@ -389,10 +398,13 @@ impl TransformBuilder {
                 .is_some_and(|m| [Method::GET, Method::HEAD, Method::TRACE].contains(m)),
         };
         if let Some(uri) = &self.uri {
-            let template = Template::parse(uri)
-                .map_err(|e| TransformError { location: "replace.uri".into(), kind: e.into() })?;
-            shared.uri = Some(shared.templates.len());
-            shared.templates.push(template);
+            let error = |kind| TransformError { location: "replace.uri".into(), kind };
+            let template = Template::parse(uri).map_err(|e| error(e.into()))?;
+            // Its own text is trusted but must not climb either (values are checked per request).
+            if crate::sanitize::has_dot_segment(&template.sample()) {
+                return Err(error(TransformErrorKind::DotSegment(uri.clone())));
+            }
+            shared.uri = Some(template);
         }
         let mut counts: Vec<(String, usize)> = Vec::new();
         let mut location = |key: String| {
@@ -638,8 +650,12 @@ impl<S> Transform<S> {
             let env = Env { headers: req.headers(), query: req.uri().query(), extensions: req.extensions() };
             shared.templates.iter().map(|t| t.render(&env)).collect()
         };
-        let new_path = match shared.uri.and_then(|slot| rendered.get(slot)).filter(|p| !p.is_empty()) {
-            Some(path) => Some(upstream_path(path)?),
+        let new_path = match &shared.uri {
+            Some(template) => {
+                let env =
+                    Env { headers: req.headers(), query: req.uri().query(), extensions: req.extensions() };
+                upstream_path(template, &env)?
+            }
             None => None,
         };
         if let Some(method) = &shared.method {
@@ -680,28 +696,38 @@ fn with_path_and_query(uri: &Uri, path: &str, query: Option<&str>) -> Result<Uri
     Uri::from_parts(parts).map_err(|_| Rejection::bad_request("invalid rewritten URI"))
 }
 
-/// A rendered `replace.uri`: a leading `/`, characters a path cannot hold percent-encoded, then
-/// normalized like every request path.
-fn upstream_path(rendered: &str) -> Result<String, Rejection> {
+/// The rendered `replace.uri` ([`Template::render_path`]; `None` when it renders empty): a
+/// leading `/`, then characters a path cannot hold percent-encoded (only the template's own text
+/// can have any). Never decoded again, so a value's `%2F` stays inside its segment; a result
+/// that still holds a dot segment (`/a/.$(x)` with `x` empty) is answered 400 like a value that is one.
+fn upstream_path(template: &Template, env: &Env<'_>) -> Result<Option<String>, Rejection> {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let dot_segment = || Rejection::bad_request("rewritten path: a '.' or '..' segment");
+    let rendered = template.render_path(env).map_err(|_| dot_segment())?;
+    if rendered.is_empty() {
+        return Ok(None);
+    }
     let mut path = String::with_capacity(rendered.len() + 1);
     if !rendered.starts_with('/') {
         path.push('/');
     }
-    for b in rendered.bytes() {
-        let keep = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/%".contains(&b);
+    let bytes = rendered.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape =
+            b == b'%' && bytes.get(i + 1..i + 3).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit));
+        let keep = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&b) || escape;
         if keep {
-            path.push(b as char);
+            path.push(char::from(b));
         } else {
             path.push('%');
-            path.push(HEX[usize::from(b >> 4)] as char);
-            path.push(HEX[usize::from(b & 15)] as char);
+            path.push(char::from(HEX[usize::from(b >> 4)]));
+            path.push(char::from(HEX[usize::from(b & 15)]));
         }
     }
-    match crate::sanitize::normalize_path(&path) {
-        Ok(normal) => Ok(normal.into_owned()),
-        Err(e) => Err(Rejection::bad_request(format!("rewritten path: {e}"))),
+    if crate::sanitize::has_dot_segment(&path) {
+        return Err(dot_segment());
     }
+    Ok(Some(path))
 }
 
 impl<S> Transform<S> {

@@ -163,21 +163,86 @@ impl Template {
             match piece {
                 Piece::Text(text) => out.push_str(text),
                 Piece::Expr(alts) => {
-                    for alt in alts {
-                        let value = match alt {
-                            Alt::Literal(text) => Some(Cow::Borrowed(text.as_str())),
-                            Alt::Source(source) => source.read(env),
-                        };
-                        if let Some(value) = value {
-                            out.push_str(&value);
-                            break;
-                        }
+                    if let Some(value) = first_value(alts, env) {
+                        out.push_str(value.text());
                     }
                 }
             }
         }
         out
     }
+
+    /// Renders a path template (`replace.uri`): the template's own text (literal pieces and
+    /// quoted defaults) as configured, each value read from the request as exactly one path
+    /// segment — every byte but an unreserved character or `!$&'()*+,=:@` percent-encoded, `/`,
+    /// `\`, `%`, `;`, `?` and `#` included. A value that is, or holds between `/` or `\` (or
+    /// their escapes `%2F`, `%5C`), a `.` or `..` segment (`%2e` and `;` forms too) is refused.
+    pub(crate) fn render_path(&self, env: &Env<'_>) -> Result<String, DotSegmentValue> {
+        let mut out = String::new();
+        for piece in &self.pieces {
+            match piece {
+                Piece::Text(text) => out.push_str(text),
+                Piece::Expr(alts) => match first_value(alts, env) {
+                    Some(Value::Config(text)) => out.push_str(text),
+                    Some(Value::Request(value)) => push_segment(&mut out, &value)?,
+                    None => {}
+                },
+            }
+        }
+        Ok(out)
+    }
+
+    /// The template with every expression replaced by `x`: what its own text looks like as a
+    /// path, for checks at build time.
+    pub(crate) fn sample(&self) -> String {
+        self.pieces.iter().map(|p| if let Piece::Text(t) = p { t.as_str() } else { "x" }).collect()
+    }
+}
+
+/// A request value in a path template that is or holds a `.` or `..` segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DotSegmentValue;
+
+/// The value of `a or b or 'default'`: the template's own text, or one read from the request.
+enum Value<'a> {
+    Config(&'a str),
+    Request(Cow<'a, str>),
+}
+
+impl Value<'_> {
+    fn text(&self) -> &str {
+        match self {
+            Value::Config(text) => text,
+            Value::Request(value) => value,
+        }
+    }
+}
+
+/// The first alternative that has a value.
+fn first_value<'a>(alts: &'a [Alt], env: &Env<'a>) -> Option<Value<'a>> {
+    alts.iter().find_map(|alt| match alt {
+        Alt::Literal(text) => Some(Value::Config(text)),
+        Alt::Source(source) => source.read(env).map(Value::Request),
+    })
+}
+
+/// Appends `value` as one path segment (see [`Template::render_path`]).
+fn push_segment(out: &mut String, value: &str) -> Result<(), DotSegmentValue> {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    // Split on `%2F` and `%5C` too: a header value is not decoded, and an upstream may decode twice.
+    if crate::sanitize::has_dot_segment(value) {
+        return Err(DotSegmentValue);
+    }
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,=:@".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
+        }
+    }
+    Ok(())
 }
 
 /// A rendered text as a header value; `None` when empty or invalid.

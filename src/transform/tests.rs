@@ -168,20 +168,62 @@ async fn replace_uri_method_and_upstream_path() {
         run(layer.clone(), get("/v1/x?id=42").body(Body::empty()).unwrap(), Response::default()).await;
     assert_eq!((seen.method.as_str(), seen.uri.as_str()), ("POST", "/users/42?id=42"));
     assert_eq!(seen.upstream_path.as_deref(), Some("/users/42"));
-    // A value cannot climb out of the rewritten path.
-    let (seen, _) = run(
-        layer.clone(),
-        get("/v1/x?id=..%2F..%2Fadmin%20x").body(Body::empty()).unwrap(),
-        Response::default(),
-    )
-    .await;
-    assert_eq!(seen.upstream_path.as_deref(), Some("/admin%20x"));
+    // A value cannot climb out of the rewritten path: one that is or holds a dot segment is a
+    // 400 and nothing is called.
+    for query in
+        ["id=..%2F..%2Fadmin", "id=..", "id=.", "id=%252e%252e", "id=..%3Bx", "id=x%5C..%5Cadmin", "id=a/./b"]
+    {
+        let req = get(&format!("/v1/x?{query}")).body(Body::empty()).unwrap();
+        let (seen, res) = run(layer.clone(), req, Response::default()).await;
+        assert_eq!(res.status(), 400, "{query}");
+        assert_eq!(seen.method, "", "{query}: the service was called");
+    }
+    // Anything else is exactly one segment: separators, `%`, `;`, `?`, `#` and spaces encoded.
+    let req = get("/v1/x?id=a%2Fb%3Fc%23d%25e%3Bf%20g%5Ch").body(Body::empty()).unwrap();
+    let (seen, _) = run(layer.clone(), req, Response::default()).await;
+    assert_eq!(seen.upstream_path.as_deref(), Some("/users/a%2Fb%3Fc%23d%25e%3Bf%20g%5Ch"));
+    let (seen, _) =
+        run(layer.clone(), get("/v1/x?id=..x").body(Body::empty()).unwrap(), Response::default()).await;
+    assert_eq!(seen.upstream_path.as_deref(), Some("/users/..x"));
     // The expression finds nothing: it renders empty, the literal part stays (as in Kong).
     let (seen, _) = run(layer, get("/v1/x").body(Body::empty()).unwrap(), Response::default()).await;
     assert_eq!(seen.upstream_path.as_deref(), Some("/users/"));
     let layer = TransformLayer::builder().replace_uri("$(query_params.to)").build().unwrap();
     let (seen, _) = run(layer, get("/v1/x").body(Body::empty()).unwrap(), Response::default()).await;
     assert_eq!((seen.uri.as_str(), seen.upstream_path), ("/v1/x", None), "renders empty: path untouched");
+    let layer = TransformLayer::builder().replace_uri("$(query_params.to)").build().unwrap();
+    let (seen, _) =
+        run(layer, get("/v1/x?to=/admin").body(Body::empty()).unwrap(), Response::default()).await;
+    assert_eq!(seen.upstream_path.as_deref(), Some("/%2Fadmin"), "a value is never a separator");
+}
+
+#[cfg(feature = "proxy")]
+#[tokio::test]
+async fn replace_uri_text_is_trusted_but_never_climbs() {
+    // The template's own text: a dot segment in it is a build error; its defaults are text.
+    let error = TransformLayer::builder().replace_uri("/a/../$(query_params.x)").build().unwrap_err();
+    assert_eq!(error.location(), "replace.uri");
+    assert!(matches!(error.kind(), TransformErrorKind::DotSegment(_)), "{error}");
+    assert!(TransformLayer::builder().replace_uri("/a/%2E/b").build().is_err());
+    let layer = TransformLayer::builder().replace_uri("/a/.$(query_params.x or 'v/1')/%zz").build().unwrap();
+    let (seen, _) = run(layer.clone(), get("/p?x=y").body(Body::empty()).unwrap(), Response::default()).await;
+    assert_eq!(seen.upstream_path.as_deref(), Some("/a/.y/%25zz"));
+    let (seen, _) = run(layer.clone(), get("/p").body(Body::empty()).unwrap(), Response::default()).await;
+    assert_eq!(seen.upstream_path.as_deref(), Some("/a/.v/1/%25zz"));
+    // A value that renders empty must not leave a dot segment behind either.
+    let (seen, res) = run(layer, get("/p?x=").body(Body::empty()).unwrap(), Response::default()).await;
+    assert_eq!((res.status().as_u16(), seen.method.as_str()), (400, ""));
+    // Header values are request values too.
+    let layer = TransformLayer::builder().replace_uri("/u/$(headers.x-id)").build().unwrap();
+    let req = get("/p").header("x-id", "../admin").body(Body::empty()).unwrap();
+    let (seen, res) = run(layer.clone(), req, Response::default()).await;
+    assert_eq!((res.status().as_u16(), seen.method.as_str()), (400, ""));
+    let req = get("/p").header("x-id", "..%2Fadmin").body(Body::empty()).unwrap();
+    let (seen, res) = run(layer.clone(), req, Response::default()).await;
+    assert_eq!((res.status().as_u16(), seen.method.as_str()), (400, ""), "an encoded separator counts");
+    let req = get("/p").header("x-id", "a b/c").body(Body::empty()).unwrap();
+    let (seen, _) = run(layer, req, Response::default()).await;
+    assert_eq!(seen.upstream_path.as_deref(), Some("/u/a%20b%2Fc"));
 }
 
 fn json_post(body: &'static str) -> Request<Body> {

@@ -9,6 +9,7 @@ mod config;
 mod edge_auth;
 mod edge_headers;
 mod edge_limits;
+mod edge_paths;
 mod hosts;
 #[cfg(feature = "jwt")]
 mod jwt;
