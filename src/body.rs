@@ -6,6 +6,7 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
@@ -34,6 +35,10 @@ pin_project! {
             // The body is cut off with `BodyTooLarge` once `read` passes `limit`.
             limit: u64,
             read: u64,
+            // The body fails with `BodyReadTimeout` when no frame arrives within this.
+            frame_timeout: Option<Duration>,
+            // Made on the first wait only: a body whose frames are ready never allocates it.
+            timer: Option<FrameTimer>,
         },
         Boxed { #[pin] inner: UnsyncBoxBody<Bytes, BoxError> },
     }
@@ -41,6 +46,19 @@ pin_project! {
 
 #[cfg(feature = "proxy")]
 type Incoming = hyper::body::Incoming;
+
+/// The wait for the next frame of an incoming body; `armed` is false while no wait is running
+/// (a frame arrived since the timer was last set).
+#[cfg(feature = "proxy")]
+#[derive(Debug)]
+struct FrameTimer {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    armed: bool,
+}
+
+#[cfg(not(feature = "proxy"))]
+#[derive(Debug)]
+enum FrameTimer {}
 
 /// Without hyper there is no connection body; the variant cannot be built.
 #[cfg(not(feature = "proxy"))]
@@ -68,6 +86,16 @@ pub struct BodyTooLarge {
     pub limit: u64,
 }
 
+/// The error an incoming [`Body`] yields when its next frame does not arrive in time (see
+/// [`Body::incoming_within`]); the gateway answers 408 while no response has started, and a
+/// response body from an upstream that stalls is cut off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("no body data arrived for {timeout:?}")]
+pub struct BodyReadTimeout {
+    /// The longest wait allowed between two frames.
+    pub timeout: Duration,
+}
+
 impl Body {
     /// An empty body.
     pub fn empty() -> Self {
@@ -93,7 +121,27 @@ impl Body {
     /// Wraps a body read from a hyper connection, failing with [`BodyTooLarge`] after `limit` bytes.
     #[cfg(feature = "proxy")]
     pub fn incoming(inner: hyper::body::Incoming, limit: Option<u64>) -> Self {
-        Self { kind: Kind::Incoming { inner, limit: limit.unwrap_or(u64::MAX), read: 0 } }
+        Self::incoming_within(inner, limit, None)
+    }
+
+    /// Like [`incoming`](Self::incoming), and failing with [`BodyReadTimeout`] when the next
+    /// frame takes longer than `frame_timeout` to arrive (counted from the moment the reader
+    /// asks for it, so a reader that pauses costs the sender nothing).
+    #[cfg(feature = "proxy")]
+    pub fn incoming_within(
+        inner: hyper::body::Incoming,
+        limit: Option<u64>,
+        frame_timeout: Option<Duration>,
+    ) -> Self {
+        Self {
+            kind: Kind::Incoming {
+                inner,
+                limit: limit.unwrap_or(u64::MAX),
+                read: 0,
+                frame_timeout,
+                timer: None,
+            },
+        }
     }
 }
 
@@ -134,6 +182,41 @@ impl From<hyper::body::Incoming> for Body {
     }
 }
 
+/// While an incoming body waits for its next frame: starts the wait's timer (or restarts it after
+/// a frame) and fails the body once it expires.
+#[cfg(feature = "proxy")]
+fn poll_frame_timer(
+    frame_timeout: Option<Duration>,
+    timer: &mut Option<FrameTimer>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    let Some(timeout) = frame_timeout else { return Poll::Pending };
+    let timer = match timer {
+        Some(timer) => {
+            if !timer.armed {
+                // Moving a deadline later is an atomic store in tokio's timer; no re-registration.
+                timer.sleep.as_mut().reset(tokio::time::Instant::now() + timeout);
+                timer.armed = true;
+            }
+            timer
+        }
+        None => timer.insert(FrameTimer { sleep: Box::pin(tokio::time::sleep(timeout)), armed: true }),
+    };
+    match timer.sleep.as_mut().poll(cx) {
+        Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyReadTimeout { timeout })))),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+#[cfg(not(feature = "proxy"))]
+fn poll_frame_timer(
+    _: Option<Duration>,
+    _: &mut Option<FrameTimer>,
+    _: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    Poll::Pending
+}
+
 impl http_body::Body for Body {
     type Data = Bytes;
     type Error = BoxError;
@@ -144,8 +227,17 @@ impl http_body::Body for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().kind.project() {
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            KindProj::Incoming { inner, limit, read } => {
-                let frame = match std::task::ready!(inner.poll_frame(cx)) {
+            KindProj::Incoming { inner, limit, read, frame_timeout, timer } => {
+                let frame = match inner.poll_frame(cx) {
+                    Poll::Pending => return poll_frame_timer(*frame_timeout, timer, cx),
+                    Poll::Ready(frame) => {
+                        if let Some(timer) = timer {
+                            timer.armed = false;
+                        }
+                        frame
+                    }
+                };
+                let frame = match frame {
                     Some(Ok(frame)) => frame,
                     Some(Err(error)) => return Poll::Ready(Some(Err(error.into()))),
                     None => return Poll::Ready(None),

@@ -6,6 +6,7 @@ mod analyze;
 mod auth_keys;
 mod breaker;
 mod config;
+mod edge_server;
 mod hosts;
 #[cfg(feature = "jwt")]
 mod jwt;
