@@ -35,8 +35,11 @@ pin_project! {
             // The body is cut off with `BodyTooLarge` once `read` passes `limit`.
             limit: u64,
             read: u64,
-            // The body fails with `BodyReadTimeout` when no frame arrives within this.
-            frame_timeout: Option<Duration>,
+            // The body fails with `BodyReadTimeout` when no frame arrives within this many
+            // milliseconds (0: never); milliseconds keep every `Body` small.
+            frame_timeout_ms: u32,
+            // False while no wait is running (a frame arrived since the timer was last set).
+            armed: bool,
             // Made on the first wait only: a body whose frames are ready never allocates it.
             timer: Option<FrameTimer>,
         },
@@ -47,14 +50,9 @@ pin_project! {
 #[cfg(feature = "proxy")]
 type Incoming = hyper::body::Incoming;
 
-/// The wait for the next frame of an incoming body; `armed` is false while no wait is running
-/// (a frame arrived since the timer was last set).
+/// The wait for the next frame of an incoming body.
 #[cfg(feature = "proxy")]
-#[derive(Debug)]
-struct FrameTimer {
-    sleep: Pin<Box<tokio::time::Sleep>>,
-    armed: bool,
-}
+type FrameTimer = Pin<Box<tokio::time::Sleep>>;
 
 #[cfg(not(feature = "proxy"))]
 #[derive(Debug)]
@@ -126,19 +124,24 @@ impl Body {
 
     /// Like [`incoming`](Self::incoming), and failing with [`BodyReadTimeout`] when the next
     /// frame takes longer than `frame_timeout` to arrive (counted from the moment the reader
-    /// asks for it, so a reader that pauses costs the sender nothing).
+    /// asks for it, so a reader that pauses costs the sender nothing). The timeout is kept in
+    /// whole milliseconds.
     #[cfg(feature = "proxy")]
     pub fn incoming_within(
         inner: hyper::body::Incoming,
         limit: Option<u64>,
         frame_timeout: Option<Duration>,
     ) -> Self {
+        // At least 1 ms, so that a tiny timeout is not taken for none.
+        let frame_timeout_ms =
+            frame_timeout.map_or(0, |t| u32::try_from(t.as_millis()).unwrap_or(u32::MAX).max(1));
         Self {
             kind: Kind::Incoming {
                 inner,
                 limit: limit.unwrap_or(u64::MAX),
                 read: 0,
-                frame_timeout,
+                frame_timeout_ms,
+                armed: false,
                 timer: None,
             },
         }
@@ -186,23 +189,27 @@ impl From<hyper::body::Incoming> for Body {
 /// a frame) and fails the body once it expires.
 #[cfg(feature = "proxy")]
 fn poll_frame_timer(
-    frame_timeout: Option<Duration>,
+    frame_timeout_ms: u32,
+    armed: &mut bool,
     timer: &mut Option<FrameTimer>,
     cx: &mut Context<'_>,
 ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-    let Some(timeout) = frame_timeout else { return Poll::Pending };
+    if frame_timeout_ms == 0 {
+        return Poll::Pending;
+    }
+    let timeout = Duration::from_millis(u64::from(frame_timeout_ms));
     let timer = match timer {
         Some(timer) => {
-            if !timer.armed {
+            if !*armed {
                 // Moving a deadline later is an atomic store in tokio's timer; no re-registration.
-                timer.sleep.as_mut().reset(tokio::time::Instant::now() + timeout);
-                timer.armed = true;
+                timer.as_mut().reset(tokio::time::Instant::now() + timeout);
             }
             timer
         }
-        None => timer.insert(FrameTimer { sleep: Box::pin(tokio::time::sleep(timeout)), armed: true }),
+        None => timer.insert(Box::pin(tokio::time::sleep(timeout))),
     };
-    match timer.sleep.as_mut().poll(cx) {
+    *armed = true;
+    match timer.as_mut().poll(cx) {
         Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyReadTimeout { timeout })))),
         Poll::Pending => Poll::Pending,
     }
@@ -210,7 +217,8 @@ fn poll_frame_timer(
 
 #[cfg(not(feature = "proxy"))]
 fn poll_frame_timer(
-    _: Option<Duration>,
+    _: u32,
+    _: &mut bool,
     _: &mut Option<FrameTimer>,
     _: &mut Context<'_>,
 ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
@@ -227,13 +235,11 @@ impl http_body::Body for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().kind.project() {
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            KindProj::Incoming { inner, limit, read, frame_timeout, timer } => {
+            KindProj::Incoming { inner, limit, read, frame_timeout_ms, armed, timer } => {
                 let frame = match inner.poll_frame(cx) {
-                    Poll::Pending => return poll_frame_timer(*frame_timeout, timer, cx),
+                    Poll::Pending => return poll_frame_timer(*frame_timeout_ms, armed, timer, cx),
                     Poll::Ready(frame) => {
-                        if let Some(timer) = timer {
-                            timer.armed = false;
-                        }
+                        *armed = false;
                         frame
                     }
                 };
