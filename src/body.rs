@@ -50,6 +50,16 @@ pin_project! {
 #[cfg(feature = "proxy")]
 type Incoming = hyper::body::Incoming;
 
+/// The error an incoming [`Body`] yields when its next frame does not arrive in time (see
+/// [`Body::frame_timeout`]); the gateway answers 408 while no response has started, and a
+/// response body from an upstream that stalls is cut off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("no body data arrived for {timeout:?}")]
+pub struct BodyReadTimeout {
+    /// The longest wait allowed between two frames.
+    pub timeout: Duration,
+}
+
 /// The wait for the next frame of an incoming body.
 #[cfg(feature = "proxy")]
 type FrameTimer = Pin<Box<tokio::time::Sleep>>;
@@ -84,16 +94,6 @@ pub struct BodyTooLarge {
     pub limit: u64,
 }
 
-/// The error an incoming [`Body`] yields when its next frame does not arrive in time (see
-/// [`Body::incoming_within`]); the gateway answers 408 while no response has started, and a
-/// response body from an upstream that stalls is cut off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("no body data arrived for {timeout:?}")]
-pub struct BodyReadTimeout {
-    /// The longest wait allowed between two frames.
-    pub timeout: Duration,
-}
-
 impl Body {
     /// An empty body.
     pub fn empty() -> Self {
@@ -119,32 +119,29 @@ impl Body {
     /// Wraps a body read from a hyper connection, failing with [`BodyTooLarge`] after `limit` bytes.
     #[cfg(feature = "proxy")]
     pub fn incoming(inner: hyper::body::Incoming, limit: Option<u64>) -> Self {
-        Self::incoming_within(inner, limit, None)
-    }
-
-    /// Like [`incoming`](Self::incoming), and failing with [`BodyReadTimeout`] when the next
-    /// frame takes longer than `frame_timeout` to arrive (counted from the moment the reader
-    /// asks for it, so a reader that pauses costs the sender nothing). The timeout is kept in
-    /// whole milliseconds.
-    #[cfg(feature = "proxy")]
-    pub fn incoming_within(
-        inner: hyper::body::Incoming,
-        limit: Option<u64>,
-        frame_timeout: Option<Duration>,
-    ) -> Self {
-        // At least 1 ms, so that a tiny timeout is not taken for none.
-        let frame_timeout_ms =
-            frame_timeout.map_or(0, |t| u32::try_from(t.as_millis()).unwrap_or(u32::MAX).max(1));
         Self {
             kind: Kind::Incoming {
                 inner,
                 limit: limit.unwrap_or(u64::MAX),
                 read: 0,
-                frame_timeout_ms,
+                frame_timeout_ms: 0,
                 armed: false,
                 timer: None,
             },
         }
+    }
+
+    /// Fails a body read from a hyper connection with [`BodyReadTimeout`] when its next frame
+    /// takes longer than `timeout` to arrive, counted from the moment the reader asks for it (so
+    /// a reader that pauses costs the sender nothing); kept in whole milliseconds. `None`, or a
+    /// body not read from a connection: no limit.
+    pub fn frame_timeout(mut self, timeout: Option<Duration>) -> Self {
+        if let Kind::Incoming { frame_timeout_ms, .. } = &mut self.kind {
+            // At least 1 ms, so that a tiny timeout is not taken for none.
+            *frame_timeout_ms =
+                timeout.map_or(0, |t| u32::try_from(t.as_millis()).unwrap_or(u32::MAX).max(1));
+        }
+        self
     }
 }
 

@@ -405,8 +405,7 @@ impl Future for ResponseFuture {
                     Some(Ok(response)) => {
                         let status = response.status();
                         let read_timeout = clocks.read;
-                        let mut response =
-                            response.map(|body| Body::incoming_within(body, None, read_timeout));
+                        let mut response = response.map(|body| Body::from(body).frame_timeout(read_timeout));
                         strip_hop_by_hop(response.headers_mut());
                         (response, Some(status), None)
                     }

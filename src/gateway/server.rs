@@ -311,7 +311,7 @@ where
         let tracker = activity.clone();
         let hyper_service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let in_flight = InFlight::enter(tracker.clone());
-            let mut req = req.map(|body| Body::incoming_within(body, limit, body_read_timeout));
+            let mut req = req.map(|body| Body::incoming(body, limit).frame_timeout(body_read_timeout));
             req.headers_mut().reserve(HEADER_HEADROOM);
             req.extensions_mut().insert(PeerAddr(peer));
             let call = service.clone().oneshot(req);
