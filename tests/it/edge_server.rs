@@ -223,8 +223,12 @@ async fn an_http2_stream_reset_by_the_client_lets_the_idle_timeout_close_the_con
     {
         let request =
             send.send_request(Request::get(gw.url("/sleep/5000")).body(Full::<Bytes>::default()).unwrap());
-        // Give the request time to reach the upstream, then drop it: the client resets the stream.
-        assert!(tokio::time::timeout(Duration::from_millis(300), request).await.is_err());
+        let mut request = std::pin::pin!(request);
+        // Once the request has reached the upstream, drop it: the client resets the stream.
+        while up.seen().is_empty() {
+            assert!(started.elapsed() < Duration::from_secs(3), "the request never reached the upstream");
+            assert!(tokio::time::timeout(Duration::from_millis(20), request.as_mut()).await.is_err());
+        }
     }
     // `send` stays alive: dropping it would let the client close the connection itself.
     let closed = tokio::time::timeout(Duration::from_secs(3), conn).await;
