@@ -6,6 +6,7 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
@@ -36,6 +37,13 @@ pin_project! {
             read: u64,
             // A client's request body: its trailers pass through `sanitize_trailers`.
             from_client: bool,
+            // The body fails with `BodyReadTimeout` when no frame arrives within this many
+            // milliseconds (0: never); milliseconds keep every `Body` small.
+            frame_timeout_ms: u32,
+            // False while no wait is running (a frame arrived since the timer was last set).
+            armed: bool,
+            // Made on the first wait only: a body whose frames are ready never allocates it.
+            timer: Option<FrameTimer>,
         },
         Boxed { #[pin] inner: UnsyncBoxBody<Bytes, BoxError> },
     }
@@ -43,6 +51,24 @@ pin_project! {
 
 #[cfg(feature = "proxy")]
 type Incoming = hyper::body::Incoming;
+
+/// The error an incoming [`Body`] yields when its next frame does not arrive in time (see
+/// [`Body::frame_timeout`]); the gateway answers 408 while no response has started, and a
+/// response body from an upstream that stalls is cut off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("no body data arrived for {timeout:?}")]
+pub struct BodyReadTimeout {
+    /// The longest wait allowed between two frames.
+    pub timeout: Duration,
+}
+
+/// The wait for the next frame of an incoming body.
+#[cfg(feature = "proxy")]
+type FrameTimer = Pin<Box<tokio::time::Sleep>>;
+
+#[cfg(not(feature = "proxy"))]
+#[derive(Debug)]
+enum FrameTimer {}
 
 /// Without hyper there is no connection body; the variant cannot be built.
 #[cfg(not(feature = "proxy"))]
@@ -140,7 +166,30 @@ impl Body {
     /// (`From<Incoming>`, for an upstream's response body, leaves trailers alone.)
     #[cfg(feature = "proxy")]
     pub fn incoming(inner: hyper::body::Incoming, limit: Option<u64>) -> Self {
-        Self { kind: Kind::Incoming { inner, limit: limit.unwrap_or(u64::MAX), read: 0, from_client: true } }
+        Self {
+            kind: Kind::Incoming {
+                inner,
+                limit: limit.unwrap_or(u64::MAX),
+                read: 0,
+                from_client: true,
+                frame_timeout_ms: 0,
+                armed: false,
+                timer: None,
+            },
+        }
+    }
+
+    /// Fails a body read from a hyper connection with [`BodyReadTimeout`] when its next frame
+    /// takes longer than `timeout` to arrive, counted from the moment the reader asks for it (so
+    /// a reader that pauses costs the sender nothing); kept in whole milliseconds. `None`, or a
+    /// body not read from a connection: no limit.
+    pub fn frame_timeout(mut self, timeout: Option<Duration>) -> Self {
+        if let Kind::Incoming { frame_timeout_ms, .. } = &mut self.kind {
+            // At least 1 ms, so that a tiny timeout is not taken for none.
+            *frame_timeout_ms =
+                timeout.map_or(0, |t| u32::try_from(t.as_millis()).unwrap_or(u32::MAX).max(1));
+        }
+        self
     }
 }
 
@@ -177,8 +226,58 @@ impl From<Vec<u8>> for Body {
 #[cfg(feature = "proxy")]
 impl From<hyper::body::Incoming> for Body {
     fn from(inner: hyper::body::Incoming) -> Self {
-        Self { kind: Kind::Incoming { inner, limit: u64::MAX, read: 0, from_client: false } }
+        Self {
+            kind: Kind::Incoming {
+                inner,
+                limit: u64::MAX,
+                read: 0,
+                from_client: false,
+                frame_timeout_ms: 0,
+                armed: false,
+                timer: None,
+            },
+        }
     }
+}
+
+/// While an incoming body waits for its next frame: starts the wait's timer (or restarts it after
+/// a frame) and fails the body once it expires.
+#[cfg(feature = "proxy")]
+fn poll_frame_timer(
+    frame_timeout_ms: u32,
+    armed: &mut bool,
+    timer: &mut Option<FrameTimer>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    if frame_timeout_ms == 0 {
+        return Poll::Pending;
+    }
+    let timeout = Duration::from_millis(u64::from(frame_timeout_ms));
+    let timer = match timer {
+        Some(timer) => {
+            if !*armed {
+                // Moving a deadline later is an atomic store in tokio's timer; no re-registration.
+                timer.as_mut().reset(tokio::time::Instant::now() + timeout);
+            }
+            timer
+        }
+        None => timer.insert(Box::pin(tokio::time::sleep(timeout))),
+    };
+    *armed = true;
+    match timer.as_mut().poll(cx) {
+        Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyReadTimeout { timeout })))),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+#[cfg(not(feature = "proxy"))]
+fn poll_frame_timer(
+    _: u32,
+    _: &mut bool,
+    _: &mut Option<FrameTimer>,
+    _: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    Poll::Pending
 }
 
 impl http_body::Body for Body {
@@ -191,8 +290,15 @@ impl http_body::Body for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().kind.project() {
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            KindProj::Incoming { inner, limit, read, from_client } => {
-                let mut frame = match std::task::ready!(inner.poll_frame(cx)) {
+            KindProj::Incoming { inner, limit, read, from_client, frame_timeout_ms, armed, timer } => {
+                let frame = match inner.poll_frame(cx) {
+                    Poll::Pending => return poll_frame_timer(*frame_timeout_ms, armed, timer, cx),
+                    Poll::Ready(frame) => {
+                        *armed = false;
+                        frame
+                    }
+                };
+                let mut frame = match frame {
                     Some(Ok(frame)) => frame,
                     Some(Err(error)) => return Poll::Ready(Some(Err(error.into()))),
                     None => return Poll::Ready(None),

@@ -55,6 +55,11 @@ impl Rejection {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body too large")
     }
 
+    /// 408 `request_timeout`: the client stopped sending its request body.
+    pub fn request_timeout() -> Self {
+        Self::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", "request body read timeout")
+    }
+
     /// 502 `bad_gateway`: connect failure, reset or an invalid upstream response.
     pub fn bad_gateway(message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::BAD_GATEWAY, "bad_gateway", message)

@@ -14,6 +14,18 @@
 //! charged with the timeout — a layer outside the proxy could do neither, as it does not know
 //! which host was chosen.
 //!
+//! Kong's `write_timeout` and `read_timeout` bound the time between two steps of the exchange
+//! rather than the whole of it, so a large upload or a long streamed answer is fine as long as
+//! it moves ([`ProxyBuilder::request_write_timeout`], [`ProxyBuilder::response_read_timeout`]).
+//! Each clock starts when the step before it ended: the write clock when a piece of the request
+//! body is handed to the upstream connection, the read clock when the request has been sent
+//! whole (or when the request is sent, for one without a body) and after each piece of the
+//! response body. While the request body waits on the client, neither clock runs: the server's
+//! body read timeout ([`BodyReadTimeout`], 408) covers that. Before the response head a timeout
+//! is answered as the per-try timeout is (504 `upstream_timeout`, [`UpstreamFailure::Timeout`]);
+//! after it, the response body fails with [`BodyReadTimeout`] and the client's response is cut
+//! off. The clocks start when the request is sent, so they include connecting.
+//!
 //! [`Proxy`] forwards the method, the path (joined with the upstream's base path after Kong's
 //! `strip_path`, from the router's [`RouteMatch`]; 400 `bad_request` when the joined path would
 //! hold a `.` or `..` segment), the query string byte for byte, the headers and the streamed
@@ -25,7 +37,7 @@
 //! frames one response two ways cannot be trusted to start the next one where hyper thinks. It
 //! sets `Host` to the upstream's unless the route has `preserve_host`, and turns failures into
 //! JSON: a connect failure, reset or invalid response is 502, a body over the gateway's limit is
-//! 413. The
+//! 413, a client that stops sending its body is 408 ([`BodyReadTimeout`]). The
 //! forwarding headers (`X-Forwarded-*`, `X-Real-IP`) are set earlier by
 //! [`SanitizeLayer`](crate::sanitize::SanitizeLayer), from the trusted-proxy settings.
 //!
@@ -45,6 +57,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -62,7 +75,7 @@ use tokio::net::TcpStream;
 use tower::Service;
 use tower::util::MapResponse;
 
-use crate::body::{Body, BodyTooLarge};
+use crate::body::{Body, BodyReadTimeout, BodyTooLarge};
 use crate::error::{BoxError, Rejection};
 use crate::observe::request_id::RequestId;
 use crate::resilience::PreviousHosts;
@@ -116,6 +129,8 @@ struct Upstream {
     hosts: HostSet,
     base_path: String,
     http2: bool,
+    read_timeout: Option<Duration>,
+    write_timeout: Option<Duration>,
 }
 
 // === impl UpstreamStream ===
@@ -199,6 +214,21 @@ impl ProxyBuilder {
         self
     }
 
+    /// Kong's `read_timeout`: answers 504 `upstream_timeout` when the response head has not
+    /// arrived `timeout` after the request was sent whole, and cuts the response body off when
+    /// no piece of it arrives for `timeout` (see the [module docs](self)). Default: none.
+    pub fn response_read_timeout(mut self, timeout: Duration) -> Self {
+        self.upstream.read_timeout = Some(timeout);
+        self
+    }
+
+    /// Kong's `write_timeout`: answers 504 `upstream_timeout` when the upstream leaves a piece of
+    /// the request body unaccepted for `timeout` (see the [module docs](self)). Default: none.
+    pub fn request_write_timeout(mut self, timeout: Duration) -> Self {
+        self.upstream.write_timeout = Some(timeout);
+        self
+    }
+
     /// Sends requests to these hosts instead of the URL's host; the URL still gives the scheme
     /// and the base path. The set's clones share its state, so keep one to read
     /// [`HostSet::status`] (or use [`Proxy::hosts`]).
@@ -248,7 +278,7 @@ impl ProxyBuilder {
 /// Forwards requests to an upstream; see the [module docs](self).
 #[derive(Debug)]
 pub struct Proxy<B = Body> {
-    client: Client<UpstreamConnector, B>,
+    client: Client<UpstreamConnector, SentBody<B>>,
     upstream: Arc<Upstream>,
 }
 
@@ -277,7 +307,14 @@ impl Proxy {
         let hosts = HostSet::builder().host(authority.as_str()).build().map_err(|_| invalid())?;
         let base_path = uri.path().trim_end_matches('/').to_owned();
         Ok(ProxyBuilder {
-            upstream: Upstream { scheme, hosts, base_path, http2: false },
+            upstream: Upstream {
+                scheme,
+                hosts,
+                base_path,
+                http2: false,
+                read_timeout: None,
+                write_timeout: None,
+            },
             connect_timeout: None,
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 1024,
@@ -371,7 +408,14 @@ where
             *req.version_mut() = Version::HTTP_11;
             req.headers_mut().insert(HOST, host);
         }
-        let deadline = req.extensions().get::<AttemptTimeout>().map(|t| Box::pin(tokio::time::sleep(t.0)));
+        let started = Instant::now();
+        let attempt = req.extensions().get::<AttemptTimeout>().map(|t| t.0);
+        let (read, write) = (self.upstream.read_timeout, self.upstream.write_timeout);
+        // Only a request with a body has steps to follow; one without is sent with its head.
+        let progress = ((read.is_some() || write.is_some()) && !req.body().is_end_stream())
+            .then(|| Arc::new(Progress::new(started)));
+        let mut req = req.map(|inner| SentBody { inner, progress: progress.clone() });
+        let clocks = Clocks { started, attempt, read, write, progress };
         // The pool entry the request goes out on, so that a response framed two ways can keep its
         // connection out of the pool (HTTP/2 frames every response one way). hyper-util offers
         // no other handle on it; its watch channel costs two allocations and an extension, less
@@ -380,9 +424,9 @@ where
         ResponseFuture {
             state: State::Upstream {
                 inner: self.client.request(req),
-                started: Instant::now(),
                 picked: Some(picked),
-                deadline,
+                timer: None,
+                clocks,
                 request_id,
                 connection,
             },
@@ -405,11 +449,12 @@ pin_project! {
         Upstream {
             #[pin]
             inner: legacy::ResponseFuture,
-            started: Instant,
             // In flight until dropped; charged with the outcome when the response head arrives.
             picked: Option<PickedHost>,
-            // The attempt's deadline, when the request carries an `AttemptTimeout`.
-            deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+            // Set on the first wait when `clocks` has any limit; moved as the exchange progresses.
+            #[pin]
+            timer: Option<tokio::time::Sleep>,
+            clocks: Clocks,
             request_id: Option<RequestId>,
             connection: Option<CaptureConnection>,
         },
@@ -437,20 +482,19 @@ impl Future for ResponseFuture {
                 Some(response) => Poll::Ready(Ok(response)),
                 None => Poll::Pending,
             },
-            StateProj::Upstream { inner, started, picked, deadline, request_id, connection } => {
+            StateProj::Upstream { inner, picked, timer, clocks, request_id, connection } => {
                 let result = match inner.poll(cx) {
                     Poll::Ready(result) => Some(result),
                     Poll::Pending => {
-                        let expired = deadline.as_mut().is_some_and(|d| d.as_mut().poll(cx).is_ready());
-                        if !expired {
+                        if !clocks.poll_expired(timer, cx) {
                             return Poll::Pending;
                         }
                         None
                     }
                 };
-                let latency = started.elapsed();
+                let latency = clocks.started.elapsed();
                 let (mut response, status, failure) = match result {
-                    // The attempt's deadline passed first: dropping `inner` later abandons it.
+                    // A deadline passed first: dropping `inner` later abandons the attempt.
                     None => (
                         Rejection::upstream_timeout().into_response(request_id.as_ref()),
                         None,
@@ -458,7 +502,8 @@ impl Future for ResponseFuture {
                     ),
                     Some(Ok(response)) => {
                         let status = response.status();
-                        let mut response = response.map(Body::from);
+                        let read_timeout = clocks.read;
+                        let mut response = response.map(|body| Body::from(body).frame_timeout(read_timeout));
                         let transfer_encoded = strip_response_hop_by_hop(response.headers_mut());
                         // Framed twice: hyper read the chunks; the length is not the body's,
                         // and the connection's next byte may not start a response.
@@ -495,6 +540,157 @@ impl Future for ResponseFuture {
     }
 }
 
+// === impl Clocks ===
+
+/// The limits on one upstream exchange: the attempt's deadline and the write and read clocks.
+struct Clocks {
+    // When the request was sent: the start of `UpstreamInfo::latency` too.
+    started: Instant,
+    attempt: Option<Duration>,
+    read: Option<Duration>,
+    write: Option<Duration>,
+    progress: Option<Arc<Progress>>,
+}
+
+impl Clocks {
+    /// Whether a limit has passed; otherwise the timer is set to wake the task at the nearest
+    /// one. The timer may fire early (the exchange moved on since it was set): then the
+    /// deadline is worked out again and the timer moved.
+    fn poll_expired(&self, mut timer: Pin<&mut Option<tokio::time::Sleep>>, cx: &mut Context<'_>) -> bool {
+        loop {
+            let waiting = match timer.as_mut().as_pin_mut() {
+                Some(sleep) => sleep.poll(cx).is_pending(),
+                // Nothing to time (the common case without limits costs one check).
+                None => self.attempt.is_none() && self.read.is_none() && self.write.is_none(),
+            };
+            if waiting {
+                return false;
+            }
+            let now = Instant::now();
+            let Some(deadline) = self.deadline(now) else { return false };
+            if deadline <= now {
+                return true;
+            }
+            let deadline = tokio::time::Instant::from_std(deadline);
+            match timer.as_mut().as_pin_mut() {
+                Some(sleep) => sleep.reset(deadline),
+                None => timer.set(Some(tokio::time::sleep_until(deadline))),
+            }
+        }
+    }
+
+    /// The nearest deadline as of `now`.
+    fn deadline(&self, now: Instant) -> Option<Instant> {
+        let step = match &self.progress {
+            // No body: the request is sent with its head, and the read clock runs from there.
+            None => self.read.map(|read| self.started + read),
+            Some(progress) => match progress.load() {
+                (Step::Head, _) => self.write.map(|write| self.started + write),
+                (Step::Handed, at) => self.write.map(|write| at + write),
+                (Step::Sent, at) => self.read.map(|read| at + read),
+                // The client is behind, not the upstream: look again later.
+                (Step::Client, _) => self.write.into_iter().chain(self.read).min().map(|d| now + d),
+            },
+        };
+        let attempt = self.attempt.map(|attempt| self.started + attempt);
+        match (attempt, step) {
+            (Some(a), Some(s)) => Some(a.min(s)),
+            (a, s) => a.or(s),
+        }
+    }
+}
+
+// === impl Progress ===
+
+/// Where a request body is on its way upstream, and since when: one atomic word, written by the
+/// body as the upstream connection pulls it and read by the response future when its timer
+/// fires.
+#[derive(Debug)]
+struct Progress {
+    base: Instant,
+    // The step in the top two bits, nanoseconds since `base` below.
+    word: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Nothing asked of the body yet (connecting, sending the head).
+    Head,
+    /// The connection asked for the next piece and the client has not sent it.
+    Client,
+    /// A piece was handed to the connection, which has not asked for the next one.
+    Handed,
+    /// The whole body was handed over.
+    Sent,
+}
+
+const STEP_SHIFT: u32 = 62;
+const NANOS_MASK: u64 = (1 << STEP_SHIFT) - 1;
+
+impl Progress {
+    fn new(base: Instant) -> Self {
+        Self { base, word: AtomicU64::new(0) }
+    }
+
+    fn mark(&self, step: Step) {
+        let nanos = match step {
+            // The time of this step is never read.
+            Step::Head | Step::Client => 0,
+            Step::Handed | Step::Sent => u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(NANOS_MASK),
+        };
+        self.word.store(((step as u64) << STEP_SHIFT) | (nanos & NANOS_MASK), Ordering::Release);
+    }
+
+    fn load(&self) -> (Step, Instant) {
+        let word = self.word.load(Ordering::Acquire);
+        let step = match word >> STEP_SHIFT {
+            0 => Step::Head,
+            1 => Step::Client,
+            2 => Step::Handed,
+            _ => Step::Sent,
+        };
+        (step, self.base + Duration::from_nanos(word & NANOS_MASK))
+    }
+}
+
+/// A request body on its way upstream, marking its [`Progress`] when the exchange has limits.
+#[derive(Debug)]
+struct SentBody<B> {
+    inner: B,
+    progress: Option<Arc<Progress>>,
+}
+
+impl<B> http_body::Body for SentBody<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Some(progress) = &self.progress {
+            match &polled {
+                Poll::Pending => progress.mark(Step::Client),
+                Poll::Ready(Some(Ok(_))) if !self.inner.is_end_stream() => progress.mark(Step::Handed),
+                Poll::Ready(_) => progress.mark(Step::Sent),
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Maps a client error to the gateway's answer: the request body's own limit is the client's
 /// fault (413); anything else on the way to or from the upstream is a bad gateway (502).
 fn failure_response(error: &legacy::Error) -> (Rejection, Option<UpstreamFailure>) {
@@ -502,6 +698,9 @@ fn failure_response(error: &legacy::Error) -> (Rejection, Option<UpstreamFailure
     while let Some(e) = source {
         if e.is::<BodyTooLarge>() {
             return (Rejection::payload_too_large(), None);
+        }
+        if e.is::<BodyReadTimeout>() {
+            return (Rejection::request_timeout(), None);
         }
         source = e.source();
     }
@@ -516,6 +715,41 @@ fn failure_response(error: &legacy::Error) -> (Rejection, Option<UpstreamFailure
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_clock_starts_when_the_step_before_it_ends() {
+        let second = Duration::from_secs(1);
+        let started = Instant::now();
+        let now = started + 5 * second;
+        let progress = Arc::new(Progress::new(started));
+        let clocks = |attempt: u32, progress: Option<Arc<Progress>>| Clocks {
+            started,
+            attempt: Some(attempt * second),
+            read: Some(3 * second),
+            write: Some(2 * second),
+            progress,
+        };
+        // Without a body, the read clock runs from the start; the attempt's deadline can be nearer.
+        assert_eq!(clocks(10, None).deadline(now), Some(started + 3 * second));
+        assert_eq!(clocks(1, None).deadline(now), Some(started + second));
+        let clocks = clocks(100, Some(progress.clone()));
+        // Connecting and sending the head: the write clock from the start.
+        assert_eq!(clocks.deadline(now), Some(started + 2 * second));
+        // Waiting on the client: no upstream deadline, only a later look.
+        progress.mark(Step::Client);
+        assert_eq!(clocks.deadline(now), Some(now + 2 * second));
+        // A piece handed over: the write clock from then.
+        progress.mark(Step::Handed);
+        let (step, at) = progress.load();
+        assert_eq!(step, Step::Handed);
+        assert!(at >= started && at < now);
+        assert_eq!(clocks.deadline(now), Some(at + 2 * second));
+        // All sent: the read clock from then.
+        progress.mark(Step::Sent);
+        let (step, at) = progress.load();
+        assert_eq!(step, Step::Sent);
+        assert_eq!(clocks.deadline(now), Some(at + 3 * second));
+    }
 
     #[test]
     fn upstream_urls() {

@@ -58,6 +58,8 @@ impl Config {
             let mut proxy = Proxy::builder(&url)
                 .map_err(|e| ConfigError::invalid(origin, format!("services[{s}].url"), e.to_string()))?
                 .connect_timeout(service.connect_timeout)
+                .response_read_timeout(service.read_timeout)
+                .request_write_timeout(service.write_timeout)
                 .http2_only(service.http2);
             // Validation has checked the targets; an error here is a bug, reported as config.
             let hosts = super::hosts::host_set(service)

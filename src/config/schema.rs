@@ -91,6 +91,12 @@ pub struct Gateway {
     /// How long a client may take to send the request head. Default 10 s.
     #[serde(default = "default_header_read_timeout", deserialize_with = "duration::deserialize")]
     pub header_read_timeout: Duration,
+    /// The longest wait for the next chunk of a request body (408 past it). Default 30 s.
+    #[serde(default = "default_body_read_timeout", deserialize_with = "duration::deserialize")]
+    pub body_read_timeout: Duration,
+    /// Client connections open at once; one more is accepted and closed at once. Default 10,000.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
     /// How long an idle keep-alive connection is kept. Default 60 s.
     #[serde(default = "default_idle_timeout", deserialize_with = "duration::deserialize")]
     pub idle_timeout: Duration,
@@ -115,6 +121,8 @@ impl Default for Gateway {
             max_json_depth: default_max_json_depth(),
             max_header_bytes: default_max_header_bytes(),
             header_read_timeout: default_header_read_timeout(),
+            body_read_timeout: default_body_read_timeout(),
+            max_connections: default_max_connections(),
             idle_timeout: default_idle_timeout(),
             shutdown_timeout: default_shutdown_timeout(),
         }
@@ -141,6 +149,12 @@ fn default_max_header_bytes() -> usize {
 }
 fn default_header_read_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_body_read_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_connections() -> usize {
+    10_000
 }
 fn default_idle_timeout() -> Duration {
     Duration::from_secs(60)
@@ -280,10 +294,13 @@ pub struct Service {
     /// expires). A route's own `timeout` overrides it. None: no overall limit.
     #[serde(default, deserialize_with = "duration::deserialize_option")]
     pub timeout: Option<Duration>,
-    /// Kong's `read_timeout` (accepted; default 60 s).
+    /// Kong's `read_timeout`: the longest wait for the upstream's response head once the
+    /// request is sent, and between two reads of its body (504 `upstream_timeout` before the
+    /// head; the response is cut off after it). Default 60 s.
     #[serde(default = "default_kong_timeout", deserialize_with = "duration::deserialize")]
     pub read_timeout: Duration,
-    /// Kong's `write_timeout` (accepted; default 60 s).
+    /// Kong's `write_timeout`: the longest the upstream may leave a piece of the request body
+    /// unaccepted before the next one is sent (504 `upstream_timeout`). Default 60 s.
     #[serde(default = "default_kong_timeout", deserialize_with = "duration::deserialize")]
     pub write_timeout: Duration,
     /// Kong's `retries` (accepted, as written; `retry_policy` is what portcullis will act on).

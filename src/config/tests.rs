@@ -181,6 +181,8 @@ fn defaults() {
     assert_eq!(config.gateway.access_log, AccessLog::Stdout);
     assert_eq!(config.gateway.max_body_bytes, 10 * 1024 * 1024);
     assert_eq!((config.gateway.max_json_body_bytes, config.gateway.max_json_depth), (1024 * 1024, 64));
+    assert_eq!(config.gateway.body_read_timeout, Duration::from_secs(30));
+    assert_eq!(config.gateway.max_connections, 10_000);
     assert!(config.gateway.trusted_proxies.is_empty());
     assert!(config.services.is_empty() && config.consumers.is_empty() && config.plugins.is_empty());
 
@@ -329,6 +331,19 @@ fn bad_durations() {
         "gateway.idle_timeout",
         expected,
     );
+}
+
+#[test]
+fn slow_client_limits_must_allow_something() {
+    let gateway = |extra: &str| format!("_format_version: \"3.0\"\ngateway:\n{extra}");
+    assert_error(&gateway("  max_connections: 0\n"), "gateway.max_connections", "expected at least 1");
+    assert_error(&gateway("  body_read_timeout: 0s\n"), "gateway.body_read_timeout", "above zero");
+    assert_error(&gateway("  max_connections: -1\n"), "gateway.max_connections", "");
+    assert_error(&service("  read_timeout: 0\n"), "services[0].read_timeout", "above zero");
+    assert_error(&service("  write_timeout: 0ms\n"), "services[0].write_timeout", "above zero");
+    let config = load(&gateway("  max_connections: 2\n  body_read_timeout: 250ms\n")).unwrap();
+    assert_eq!(config.gateway.max_connections, 2);
+    assert_eq!(config.gateway.body_read_timeout, Duration::from_millis(250));
 }
 
 #[test]

@@ -49,6 +49,12 @@ impl Config {
                 ),
             ));
         }
+        if self.gateway.max_connections == 0 {
+            return Err(Invalid::new("gateway.max_connections", "0, expected at least 1 connection"));
+        }
+        if self.gateway.body_read_timeout.is_zero() {
+            return Err(Invalid::new("gateway.body_read_timeout", "0, expected a duration above zero"));
+        }
         let upstreams = {
             let names = self.names()?;
             let upstreams = self
@@ -141,6 +147,11 @@ fn validate_service(
     registry: &[PluginSpec],
     names: &Names<'_>,
 ) -> Result<Upstream, Invalid> {
+    for (key, timeout) in [("read_timeout", service.read_timeout), ("write_timeout", service.write_timeout)] {
+        if timeout.is_zero() {
+            return Err(Invalid::new(format!("{at}.{key}"), "0, expected a duration above zero"));
+        }
+    }
     if let Some(policy) = &service.retry_policy {
         policy.validate(&format!("{at}.retry_policy"))?;
     }

@@ -38,7 +38,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 
-pub use server::{HEADER_HEADROOM, ServerSettings, serve};
+pub use server::{ConnectionStats, HEADER_HEADROOM, ServerSettings, serve, serve_counted};
 
 use self::admin::Admin;
 use crate::config::{AccessLog, Config, ConfigError, Instruments, RouteService};
@@ -63,6 +63,7 @@ pub struct Gateway {
     log: LogSink,
     metrics: Metrics,
     admin: Arc<Admin>,
+    connections: ConnectionStats,
 }
 
 /// The gateway's bound sockets (see [`Gateway::bind`]).
@@ -142,6 +143,19 @@ impl Gateway {
         for retry in instruments.retries() {
             metrics.watch_retries(&retry.route, &retry.service, &retry.layer);
         }
+        let connections = ConnectionStats::default();
+        let open = connections.clone();
+        metrics.register_gauge_fn(
+            "connections_open",
+            "Client connections open on the proxy listener",
+            move || i64::try_from(open.open()).unwrap_or(i64::MAX),
+        );
+        let refused = connections.clone();
+        metrics.register_counter_fn(
+            "connections_rejected",
+            "Client connections closed on arrival because gateway.max_connections were open",
+            move || refused.refused(),
+        );
         for collector in instruments.take_collectors() {
             metrics.register_boxed_collector(collector);
         }
@@ -164,6 +178,8 @@ impl Gateway {
                 max_header_bytes: settings.max_header_bytes,
                 max_body_bytes: Some(settings.max_body_bytes),
                 header_read_timeout: settings.header_read_timeout,
+                body_read_timeout: Some(settings.body_read_timeout),
+                max_connections: settings.max_connections,
                 idle_timeout: settings.idle_timeout,
                 shutdown_timeout: settings.shutdown_timeout,
             },
@@ -172,6 +188,7 @@ impl Gateway {
             log,
             admin: Arc::new(Admin::new(config, origin, version, metrics.clone(), instruments)),
             metrics,
+            connections,
         })
     }
 
@@ -194,6 +211,11 @@ impl Gateway {
     /// own on it.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The proxy listener's open and refused connections (also in [`metrics`](Self::metrics)).
+    pub fn connections(&self) -> &ConnectionStats {
+        &self.connections
     }
 
     /// The `GET /status` document as it is now.
@@ -232,7 +254,7 @@ impl Gateway {
                 serve(listener, service, settings, stop).await;
             })
         });
-        serve(listeners.main, self.front, self.settings, shutdown).await;
+        serve_counted(listeners.main, self.front, self.settings, self.connections, shutdown).await;
         let _ = stop_admin.send(true);
         if let Some(admin) = admin {
             let _ = admin.await;

@@ -1,6 +1,10 @@
 //! The HTTP server: HTTP/1.1 and HTTP/2 on one port (hyper-util auto), header limits, a
-//! header-read timeout, an idle keep-alive timeout, a body limit, and graceful shutdown that lets
-//! in-flight requests finish.
+//! header-read timeout, a request-body read timeout, an idle keep-alive timeout, a body limit, a
+//! cap on open connections, and graceful shutdown that lets in-flight requests finish.
+//!
+//! Past [`ServerSettings::max_connections`] a new connection is accepted and closed at once
+//! (counted in [`ConnectionStats::refused`]) rather than left in the kernel's accept queue,
+//! where it would wait unseen, fill the backlog and be served late.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -42,6 +46,12 @@ pub struct ServerSettings {
     pub max_body_bytes: Option<u64>,
     /// How long a client may take to send a request head.
     pub header_read_timeout: Duration,
+    /// The longest wait for the next chunk of a request body once the gateway reads it; past it
+    /// the body fails with [`BodyReadTimeout`](crate::body::BodyReadTimeout) (408). `None`: no
+    /// limit.
+    pub body_read_timeout: Option<Duration>,
+    /// Connections open at once; one more is accepted and closed at once.
+    pub max_connections: usize,
     /// A keep-alive connection with no request for this long is closed.
     pub idle_timeout: Duration,
     /// On shutdown, in-flight requests get this long to finish.
@@ -54,9 +64,57 @@ impl Default for ServerSettings {
             max_header_bytes: 32 * 1024,
             max_body_bytes: Some(10 * 1024 * 1024),
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Some(Duration::from_secs(30)),
+            max_connections: 10_000,
             idle_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(30),
         }
+    }
+}
+
+/// The open and refused connections of a listener, for metrics. Clones share the counts.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionStats {
+    counts: Arc<ConnectionCounts>,
+}
+
+#[derive(Debug, Default)]
+struct ConnectionCounts {
+    open: AtomicUsize,
+    refused: AtomicU64,
+}
+
+impl ConnectionStats {
+    /// Connections being served now.
+    pub fn open(&self) -> usize {
+        self.counts.open.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed at once because [`ServerSettings::max_connections`] were open.
+    pub fn refused(&self) -> u64 {
+        self.counts.refused.load(Ordering::Relaxed)
+    }
+
+    /// Takes a connection slot, or counts a refusal when all `max` are taken.
+    fn admit(&self, max: usize) -> Option<OpenConnection> {
+        // Only the accept loop increments, so a load and an add cannot overshoot `max`.
+        if self.counts.open.load(Ordering::Acquire) >= max {
+            self.counts.refused.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        self.counts.open.fetch_add(1, Ordering::AcqRel);
+        Some(OpenConnection { counts: self.counts.clone() })
+    }
+}
+
+/// A connection slot, given back when the connection's task ends.
+struct OpenConnection {
+    counts: Arc<ConnectionCounts>,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.counts.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -77,12 +135,48 @@ impl Activity {
     }
 }
 
+/// One request in flight on a connection, counted until its service future ends or is dropped:
+/// an HTTP/2 stream reset by the client drops the future, and the connection must become idle
+/// again all the same.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn enter(activity: Arc<Activity>) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self(activity)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let elapsed = u64::try_from(self.0.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.0.last_request_ms.store(elapsed, Ordering::Release);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Serves `service` on `listener` until `shutdown` resolves, then stops accepting, lets open
 /// connections finish their in-flight requests (up to `shutdown_timeout`) and returns.
 pub async fn serve<S, B>(
     listener: TcpListener,
     service: S,
     settings: ServerSettings,
+    shutdown: impl Future<Output = ()>,
+) where
+    S: Service<Request<Body>, Response = Response<B>, Error = Infallible> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    serve_counted(listener, service, settings, ConnectionStats::default(), shutdown).await;
+}
+
+/// [`serve`], counting open and refused connections in `stats`.
+pub async fn serve_counted<S, B>(
+    listener: TcpListener,
+    service: S,
+    settings: ServerSettings,
+    stats: ConnectionStats,
     shutdown: impl Future<Output = ()>,
 ) where
     S: Service<Request<Body>, Response = Response<B>, Error = Infallible> + Clone + Send + Sync + 'static,
@@ -118,8 +212,14 @@ pub async fn serve<S, B>(
             },
             () = &mut shutdown => break,
         };
+        let Some(slot) = stats.admit(settings.max_connections) else {
+            tracing::debug!(target: "portcullis::server", %peer, "connection refused: max_connections open");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let conn = Connection {
+            _slot: slot,
             builder: builder.clone(),
             service: service.clone(),
             settings: settings.clone(),
@@ -189,6 +289,7 @@ struct Connection<S> {
     settings: ServerSettings,
     stop: StopSignal,
     _alive: mpsc::Sender<()>,
+    _slot: OpenConnection,
 }
 
 impl<S, B> Connection<S>
@@ -209,11 +310,11 @@ where
         });
         let service = self.service.clone();
         let limit = self.settings.max_body_bytes;
+        let body_read_timeout = self.settings.body_read_timeout;
         let tracker = activity.clone();
         let hyper_service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let tracker = tracker.clone();
-            tracker.in_flight.fetch_add(1, Ordering::AcqRel);
-            let mut req = req.map(|body| Body::incoming(body, limit));
+            let in_flight = InFlight::enter(tracker.clone());
+            let mut req = req.map(|body| Body::incoming(body, limit).frame_timeout(body_read_timeout));
             req.headers_mut().reserve(HEADER_HEADROOM);
             req.extensions_mut().insert(PeerAddr(peer));
             if let Some(listener) = listener {
@@ -222,9 +323,7 @@ where
             let call = service.clone().oneshot(req);
             async move {
                 let response = call.await;
-                let elapsed = u64::try_from(tracker.born.elapsed().as_millis()).unwrap_or(u64::MAX);
-                tracker.last_request_ms.store(elapsed, Ordering::Release);
-                tracker.in_flight.fetch_sub(1, Ordering::AcqRel);
+                drop(in_flight);
                 response
             }
         });

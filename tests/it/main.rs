@@ -10,6 +10,7 @@ mod edge_auth;
 mod edge_headers;
 mod edge_limits;
 mod edge_paths;
+mod edge_server;
 mod hosts;
 #[cfg(feature = "jwt")]
 mod jwt;

@@ -144,6 +144,8 @@ async fn requests_arrive_with_room_for_the_headers_layers_add() {
         max_header_bytes: 32 * 1024,
         max_body_bytes: None,
         header_read_timeout: Duration::from_secs(5),
+        body_read_timeout: None,
+        max_connections: 100,
         idle_timeout: Duration::from_secs(5),
         shutdown_timeout: Duration::from_secs(1),
     };

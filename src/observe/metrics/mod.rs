@@ -19,6 +19,7 @@
 //! | `portcullis_rate_limit_decisions_total` | `route`, `service`, `outcome` (`allowed`, `limited`, `bypassed`) | [`RateLimitOutcome`] |
 //! | `portcullis_auth_failures_total` | `plugin`, `reason` | [`AuthFailure`] |
 //! | `portcullis_access_log_dropped_lines_total` | | [`Metrics::watch_access_log`] |
+//! | `portcullis_connections_open` (gauge), `portcullis_connections_rejected_total` | | the gateway's proxy listener (`gateway.max_connections`), registered by `gateway::Gateway` (feature `gateway`) |
 //! | `portcullis_circuit_breaker_state` (gauge, 1 for the current state) | `service`, `state` (`closed`, `open`, `half_open`) | [`Metrics::watch_service`] (feature `proxy`) |
 //! | `portcullis_circuit_breaker_opened_total`, `_failed_fast_total`, `_overflows_total`; `portcullis_circuit_breaker_in_flight`, `_pending` (gauges) | `service` | [`Metrics::watch_service`] |
 //! | `portcullis_upstream_host_ejected` (gauge, 0 or 1), `portcullis_upstream_host_ejections_total`, `portcullis_upstream_host_in_flight` (gauge) | `service`, `host` | [`Metrics::watch_service`] |
