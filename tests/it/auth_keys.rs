@@ -61,11 +61,16 @@ async fn key_auth_header_query_and_body_sources_and_hidden_credentials() {
     .await;
 
     let res = send(
-        Request::get(gw.url("/keys")).header("apikey", "alice-secret-key").body(Full::default()).unwrap(),
+        Request::get(gw.url("/keys"))
+            .header("apikey", "alice-secret-key")
+            .header("x-anonymous-consumer", "true")
+            .body(Full::default())
+            .unwrap(),
     )
     .await;
     assert_eq!(res.status, 200);
     let seen = upstream.last();
+    assert!(seen.headers.get("x-anonymous-consumer").is_none(), "a real credential is no anonymous consumer");
     assert_eq!(header(&seen, "x-consumer-username"), Some("alice"));
     assert_eq!(header(&seen, "x-consumer-custom-id"), Some("1001"));
     assert_eq!(header(&seen, "x-credential-identifier"), Some("alice-cred"));
@@ -77,13 +82,19 @@ async fn key_auth_header_query_and_body_sources_and_hidden_credentials() {
     let seen = upstream.last();
     assert_eq!(seen.uri, "/keys?z=9&a=%2F+x&b");
     assert_eq!(header(&seen, "x-consumer-username"), Some("alice"));
-    assert_eq!(header(&seen, "x-credential-identifier"), None);
+    // Written without an `id`: Kong's credentials always have one, so one is derived (a UUID
+    // from the consumer and the credential's place, the same on every load).
+    let derived = header(&seen, "x-credential-identifier").expect("an id for every credential").to_owned();
+    assert!(uuid::Uuid::parse_str(&derived).is_ok(), "{derived}");
+    assert!(seen.headers.get("x-anonymous-consumer").is_none());
 
     // Without hide_credentials the key reaches the upstream as sent.
     assert_eq!(get(&gw.url("/shown?apikey=bob-secret-key&x=1")).await.status, 200);
     let seen = upstream.last();
     assert_eq!(seen.uri, "/shown?apikey=bob-secret-key&x=1");
     assert_eq!(header(&seen, "x-consumer-username"), Some("bob"));
+    let bobs = header(&seen, "x-credential-identifier").expect("an id for every credential").to_owned();
+    assert_ne!(bobs, derived, "each credential has its own id");
 
     // Form and JSON bodies.
     let form = Request::post(gw.url("/body"))

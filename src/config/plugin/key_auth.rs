@@ -112,6 +112,24 @@ pub(crate) fn build(ctx: &PluginContext<'_>, plugin: &Plugin) -> Result<Wrap, Co
     Ok(Arc::new(move |inner| BoxCloneSyncService::new(layer.layer(inner))))
 }
 
+/// The id of a credential written without one: Kong gives every credential an id, sent upstream as
+/// `X-Credential-Identifier`. A UUID (version 8 layout) from the consumer's id and the
+/// credential's place among its credentials, so it is the same on every load and every gateway,
+/// and tells nothing about the key.
+fn derived_credential_id(consumer_id: &str, index: usize) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(b"portcullis keyauth_credentials\0")
+        .chain_update(consumer_id.as_bytes())
+        .chain_update(index.to_be_bytes())
+        .finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    bytes[6] = (bytes[6] & 0x0f) | 0x80;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    uuid::Uuid::from_bytes(bytes).hyphenated().to_string()
+}
+
 /// Every consumer's `keyauth_credentials`, digested with `hasher`; plain keys are dropped here.
 fn load_keys(ctx: &PluginContext<'_>, hasher: KeyHasher) -> Result<ApiKeys, ConfigError> {
     let origin = ctx.origin;
@@ -188,13 +206,28 @@ fn load_keys(ctx: &PluginContext<'_>, hasher: KeyHasher) -> Result<ApiKeys, Conf
                 ));
             }
             written.insert(digest, here);
-            let consumer = crate::consumer::Consumer {
-                credential_id: credential.id.map(Into::into),
-                ..identity.clone()
-            };
+            let credential_id = credential.id.unwrap_or_else(|| derived_credential_id(&identity.id, i));
+            let consumer =
+                crate::consumer::Consumer { credential_id: Some(credential_id.into()), ..identity.clone() };
             // Duplicates were refused above with their paths.
             let _ = keys.insert_digest(digest, consumer);
         }
     }
     Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::derived_credential_id;
+
+    #[test]
+    fn a_derived_credential_id_is_a_stable_uuid_of_the_consumer_and_place() {
+        let id = derived_credential_id("alice", 1);
+        assert_eq!(id, derived_credential_id("alice", 1), "the same on every load");
+        let parsed = uuid::Uuid::parse_str(&id).unwrap();
+        assert_eq!(parsed.get_version_num(), 8);
+        assert_eq!(parsed.get_variant(), uuid::Variant::RFC4122);
+        assert_ne!(id, derived_credential_id("alice", 0));
+        assert_ne!(id, derived_credential_id("bob", 1));
+    }
 }
