@@ -96,6 +96,25 @@ pub struct BodyTooLarge {
     pub limit: u64,
 }
 
+/// The client's part in a failed request-body read, when it had one: the one place that tells a
+/// body over its limit (413) and a client that stopped sending (408) from any other failure, for
+/// every layer that reads a request body (the proxy, key-auth's `key_in_body`, the transformer).
+pub(crate) fn client_body_failure(
+    error: &(dyn std::error::Error + 'static),
+) -> Option<crate::error::Rejection> {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if e.is::<BodyTooLarge>() || e.is::<http_body_util::LengthLimitError>() {
+            return Some(crate::error::Rejection::payload_too_large());
+        }
+        if e.is::<BodyReadTimeout>() {
+            return Some(crate::error::Rejection::request_timeout());
+        }
+        source = e.source();
+    }
+    None
+}
+
 /// The default budget of the gateway's JSON body rules (transformer `json`/`body` rules,
 /// key-auth's `key_in_body`): 1 MiB read at most.
 pub const DEFAULT_MAX_JSON_BODY_BYTES: u64 = 1024 * 1024;

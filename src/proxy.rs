@@ -37,9 +37,11 @@
 //! frames one response two ways cannot be trusted to start the next one where hyper thinks. It
 //! sets `Host` to the upstream's unless the route has `preserve_host`, and turns failures into
 //! JSON: a connect failure, reset or invalid response is 502, a body over the gateway's limit is
-//! 413, a client that stops sending its body is 408 ([`BodyReadTimeout`]). The
-//! forwarding headers (`X-Forwarded-*`, `X-Real-IP`) are set earlier by
+//! 413, a client that stops sending its body is 408 ([`BodyReadTimeout`]). The forwarding
+//! headers (`X-Forwarded-*`, `X-Real-IP`) are set earlier by
 //! [`SanitizeLayer`](crate::sanitize::SanitizeLayer), from the trusted-proxy settings.
+//!
+//! [`BodyReadTimeout`]: crate::body::BodyReadTimeout
 //!
 //! ```no_run
 //! use portcullis::proxy::Proxy;
@@ -75,7 +77,7 @@ use tokio::net::TcpStream;
 use tower::Service;
 use tower::util::MapResponse;
 
-use crate::body::{Body, BodyReadTimeout, BodyTooLarge};
+use crate::body::Body;
 use crate::error::{BoxError, Rejection};
 use crate::observe::request_id::RequestId;
 use crate::resilience::PreviousHosts;
@@ -691,18 +693,12 @@ where
     }
 }
 
-/// Maps a client error to the gateway's answer: the request body's own limit is the client's
-/// fault (413); anything else on the way to or from the upstream is a bad gateway (502).
+/// Maps a client error to the gateway's answer: the request body's own limit (413) and a client
+/// that stopped sending it (408) are the client's fault; anything else on the way to or from the
+/// upstream is a bad gateway (502).
 fn failure_response(error: &legacy::Error) -> (Rejection, Option<UpstreamFailure>) {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = source {
-        if e.is::<BodyTooLarge>() {
-            return (Rejection::payload_too_large(), None);
-        }
-        if e.is::<BodyReadTimeout>() {
-            return (Rejection::request_timeout(), None);
-        }
-        source = e.source();
+    if let Some(rejection) = crate::body::client_body_failure(error) {
+        return (rejection, None);
     }
     tracing::debug!(target: "portcullis::proxy", error = %error, source = ?std::error::Error::source(error), "upstream request failed");
     if error.is_connect() {

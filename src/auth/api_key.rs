@@ -55,7 +55,6 @@ use subtle::ConstantTimeEq;
 use tower::{Layer, Service};
 
 use super::AuthFailure;
-use crate::body::BodyTooLarge;
 use crate::consumer::Consumer;
 use crate::error::{BoxError, Rejection};
 
@@ -771,13 +770,8 @@ where
     let bytes = match limited.collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(error) => {
-            let too_large = error.is::<http_body_util::LengthLimitError>()
-                || error.downcast_ref::<BodyTooLarge>().is_some();
-            let rejection = if too_large {
-                Rejection::payload_too_large()
-            } else {
-                Rejection::bad_request("cannot read the request body")
-            };
+            let rejection = crate::body::client_body_failure(&*error)
+                .unwrap_or_else(|| Rejection::bad_request("cannot read the request body"));
             let req = Request::from_parts(parts, ());
             return Ok(AuthFailure::respond(PLUGIN, rejection, &req));
         }

@@ -940,18 +940,20 @@ where
 
 /// Why a body could not be read whole.
 enum ReadError {
-    /// Over the layer's limit, or the body's own limit (`BodyTooLarge`).
+    /// Over the layer's limit.
     TooLarge,
-    Failed,
+    /// The body failed: with the client's answer when the client caused it (over the body's own
+    /// limit, stopped sending).
+    Failed(Option<Rejection>),
 }
 
-/// Reads `body` into `buf`, failing once it passes `limit`; `too_large` says whether a body
-/// error is a size limit.
+/// Reads `body` into `buf`, failing once it passes `limit`; `client_part` tells the client's
+/// answer for a body error the client caused.
 fn poll_read<B>(
     mut body: Pin<&mut B>,
     buf: &mut Vec<u8>,
     limit: u64,
-    too_large: impl Fn(B::Error) -> bool,
+    client_part: impl Fn(B::Error) -> Option<Rejection>,
     cx: &mut Context<'_>,
 ) -> Poll<Result<(), ReadError>>
 where
@@ -961,7 +963,7 @@ where
         match ready!(body.as_mut().poll_frame(cx)) {
             None => return Poll::Ready(Ok(())),
             Some(Err(e)) => {
-                return Poll::Ready(Err(if too_large(e) { ReadError::TooLarge } else { ReadError::Failed }));
+                return Poll::Ready(Err(ReadError::Failed(client_part(e))));
             }
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
@@ -975,17 +977,9 @@ where
     }
 }
 
-/// Whether a body error is the gateway's own size limit (413) rather than a broken read.
-fn is_too_large(error: impl Into<BoxError>) -> bool {
-    let error: BoxError = error.into();
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&*error);
-    while let Some(e) = source {
-        if e.is::<crate::body::BodyTooLarge>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
+/// The client's answer for a request-body error the client caused (413, 408).
+fn client_part(error: impl Into<BoxError>) -> Option<Rejection> {
+    crate::body::client_body_failure(&*error.into())
 }
 
 fn set_length(headers: &mut http::HeaderMap, len: usize) {
@@ -1064,10 +1058,13 @@ where
             StateProj::ReadRequest { read } => {
                 let read = read.as_mut().project();
                 let shared = &**read.shared;
-                let rejection = match ready!(poll_read(read.body, read.buf, *read.limit, is_too_large, cx)) {
+                let rejection = match ready!(poll_read(read.body, read.buf, *read.limit, client_part, cx)) {
                     Ok(()) => None,
                     Err(ReadError::TooLarge) => Some(Rejection::payload_too_large()),
-                    Err(ReadError::Failed) => Some(Rejection::bad_request("failed to read the request body")),
+                    Err(ReadError::Failed(rejection)) => Some(
+                        rejection
+                            .unwrap_or_else(|| Rejection::bad_request("failed to read the request body")),
+                    ),
                 };
                 if let Some(rejection) = rejection {
                     let response = rejection.into_response(read.request_id.as_ref());
@@ -1157,12 +1154,11 @@ where
             StateProj::ReadResponse { read } => {
                 let read = read.as_mut().project();
                 let shared = &**read.shared;
-                let result =
-                    ready!(poll_read(read.body, read.buf, shared.max_json_body_bytes, |_| false, cx));
+                let result = ready!(poll_read(read.body, read.buf, shared.max_json_body_bytes, |_| None, cx));
                 if let Err(e) = result {
                     let message = match e {
                         ReadError::TooLarge => "upstream response body over the transform limit",
-                        ReadError::Failed => "upstream response body failed",
+                        ReadError::Failed(_) => "upstream response body failed",
                     };
                     let response = Rejection::bad_gateway(message).into_response(read.request_id.as_ref());
                     state.set(State::Rejected { response: Some(response) });

@@ -116,6 +116,32 @@ async fn a_stalled_request_body_gets_408_and_the_upstream_never_gets_it_whole() 
     assert_eq!(body_of(&seen[0]), b"0123456789", "the upstream got only what the client sent, then a close");
 }
 
+/// Layers that read the body themselves (key-auth's `key_in_body`, a JSON transform) answer a
+/// stalled body as the proxy does: 408, and the upstream hears nothing.
+#[tokio::test]
+async fn a_stalled_body_read_by_a_route_layer_is_408_too() {
+    let up = Upstream::start().await;
+    let plugins = [
+        "[{name: key-auth, config: {key_in_body: true}}]",
+        "[{name: request-transformer, config: {add: {body: [\"x:1\"]}}}]",
+    ];
+    for plugin in plugins {
+        let yaml = format!(
+            "{}    plugins: {plugin}\nconsumers:\n- username: alice\n  keyauth_credentials: [{{key: alice-key}}]\n",
+            one_route(&up.url(), "")
+        );
+        let gw = TestGateway::start_with(&yaml, "  body_read_timeout: 300ms\n").await;
+        let answer = raw(
+            gw.addr,
+            b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"apikey\": \"al",
+        )
+        .await;
+        assert_eq!(raw_status(&answer), 408, "{plugin}: {answer}");
+        assert!(answer.contains(r#""error":"request_timeout""#), "{plugin}: {answer}");
+    }
+    assert!(up.seen().is_empty(), "the upstream heard nothing");
+}
+
 #[tokio::test]
 async fn a_request_body_that_keeps_coming_is_not_cut_off() {
     let up = Upstream::start().await;
