@@ -193,7 +193,7 @@ pub(crate) fn outcome(status: u16, ext: &Extensions) -> &'static str {
     if ext.get::<AuthFailure>().is_some() {
         return "auth_failed";
     }
-    if ext.get::<RateLimitOutcome>().is_some_and(|o| o.0 == "limited") {
+    if ext.get::<RateLimitOutcome>().is_some_and(|o| *o == RateLimitOutcome::Limited) {
         return "rate_limited";
     }
     if status < 400 {
@@ -300,7 +300,7 @@ mod tests {
                     service_name: Some("orders-svc".into()),
                     preserve_host: false,
                 })));
-                res.extensions_mut().insert(RateLimitOutcome("limited"));
+                res.extensions_mut().insert(RateLimitOutcome::Limited);
                 res.extensions_mut().insert(Consumer { id: "acme".into(), ..Consumer::default() });
                 Ok::<_, Infallible>(res)
             });

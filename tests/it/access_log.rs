@@ -149,3 +149,86 @@ fn the_seed_analyzer_reads_portcullis_lines() {
     assert!(stdout.contains(" s.routes[1]: p50="), "{stdout}");
     assert!(stdout.contains("=== Gateway Processing Overhead ==="), "{stdout}");
 }
+
+/// Issue 13 item 4: the `rate_limit` and `breaker` words in a real gateway's log are the
+/// documented ones, from the one list in `RateLimitOutcome::as_str` / `BreakerOutcome::as_str`.
+#[tokio::test]
+async fn rate_limit_and_breaker_words_are_the_documented_ones() {
+    use portcullis::observe::access_log::{BreakerOutcome, RateLimitOutcome};
+
+    // The one list, as the access-log module docs and docs/config.md spell it.
+    let rate_limit_words: Vec<&str> = RateLimitOutcome::ALL.iter().map(|o| o.as_str()).collect();
+    assert_eq!(rate_limit_words, ["allowed", "limited", "bypassed", "unavailable"]);
+    let breaker_words: Vec<&str> = BreakerOutcome::ALL.iter().map(|o| o.as_str()).collect();
+    assert_eq!(breaker_words, ["closed", "open", "half_open", "overflow"]);
+
+    let up = Upstream::start().await;
+    let redis_down = closed_port().await.port();
+    let down = |tolerant: bool| {
+        format!(
+            "[{{name: rate-limiting, config: {{minute: 100, policy: redis, redis_host: 127.0.0.1, \
+             redis_port: {redis_down}, redis_timeout: 200ms, fault_tolerant: {tolerant}}}}}]"
+        )
+    };
+    let yaml = format!(
+        r#"services:
+- name: limited
+  url: {up}
+  routes:
+  - name: limited-route
+    paths: [/limited]
+    plugins: [{{name: rate-limiting, config: {{minute: 1, limit_by: ip}}}}]
+  - name: tolerant
+    paths: [/tolerant]
+    plugins: {tolerant}
+  - name: strict
+    paths: [/strict]
+    plugins: {strict}
+- name: guarded
+  url: {up}
+  circuit_breakers: {{consecutive_failures: 1, open_duration: 30s}}
+  routes:
+  - name: guarded-route
+    paths: [/guarded]
+"#,
+        up = up.url(),
+        tolerant = down(true),
+        strict = down(false),
+    );
+    let gw = TestGateway::start(&yaml).await;
+    assert_eq!(get(&gw.url("/limited/1")).await.status, 200);
+    let limited = get(&gw.url("/limited/2")).await;
+    assert_eq!(limited.status, 429);
+    assert_eq!(get(&gw.url("/tolerant/3")).await.status, 200);
+    let strict = get(&gw.url("/strict/4")).await;
+    assert_eq!(
+        (strict.status.as_u16(), strict.json()["error"].clone()),
+        (503, "rate_limit_unavailable".into())
+    );
+    assert_eq!(get(&gw.url("/guarded/status/500")).await.status, 500);
+    let open = get(&gw.url("/guarded/status/200")).await;
+    assert_eq!((open.status.as_u16(), open.json()["error"].clone()), (503, "upstream_overloaded".into()));
+    let seen: Vec<String> = up.seen().into_iter().map(|s| s.uri).collect();
+    assert_eq!(seen, ["/1", "/3", "/status/500"], "limited, unavailable and open requests never reach it");
+
+    let lines = gw.stop().await;
+    let words = |path: &str| {
+        let line = lines.iter().find(|l| l["path"] == path).unwrap_or_else(|| panic!("{path}: {lines:#?}"));
+        (line["rate_limit"].as_str().map(str::to_owned), line["breaker"].as_str().map(str::to_owned))
+    };
+    let some = |w: &str| Some(w.to_owned());
+    assert_eq!(words("/limited/1"), (some("allowed"), None));
+    assert_eq!(words("/limited/2"), (some("limited"), None));
+    assert_eq!(words("/tolerant/3"), (some("bypassed"), None));
+    assert_eq!(words("/strict/4"), (some("unavailable"), None));
+    assert_eq!(words("/guarded/status/500"), (None, some("closed")));
+    assert_eq!(words("/guarded/status/200"), (None, some("open")));
+    for line in &lines {
+        if let Some(word) = line["rate_limit"].as_str() {
+            assert!(rate_limit_words.contains(&word), "{line}");
+        }
+        if let Some(word) = line["breaker"].as_str() {
+            assert!(breaker_words.contains(&word), "{line}");
+        }
+    }
+}

@@ -24,8 +24,8 @@
 //! | `upstream_host`, `upstream_status`, `upstream_latency_ms` | `UpstreamInfo` response extension (feature `proxy`) | not proxied; `upstream_status` also when no upstream response arrived |
 //! | `gateway_latency_ms` | from entering this layer to the response head (upstream included), float ms, µs resolution | never |
 //! | `attempts` | [`Attempts`] response extension | no retry layer ran |
-//! | `rate_limit` | [`RateLimitOutcome`] response extension | no rate limiter ran |
-//! | `breaker` | [`BreakerOutcome`] response extension | no circuit breaker ran |
+//! | `rate_limit` | [`RateLimitOutcome`] response extension, one of [`RateLimitOutcome::as_str`]: `allowed`, `limited` (429), `bypassed` (the store failed, `fault_tolerant` admitted), `unavailable` (the store failed, 503) | no rate limiter ran |
+//! | `breaker` | [`BreakerOutcome`] response extension, one of [`BreakerOutcome::as_str`]: `closed`, `half_open` (admitted as a probe, or refused), `open` (refused), `overflow` (a threshold refused) | no circuit breaker ran |
 //! | `bytes_sent` | response body bytes actually streamed | never (`0` for an empty or unread body) |
 //! | `user_agent` | `User-Agent` header (invalid UTF-8 replaced) | no header |
 //!
@@ -119,22 +119,96 @@ pub use future::ResponseFuture;
 pub use layer::{AccessLogLayer, AccessLogService};
 pub use sink::LogSink;
 
-/// What the rate limiter decided, in response extensions; logged as `rate_limit`.
+/// What the rate limiter decided, in response extensions; logged as `rate_limit` and counted as
+/// the `outcome` label of `portcullis_rate_limit_decisions_total`.
 ///
-/// The rate-limit layers choose the words (for example `"allowed"`, `"rejected"`,
-/// `"fault_tolerant"`); the log writes them as they are.
+/// [`RateLimitOutcome::as_str`] is the one list of these words: the rate-limit layers, the access
+/// log, the metrics and the tracing span all use it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct RateLimitOutcome(pub &'static str);
+pub enum RateLimitOutcome {
+    /// `allowed`: within every limit (a leaky bucket's delayed request too).
+    Allowed,
+    /// `limited`: over a limit, answered 429 (or `error_code`) by the gateway.
+    Limited,
+    /// `bypassed`: the store (Redis) failed and `fault_tolerant: true` let the request through
+    /// unlimited.
+    Bypassed,
+    /// `unavailable`: the store failed and `fault_tolerant: false` answered 503
+    /// `rate_limit_unavailable`.
+    Unavailable,
+}
+
+impl RateLimitOutcome {
+    /// Every outcome, in the order of [`RateLimitOutcome::index`].
+    pub const ALL: [Self; 4] = [Self::Allowed, Self::Limited, Self::Bypassed, Self::Unavailable];
+
+    /// The word in the access log and the metrics label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::Limited => "limited",
+            Self::Bypassed => "bypassed",
+            Self::Unavailable => "unavailable",
+        }
+    }
+
+    /// The position in [`RateLimitOutcome::ALL`].
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for RateLimitOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// How many upstream attempts the request took (1 without retries), in response extensions;
 /// logged as `attempts`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Attempts(pub u32);
 
-/// The circuit breaker's state when it decided (for example `"closed"`, `"open"`,
-/// `"half_open"`), in response extensions; logged as `breaker`.
+/// The circuit breaker's state when it decided, or why it refused, in response extensions;
+/// logged as `breaker`.
+///
+/// [`BreakerOutcome::as_str`] is the one list of these words; the metrics' `state` label of
+/// `portcullis_circuit_breaker_state` uses the same ones (through
+/// `resilience::breaker::BreakerState::as_str`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct BreakerOutcome(pub &'static str);
+pub enum BreakerOutcome {
+    /// `closed`: the circuit was closed and admitted the request.
+    Closed,
+    /// `open`: the circuit was open and turned the request away (503).
+    Open,
+    /// `half_open`: the circuit was half-open; the request went as a probe, or was turned away
+    /// when the probes were taken (503).
+    HalfOpen,
+    /// `overflow`: a threshold (`max_requests`, `max_pending_requests`, ...) was full and the
+    /// request was turned away (503).
+    Overflow,
+}
+
+impl BreakerOutcome {
+    /// Every outcome.
+    pub const ALL: [Self; 4] = [Self::Closed, Self::Open, Self::HalfOpen, Self::Overflow];
+
+    /// The word in the access log (and, for the three states, the metrics label).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half_open",
+            Self::Overflow => "overflow",
+        }
+    }
+}
+
+impl std::fmt::Display for BreakerOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 #[cfg(test)]
 mod tests;
