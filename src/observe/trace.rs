@@ -211,7 +211,9 @@ pub(crate) fn outcome(status: u16, ext: &Extensions) -> &'static str {
 
 #[cfg(feature = "proxy")]
 fn upstream_answered(ext: &Extensions) -> bool {
+    // A route timeout's 504 may name the last answered attempt; the 504 is still the gateway's.
     ext.get::<crate::proxy::UpstreamInfo>().is_some_and(|u| u.status.is_some())
+        && ext.get::<crate::timeout::TimedOut>().is_none()
 }
 
 #[cfg(not(feature = "proxy"))]
