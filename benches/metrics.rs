@@ -64,7 +64,7 @@ fn handler(route: Option<Arc<RouteInfo>>) -> Handler {
                     latency: Duration::from_millis(2),
                     failure: None,
                 });
-                ext.insert(RateLimitOutcome("allowed"));
+                ext.insert(RateLimitOutcome::Allowed);
             }
             None => *res.status_mut() = StatusCode::NOT_FOUND,
         }

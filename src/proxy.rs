@@ -26,6 +26,13 @@
 //! after it, the response body fails with [`BodyReadTimeout`] and the client's response is cut
 //! off. The clocks start when the request is sent, so they include connecting.
 //!
+//! Every response the proxy makes carries [`Attempts`]: `Attempts(1)` when it sent the request
+//! upstream (with [`UpstreamInfo`]), `Attempts(0)` when it answered itself before picking a host
+//! or sending anything (503 `no_healthy_upstream`, 400 for a path it refuses; no
+//! [`UpstreamInfo`] then). A retry layer outside overwrites it with its count. A layer that may
+//! drop the proxy's future before it answers (the route timeout) puts an [`AttemptLog`] in the
+//! request extensions, and the proxy notes each attempt there as it sends it.
+//!
 //! [`Proxy`] forwards the method, the path (joined with the upstream's base path after Kong's
 //! `strip_path`, from the router's [`RouteMatch`]; 400 `bad_request` when the joined path would
 //! hold a `.` or `..` segment), the query string byte for byte, the headers and the streamed
@@ -58,8 +65,8 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -79,6 +86,7 @@ use tower::util::MapResponse;
 
 use crate::body::Body;
 use crate::error::{BoxError, Rejection};
+use crate::observe::access_log::Attempts;
 use crate::observe::request_id::RequestId;
 use crate::resilience::PreviousHosts;
 use crate::resilience::balance::{HostSet, PickedHost};
@@ -98,6 +106,62 @@ pub struct UpstreamInfo {
     /// Why no response arrived, when `status` is `None` because of the upstream (the proxy's own
     /// 413 for an oversized request body has neither).
     pub failure: Option<UpstreamFailure>,
+}
+
+/// The attempts the proxy sent for one request, shared through request extensions (and so by
+/// every retry of it), for a layer that may drop the proxy's future before it answers — the
+/// route timeout — so that its own answer can still say how many attempts went upstream and where
+/// the last one went. The proxy notes an attempt when it sends it; nothing reads the log on the
+/// request path.
+#[derive(Debug, Clone, Default)]
+pub struct AttemptLog(Arc<Mutex<Sent>>);
+
+#[derive(Debug, Default)]
+struct Sent {
+    count: u32,
+    /// The last attempt's host and when it was sent, and what came of it once it did.
+    last: Option<(Arc<str>, Instant, Option<UpstreamInfo>)>,
+}
+
+impl AttemptLog {
+    /// An empty log, to put in the request extensions before calling the proxy.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn sent(&self, host: &Arc<str>, at: Instant) {
+        let mut sent = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        sent.count = sent.count.saturating_add(1);
+        sent.last = Some((host.clone(), at, None));
+    }
+
+    fn answered(&self, info: &UpstreamInfo) {
+        let mut sent = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, _, answer)) = &mut sent.last {
+            *answer = Some(info.clone());
+        }
+    }
+
+    /// How many attempts the proxy sent upstream so far.
+    pub fn attempts(&self) -> u32 {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).count
+    }
+
+    /// The last attempt sent, for an answer given without waiting for it: what the proxy
+    /// recorded if it had finished, else its host, no status, the time since it was sent and
+    /// [`UpstreamFailure::Timeout`] (abandoned now). `None` when nothing was sent.
+    pub fn abandoned(&self) -> Option<UpstreamInfo> {
+        let sent = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        sent.last.as_ref().map(|(host, at, answer)| match answer {
+            Some(info) => info.clone(),
+            None => UpstreamInfo {
+                host: host.clone(),
+                status: None,
+                latency: at.elapsed(),
+                failure: Some(UpstreamFailure::Timeout),
+            },
+        })
+    }
 }
 
 /// The whole upstream path for this request, in request extensions: set by a layer that rewrites
@@ -411,6 +475,10 @@ where
             req.headers_mut().insert(HOST, host);
         }
         let started = Instant::now();
+        let log = req.extensions().get::<AttemptLog>().cloned();
+        if let Some(log) = &log {
+            log.sent(picked.address(), started);
+        }
         let attempt = req.extensions().get::<AttemptTimeout>().map(|t| t.0);
         let (read, write) = (self.upstream.read_timeout, self.upstream.write_timeout);
         // Only a request with a body has steps to follow; one without is sent with its head.
@@ -431,6 +499,7 @@ where
                 clocks,
                 request_id,
                 connection,
+                log,
             },
         }
     }
@@ -459,6 +528,7 @@ pin_project! {
             clocks: Clocks,
             request_id: Option<RequestId>,
             connection: Option<CaptureConnection>,
+            log: Option<AttemptLog>,
         },
     }
 }
@@ -471,7 +541,10 @@ impl std::fmt::Debug for ResponseFuture {
 
 impl ResponseFuture {
     fn rejected(rejection: Rejection, request_id: Option<RequestId>) -> Self {
-        Self { state: State::Rejected { response: Some(rejection.into_response(request_id.as_ref())) } }
+        let mut response = rejection.into_response(request_id.as_ref());
+        // Answered before anything went upstream.
+        response.extensions_mut().insert(Attempts(0));
+        Self { state: State::Rejected { response: Some(response) } }
     }
 }
 
@@ -484,7 +557,7 @@ impl Future for ResponseFuture {
                 Some(response) => Poll::Ready(Ok(response)),
                 None => Poll::Pending,
             },
-            StateProj::Upstream { inner, picked, timer, clocks, request_id, connection } => {
+            StateProj::Upstream { inner, picked, timer, clocks, request_id, connection, log } => {
                 let result = match inner.poll(cx) {
                     Poll::Ready(result) => Some(result),
                     Poll::Pending => {
@@ -528,14 +601,14 @@ impl Future for ResponseFuture {
                     }
                 };
                 if let Some(picked) = picked.take() {
-                    response.extensions_mut().insert(UpstreamInfo {
-                        host: picked.address().clone(),
-                        status,
-                        latency,
-                        failure,
-                    });
+                    let info = UpstreamInfo { host: picked.address().clone(), status, latency, failure };
+                    if let Some(log) = log.take() {
+                        log.answered(&info);
+                    }
+                    response.extensions_mut().insert(info);
                     picked.record(Outcome::of(&response));
                 }
+                response.extensions_mut().insert(Attempts(1));
                 Poll::Ready(Ok(response))
             }
         }

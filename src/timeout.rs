@@ -1,6 +1,18 @@
 //! The route timeout: the whole request, every attempt included, answered with a 504 JSON body
 //! when it runs out.
 //!
+//! The 504 says what went upstream before the timeout cut the request off, for the access log:
+//! the layer puts an [`AttemptLog`] in the request extensions (one small allocation per request
+//! on a route with a timeout), the proxy notes each attempt it sends there, and the 504 carries
+//! [`Attempts`] with that count and the last attempt's [`UpstreamInfo`]: for an attempt abandoned
+//! in flight its host, no status, its time so far and [`UpstreamFailure::Timeout`]; for one
+//! already answered (a retry was waiting out its backoff) what the proxy recorded for it. When
+//! nothing was sent (the inner service is not the proxy, or was still reading the request body
+//! for a retry buffer), the 504 carries neither.
+//!
+//! [`UpstreamInfo`]: crate::proxy::UpstreamInfo
+//! [`UpstreamFailure::Timeout`]: crate::resilience::classify::UpstreamFailure::Timeout
+//!
 //! ```
 //! use std::time::Duration;
 //! use portcullis::timeout::RouteTimeoutLayer;
@@ -30,7 +42,9 @@ use tokio::time::Sleep;
 use tower::{Layer, Service};
 
 use crate::error::Rejection;
+use crate::observe::access_log::Attempts;
 use crate::observe::request_id::RequestId;
+use crate::proxy::AttemptLog;
 
 /// Marks a response the gateway answered because a timeout expired (in response extensions), so
 /// [`Outcome::of`](crate::resilience::classify::Outcome::of) tells a timeout from a local answer.
@@ -78,9 +92,16 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let request_id = req.extensions().get::<RequestId>().cloned();
-        ResponseFuture { inner: self.inner.call(req), sleep: tokio::time::sleep(self.timeout), request_id }
+        let log = AttemptLog::new();
+        req.extensions_mut().insert(log.clone());
+        ResponseFuture {
+            inner: self.inner.call(req),
+            sleep: tokio::time::sleep(self.timeout),
+            request_id,
+            log,
+        }
     }
 }
 
@@ -93,6 +114,7 @@ pin_project! {
         #[pin]
         sleep: Sleep,
         request_id: Option<RequestId>,
+        log: AttemptLog,
     }
 }
 
@@ -111,6 +133,14 @@ where
         std::task::ready!(this.sleep.poll(cx));
         let mut response = Rejection::upstream_timeout().into_response(this.request_id.as_ref());
         response.extensions_mut().insert(TimedOut);
+        // The inner future, and the attempt in flight with it, is dropped with this one.
+        let attempts = this.log.attempts();
+        if attempts > 0 {
+            response.extensions_mut().insert(Attempts(attempts));
+        }
+        if let Some(info) = this.log.abandoned() {
+            response.extensions_mut().insert(info);
+        }
         Poll::Ready(Ok(response))
     }
 }

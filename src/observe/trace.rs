@@ -193,7 +193,7 @@ pub(crate) fn outcome(status: u16, ext: &Extensions) -> &'static str {
     if ext.get::<AuthFailure>().is_some() {
         return "auth_failed";
     }
-    if ext.get::<RateLimitOutcome>().is_some_and(|o| o.0 == "limited") {
+    if ext.get::<RateLimitOutcome>().is_some_and(|o| *o == RateLimitOutcome::Limited) {
         return "rate_limited";
     }
     if status < 400 {
@@ -211,7 +211,9 @@ pub(crate) fn outcome(status: u16, ext: &Extensions) -> &'static str {
 
 #[cfg(feature = "proxy")]
 fn upstream_answered(ext: &Extensions) -> bool {
+    // A route timeout's 504 may name the last answered attempt; the 504 is still the gateway's.
     ext.get::<crate::proxy::UpstreamInfo>().is_some_and(|u| u.status.is_some())
+        && ext.get::<crate::timeout::TimedOut>().is_none()
 }
 
 #[cfg(not(feature = "proxy"))]
@@ -300,7 +302,7 @@ mod tests {
                     service_name: Some("orders-svc".into()),
                     preserve_host: false,
                 })));
-                res.extensions_mut().insert(RateLimitOutcome("limited"));
+                res.extensions_mut().insert(RateLimitOutcome::Limited);
                 res.extensions_mut().insert(Consumer { id: "acme".into(), ..Consumer::default() });
                 Ok::<_, Infallible>(res)
             });

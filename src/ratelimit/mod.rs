@@ -79,7 +79,9 @@
 //! the JSON body `{"error": "rate_limit_exceeded", "message": "Request limit of 1000/hour
 //! exceeded. Retry after 47 seconds.", "request_id": ...}`. Rejected requests are not counted.
 //! The layer inserts a [`RateLimitOutcome`](crate::observe::access_log::RateLimitOutcome)
-//! (`allowed`, `limited`, `bypassed`) into the response extensions for the access log.
+//! into the response extensions for the access log and the metrics: `allowed`, `limited`,
+//! `bypassed` (the store failed and `fault_tolerant` admitted the request) or `unavailable` (the
+//! store failed and the request got 503).
 //!
 //! # Sans-IO cores
 //!

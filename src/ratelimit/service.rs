@@ -105,7 +105,7 @@ pub(crate) fn decide<B: From<Bytes>, R>(
                 return Action::Forward {
                     delay: Duration::ZERO,
                     headers: None,
-                    outcome: RateLimitOutcome("bypassed"),
+                    outcome: RateLimitOutcome::Bypassed,
                 };
             }
             let mut response = Rejection::new(
@@ -114,7 +114,7 @@ pub(crate) fn decide<B: From<Bytes>, R>(
                 "rate limiting is unavailable",
             )
             .into_response_for(req);
-            response.extensions_mut().insert(RateLimitOutcome("bypassed"));
+            response.extensions_mut().insert(RateLimitOutcome::Unavailable);
             return Action::Reject(response);
         }
     };
@@ -124,7 +124,7 @@ pub(crate) fn decide<B: From<Bytes>, R>(
         return Action::Forward {
             delay: Duration::from_micros(delay),
             headers,
-            outcome: RateLimitOutcome("allowed"),
+            outcome: RateLimitOutcome::Allowed,
         };
     }
     let (period, decision) = verdict.governing();
@@ -143,7 +143,7 @@ pub(crate) fn decide<B: From<Bytes>, R>(
         }
     }
     let mut response = rejection.into_response_for(req);
-    response.extensions_mut().insert(RateLimitOutcome("limited"));
+    response.extensions_mut().insert(RateLimitOutcome::Limited);
     Action::Reject(response)
 }
 

@@ -94,7 +94,7 @@
 //! assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
 //! assert_eq!(res.headers()["x-portcullis-overloaded"], "true");
 //! assert_eq!(res.headers()["retry-after"], "30");
-//! assert_eq!(res.extensions().get::<BreakerOutcome>(), Some(&BreakerOutcome("open")));
+//! assert_eq!(res.extensions().get::<BreakerOutcome>(), Some(&BreakerOutcome::Open));
 //! # }
 //! ```
 
@@ -141,13 +141,10 @@ pub enum BreakerState {
 }
 
 impl BreakerState {
-    /// `"closed"`, `"open"` or `"half_open"`: the access log's and the metrics' word for it.
+    /// `"closed"`, `"open"` or `"half_open"`: the access log's and the metrics' word for it,
+    /// from the one list in [`BreakerOutcome::as_str`].
     pub fn as_str(self) -> &'static str {
-        match self {
-            BreakerState::Closed => "closed",
-            BreakerState::Open => "open",
-            BreakerState::HalfOpen => "half_open",
-        }
+        BreakerOutcome::from(self).as_str()
     }
 }
 
@@ -158,7 +155,17 @@ impl fmt::Display for BreakerState {
 }
 
 /// The [`BreakerOutcome`] written for a request the thresholds turned away.
-pub const OVERFLOW: BreakerOutcome = BreakerOutcome("overflow");
+pub const OVERFLOW: BreakerOutcome = BreakerOutcome::Overflow;
+
+impl From<BreakerState> for BreakerOutcome {
+    fn from(state: BreakerState) -> Self {
+        match state {
+            BreakerState::Closed => BreakerOutcome::Closed,
+            BreakerState::Open => BreakerOutcome::Open,
+            BreakerState::HalfOpen => BreakerOutcome::HalfOpen,
+        }
+    }
+}
 
 // === FailureRate ===
 
@@ -500,7 +507,7 @@ impl<S: Service<Req>, Req> ResponseFuture<S, Req> {
 
 impl<S: Service<Req>, Req> fmt::Debug for ResponseFuture<S, Req> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").field("breaker", &self.outcome.0).finish_non_exhaustive()
+        f.debug_struct("ResponseFuture").field("breaker", &self.outcome.as_str()).finish_non_exhaustive()
     }
 }
 
@@ -624,8 +631,8 @@ enum Refusal {
 impl Refusal {
     fn outcome(self) -> BreakerOutcome {
         match self {
-            Refusal::Open { .. } => BreakerOutcome(BreakerState::Open.as_str()),
-            Refusal::HalfOpen => BreakerOutcome(BreakerState::HalfOpen.as_str()),
+            Refusal::Open { .. } => BreakerOutcome::Open,
+            Refusal::HalfOpen => BreakerOutcome::HalfOpen,
             Refusal::MaxRequests | Refusal::MaxPending => OVERFLOW,
         }
     }
@@ -675,8 +682,8 @@ struct Ticket {
 impl Ticket {
     fn outcome(&self) -> BreakerOutcome {
         match self.probe {
-            true => BreakerOutcome(BreakerState::HalfOpen.as_str()),
-            false => BreakerOutcome(BreakerState::Closed.as_str()),
+            true => BreakerOutcome::HalfOpen,
+            false => BreakerOutcome::Closed,
         }
     }
 

@@ -385,7 +385,7 @@ impl<S> Ctx<S> {
     }
 
     fn finish<B>(&self, response: &mut Response<B>) {
-        response.extensions_mut().insert(Attempts(self.attempts));
+        record_attempts(response, self.attempts);
     }
 
     fn next_request(&self) -> Request<Body> {
@@ -466,10 +466,18 @@ where
             let request = Request::from_parts(parts, body);
             let per_try_timeout = policy.per_try_timeout;
             let mut response = Attempt::new(request, per_try_timeout, |req| service.call(req)).await?;
-            response.extensions_mut().insert(Attempts(1));
+            record_attempts(&mut response, 1);
             Ok(response)
         }
     }
+}
+
+/// Writes [`Attempts`]: the tries sent, less the last one when the proxy answered it without
+/// going upstream (its `Attempts(0)`: no healthy host). Only the last try can be such an answer:
+/// the proxy's own answers are never retried.
+fn record_attempts<B>(response: &mut Response<B>, tries: u32) {
+    let last = response.extensions().get::<Attempts>().map_or(1, |a| a.0.min(1));
+    response.extensions_mut().insert(Attempts(tries.saturating_sub(1) + last));
 }
 
 /// A request body after [`buffer`].
@@ -665,7 +673,7 @@ where
                 StateProj::First { attempt, ctx } => {
                     let mut response = ready!(attempt.poll(cx))?;
                     let Some(mut ctx) = ctx.take() else {
-                        response.extensions_mut().insert(Attempts(1));
+                        record_attempts(&mut response, 1);
                         return Poll::Ready(Ok(response));
                     };
                     match ctx.decide(&response) {
@@ -803,6 +811,24 @@ mod tests {
         assert_eq!(layer.snapshot().exhausted, 1);
         let (res, seen) = send(&layer.clone().num_retries(0), &[Status(503), Status(200)], get()).await;
         assert_eq!((res.status().as_u16(), attempts(&res), seen.len()), (503, 1, 1));
+    }
+
+    /// The proxy's own answer (no healthy host: `Attempts(0)`, no `UpstreamInfo`) is not retried
+    /// and went nowhere: the retry layer keeps its 0; a try that went upstream counts 1.
+    #[tokio::test(start_paused = true)]
+    async fn a_proxy_answer_that_sent_nothing_counts_no_attempt() {
+        for (inner, expected) in [(Some(0), 0), (Some(1), 1), (None, 1)] {
+            let svc = tower::service_fn(move |_req: Request<Body>| async move {
+                let mut res = Response::new(Body::from("no_healthy_upstream"));
+                *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                if let Some(n) = inner {
+                    res.extensions_mut().insert(Attempts(n));
+                }
+                Ok::<_, Infallible>(res)
+            });
+            let res = layer("5xx").num_retries(2).layer(svc).oneshot(get()).await.unwrap();
+            assert_eq!((res.status().as_u16(), attempts(&res)), (503, expected), "inner {inner:?}");
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -21,13 +21,26 @@
 //! | `status` | response status; `500` if the inner service failed, `499` if the client went away before the response head | never |
 //! | `consumer_id` | `Consumer::id`, response extension, else request extension at entry | *omitted* when absent or anonymous |
 //! | `client_ip` | [`ClientIp`] response extension, else request extension | nobody resolved it |
-//! | `upstream_host`, `upstream_status`, `upstream_latency_ms` | `UpstreamInfo` response extension (feature `proxy`) | not proxied; `upstream_status` also when no upstream response arrived |
+//! | `upstream_host`, `upstream_status`, `upstream_latency_ms` | `UpstreamInfo` response extension (feature `proxy`), of the last attempt: its host, its status, from sending it to its response head (or to its failure), float ms | nothing was sent upstream (below); `upstream_status` also when no upstream response head arrived for the last attempt (502 connect failure or reset, 504 per-try, read or route timeout, the proxy's 408 and 413) |
 //! | `gateway_latency_ms` | from entering this layer to the response head (upstream included), float ms, µs resolution | never |
-//! | `attempts` | [`Attempts`] response extension | no retry layer ran |
-//! | `rate_limit` | [`RateLimitOutcome`] response extension | no rate limiter ran |
-//! | `breaker` | [`BreakerOutcome`] response extension | no circuit breaker ran |
+//! | `attempts` | [`Attempts`] response extension: requests sent upstream, `1` without a retry policy, the retry layer's count with one; `0` when the proxy answered itself | the proxy was not called |
+//! | `rate_limit` | [`RateLimitOutcome`] response extension, one of [`RateLimitOutcome::as_str`]: `allowed`, `limited` (429), `bypassed` (the store failed, `fault_tolerant` admitted), `unavailable` (the store failed, 503) | no rate limiter ran |
+//! | `breaker` | [`BreakerOutcome`] response extension, one of [`BreakerOutcome::as_str`]: `closed`, `half_open` (admitted as a probe, or refused), `open` (refused), `overflow` (a threshold refused) | no circuit breaker ran |
 //! | `bytes_sent` | response body bytes actually streamed | never (`0` for an empty or unread body) |
 //! | `user_agent` | `User-Agent` header (invalid UTF-8 replaced) | no header |
+//!
+//! ## When the upstream fields are `null`
+//!
+//! The proxy acts on every request that reaches it, retries configured or not:
+//!
+//! | the request | `upstream_host` | `upstream_status` | `upstream_latency_ms` | `attempts` |
+//! |---|---|---|---|---|
+//! | answered by the upstream (any status) | filled | filled | filled | ≥ 1 |
+//! | 502 connect failure or reset, 504 per-try or read timeout | filled | `null` | filled | ≥ 1 |
+//! | 504 route timeout, an attempt in flight | filled (that attempt's host) | `null` | filled (that attempt so far) | attempts sent, ≥ 1 |
+//! | 504 route timeout while a retry waited out its backoff | filled | the last attempt's | the last attempt's | attempts sent, ≥ 1 |
+//! | the proxy's own answer: 503 `no_healthy_upstream`, 400 for a path it refuses | `null` | `null` | `null` | `0` |
+//! | never reached the proxy: no route (404), the sanitizer's 400, auth's 401/403, 429, a breaker's 503, a route timeout before anything was sent | `null` | `null` | `null` | `null` |
 //!
 //! Nothing else is ever written: no other header, no query string, so no credential, token,
 //! cookie or API key can reach the log.
@@ -119,22 +132,100 @@ pub use future::ResponseFuture;
 pub use layer::{AccessLogLayer, AccessLogService};
 pub use sink::LogSink;
 
-/// What the rate limiter decided, in response extensions; logged as `rate_limit`.
+/// What the rate limiter decided, in response extensions; logged as `rate_limit` and counted as
+/// the `outcome` label of `portcullis_rate_limit_decisions_total`.
 ///
-/// The rate-limit layers choose the words (for example `"allowed"`, `"rejected"`,
-/// `"fault_tolerant"`); the log writes them as they are.
+/// [`RateLimitOutcome::as_str`] is the one list of these words: the rate-limit layers, the access
+/// log, the metrics and the tracing span all use it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct RateLimitOutcome(pub &'static str);
+pub enum RateLimitOutcome {
+    /// `allowed`: within every limit (a leaky bucket's delayed request too).
+    Allowed,
+    /// `limited`: over a limit, answered 429 (or `error_code`) by the gateway.
+    Limited,
+    /// `bypassed`: the store (Redis) failed and `fault_tolerant: true` let the request through
+    /// unlimited.
+    Bypassed,
+    /// `unavailable`: the store failed and `fault_tolerant: false` answered 503
+    /// `rate_limit_unavailable`.
+    Unavailable,
+}
 
-/// How many upstream attempts the request took (1 without retries), in response extensions;
-/// logged as `attempts`.
+impl RateLimitOutcome {
+    /// Every outcome, in the order of [`RateLimitOutcome::index`].
+    pub const ALL: [Self; 4] = [Self::Allowed, Self::Limited, Self::Bypassed, Self::Unavailable];
+
+    /// The word in the access log and the metrics label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::Limited => "limited",
+            Self::Bypassed => "bypassed",
+            Self::Unavailable => "unavailable",
+        }
+    }
+
+    /// The position in [`RateLimitOutcome::ALL`].
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for RateLimitOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How many upstream attempts the request took, in response extensions; logged as `attempts`.
+///
+/// The proxy writes `Attempts(1)` on every response of a request it sent upstream and
+/// `Attempts(0)` on its own answers (no healthy host, a path it refuses); a retry layer
+/// overwrites it with its count, and the route timeout writes the attempts started before it
+/// cut the request off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Attempts(pub u32);
 
-/// The circuit breaker's state when it decided (for example `"closed"`, `"open"`,
-/// `"half_open"`), in response extensions; logged as `breaker`.
+/// The circuit breaker's state when it decided, or why it refused, in response extensions;
+/// logged as `breaker`.
+///
+/// [`BreakerOutcome::as_str`] is the one list of these words; the metrics' `state` label of
+/// `portcullis_circuit_breaker_state` uses the same ones (through
+/// `resilience::breaker::BreakerState::as_str`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct BreakerOutcome(pub &'static str);
+pub enum BreakerOutcome {
+    /// `closed`: the circuit was closed and admitted the request.
+    Closed,
+    /// `open`: the circuit was open and turned the request away (503).
+    Open,
+    /// `half_open`: the circuit was half-open; the request went as a probe, or was turned away
+    /// when the probes were taken (503).
+    HalfOpen,
+    /// `overflow`: a threshold (`max_requests`, `max_pending_requests`, ...) was full and the
+    /// request was turned away (503).
+    Overflow,
+}
+
+impl BreakerOutcome {
+    /// Every outcome.
+    pub const ALL: [Self; 4] = [Self::Closed, Self::Open, Self::HalfOpen, Self::Overflow];
+
+    /// The word in the access log (and, for the three states, the metrics label).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half_open",
+            Self::Overflow => "overflow",
+        }
+    }
+}
+
+impl std::fmt::Display for BreakerOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 #[cfg(test)]
 mod tests;

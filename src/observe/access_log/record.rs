@@ -156,8 +156,8 @@ impl Record {
             });
         }
         self.attempts = ext.get::<Attempts>().map(|a| a.0);
-        self.rate_limit = ext.get::<RateLimitOutcome>().map(|r| r.0);
-        self.breaker = ext.get::<BreakerOutcome>().map(|b| b.0);
+        self.rate_limit = ext.get::<RateLimitOutcome>().map(|r| r.as_str());
+        self.breaker = ext.get::<BreakerOutcome>().map(|b| b.as_str());
     }
 
     /// No response head came back: the inner service failed (500) or the client went away (499).

@@ -182,9 +182,9 @@ async fn annotations_from_every_layer_are_logged() {
             });
             ext.insert(ClientIp("203.0.113.7".parse().unwrap()));
             ext.insert(NormalizedPath("/orders/42".into()));
-            ext.insert(RateLimitOutcome("allowed"));
+            ext.insert(RateLimitOutcome::Allowed);
             ext.insert(Attempts(2));
-            ext.insert(BreakerOutcome("closed"));
+            ext.insert(BreakerOutcome::Closed);
             Ok::<_, Infallible>(res)
         },
     );

@@ -11,7 +11,7 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use super::routes::Observation;
-use super::{Metrics, RATE_LIMIT_OUTCOMES, Shared};
+use super::{Metrics, Shared};
 use crate::auth::AuthFailure;
 use crate::observe::access_log::RateLimitOutcome;
 use crate::router::MatchedRoute;
@@ -113,8 +113,7 @@ impl Shared {
         let upstream = ext.get::<crate::proxy::UpstreamInfo>().map(|u| u.latency);
         #[cfg(not(feature = "proxy"))]
         let upstream = None;
-        let rate_limit =
-            ext.get::<RateLimitOutcome>().and_then(|o| RATE_LIMIT_OUTCOMES.iter().position(|w| *w == o.0));
+        let rate_limit = ext.get::<RateLimitOutcome>().map(|o| o.index());
         let observation = Observation { status, total, upstream, rate_limit };
         let route = ext.get::<MatchedRoute>().map(|m| &m.0);
         self.routes.with(route, |metrics| metrics.record(&self.families, observation));

@@ -16,7 +16,7 @@
 //! | `portcullis_request_duration_seconds` (histogram) | `route`, `service` | entering the layer to the response head |
 //! | `portcullis_upstream_duration_seconds` (histogram) | `route`, `service` | [`UpstreamInfo`] latency |
 //! | `portcullis_gateway_overhead_seconds` (histogram) | `route`, `service` | the two above, subtracted (proxied requests only) |
-//! | `portcullis_rate_limit_decisions_total` | `route`, `service`, `outcome` (`allowed`, `limited`, `bypassed`) | [`RateLimitOutcome`] |
+//! | `portcullis_rate_limit_decisions_total` | `route`, `service`, `outcome` (`allowed`, `limited`, `bypassed`, `unavailable`: the words of [`RateLimitOutcome::as_str`]) | [`RateLimitOutcome`] |
 //! | `portcullis_auth_failures_total` | `plugin`, `reason` | [`AuthFailure`] |
 //! | `portcullis_access_log_dropped_lines_total` | | [`Metrics::watch_access_log`] |
 //! | `portcullis_connections_open` (gauge), `portcullis_connections_rejected_total` | | the gateway's proxy listener (`gateway.max_connections`), registered by `gateway::Gateway` (feature `gateway`) |
@@ -140,7 +140,7 @@ pub use layer::{MetricsLayer, MetricsService, ResponseFuture};
 
 use self::histogram::LatencyHistogram;
 use self::routes::RouteCache;
-use crate::observe::access_log::LogSink;
+use crate::observe::access_log::{LogSink, RateLimitOutcome};
 
 /// `Content-Type` of the OpenMetrics text format ([`Format::OpenMetrics`]).
 pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -253,11 +253,6 @@ pub(crate) struct Families {
 /// Status classes, indexed by `status / 100 - 1`; anything else is `other`.
 pub(crate) const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
 
-/// Rate-limit outcomes as the rate-limit layers write them in [`RateLimitOutcome`].
-///
-/// [`RateLimitOutcome`]: crate::observe::access_log::RateLimitOutcome
-pub(crate) const RATE_LIMIT_OUTCOMES: [&str; 3] = ["allowed", "limited", "bypassed"];
-
 impl Families {
     pub(crate) fn request_counter(&self, labels: &RouteLabels, class: usize) -> Counter {
         let status_class = STATUS_CLASSES.get(class).copied().unwrap_or("other");
@@ -269,7 +264,7 @@ impl Families {
     }
 
     pub(crate) fn rate_limit_counter(&self, labels: &RouteLabels, outcome: usize) -> Counter {
-        let outcome = RATE_LIMIT_OUTCOMES.get(outcome).copied().unwrap_or("other");
+        let outcome = RateLimitOutcome::ALL.get(outcome).map_or("other", |o| o.as_str());
         self.rate_limit.get_or_create_owned(&RateLimitLabels {
             route: labels.route.clone(),
             service: labels.service.clone(),

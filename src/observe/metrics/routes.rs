@@ -17,7 +17,8 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 
 use super::histogram::LatencyHistogram;
-use super::{Families, RATE_LIMIT_OUTCOMES, RouteLabels, STATUS_CLASSES};
+use super::{Families, RouteLabels, STATUS_CLASSES};
+use crate::observe::access_log::RateLimitOutcome;
 use crate::router::RouteInfo;
 
 /// Slots in the table; a power of two.
@@ -35,7 +36,7 @@ pub(crate) struct RouteMetrics {
     duration: OnceLock<LatencyHistogram>,
     upstream: OnceLock<LatencyHistogram>,
     overhead: OnceLock<LatencyHistogram>,
-    rate_limit: [OnceLock<Counter>; RATE_LIMIT_OUTCOMES.len()],
+    rate_limit: [OnceLock<Counter>; RateLimitOutcome::ALL.len()],
 }
 
 /// What one request reports.
@@ -44,7 +45,7 @@ pub(crate) struct Observation {
     pub(crate) status: u16,
     pub(crate) total: Duration,
     pub(crate) upstream: Option<Duration>,
-    /// Index into [`RATE_LIMIT_OUTCOMES`].
+    /// Index into [`RateLimitOutcome::ALL`].
     pub(crate) rate_limit: Option<usize>,
 }
 

@@ -118,9 +118,10 @@ async fn rate_limit_outcomes_and_auth_failures() {
     let metrics = Metrics::new();
     let r = route("orders", "orders-svc");
     let layer = metrics.layer();
-    for word in ["allowed", "allowed", "limited", "bypassed", "something_else"] {
+    use RateLimitOutcome::{Allowed, Bypassed, Limited, Unavailable};
+    for outcome in [Allowed, Allowed, Limited, Bypassed, Unavailable] {
         call(layer.layer(annotated(StatusCode::OK, Some(r.clone()), move |ext| {
-            ext.insert(RateLimitOutcome(word));
+            ext.insert(outcome);
         })))
         .await;
     }
@@ -139,8 +140,14 @@ async fn rate_limit_outcomes_and_auth_failures() {
             ),
         )
     };
-    assert_eq!((rl("allowed"), rl("limited"), rl("bypassed")), (Some(2.0), Some(1.0), Some(1.0)), "{text}");
-    assert!(!text.contains("something_else"), "unknown words are not labels: {text}");
+    // The label words are the access log's: the one list in `RateLimitOutcome::as_str`.
+    let words: Vec<&str> = RateLimitOutcome::ALL.iter().map(|o| o.as_str()).collect();
+    assert_eq!(words, ["allowed", "limited", "bypassed", "unavailable"]);
+    assert_eq!(
+        (rl("allowed"), rl("limited"), rl("bypassed"), rl("unavailable")),
+        (Some(2.0), Some(1.0), Some(1.0), Some(1.0)),
+        "{text}"
+    );
     let auth = r#"portcullis_auth_failures_total{plugin="key-auth",reason="invalid_credentials"}"#;
     assert_eq!(sample(&text, auth), Some(2.0), "{text}");
 }

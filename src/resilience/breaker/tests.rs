@@ -109,7 +109,7 @@ fn classic(failures: u32) -> CircuitBreakerLayer {
 }
 
 fn outcome(res: &Response<Bytes>) -> &'static str {
-    res.extensions().get::<BreakerOutcome>().expect("a BreakerOutcome").0
+    res.extensions().get::<BreakerOutcome>().expect("a BreakerOutcome").as_str()
 }
 
 fn assert_overloaded(res: &Response<Bytes>) -> serde_json::Value {
