@@ -72,7 +72,7 @@ pub(crate) struct InvalidSeconds(pub(crate) String);
 
 /// Parses a seconds-flavoured duration: a number of seconds (`60`, `0.5`) or a [`humantime`]
 /// string (`60s`, `500ms`).
-fn parse_secs(text: &str) -> Result<Duration, InvalidSeconds> {
+pub(crate) fn parse_secs(text: &str) -> Result<Duration, InvalidSeconds> {
     let trimmed = text.trim();
     if let Ok(secs) = trimmed.parse::<f64>() {
         return Duration::try_from_secs_f64(secs).map_err(|_| InvalidSeconds(text.to_owned()));

@@ -673,10 +673,29 @@ fn sync_rate_and_breaker_cooldown_errors_name_the_key() {
     assert!(e.contains(&format!("{at}.redis_breaker_cooldown")), "{e}");
     let e = build_error("{minute: 5, policy: redis, redis_host: h, redis_breaker_cooldown: soon}");
     assert!(e.contains(&format!("{at}.redis_breaker_cooldown")) && e.contains("invalid duration"), "{e}");
+    let e = build_error("{minute: 5, sync_rate: soon, policy: redis, redis_host: h}");
+    assert!(e.contains(&format!("{at}.sync_rate")) && e.contains("or a duration, got soon"), "{e}");
     // Kong's exports write `sync_rate: -1` whatever the policy.
     let yaml =
         format!("_format_version: \"3.0\"\n{}", service("http://127.0.0.1:1", "{minute: 5, sync_rate: -1}"));
     Gateway::from_yaml(&yaml, "gw.yaml").unwrap();
+}
+
+/// Every time-valued rate-limiting key takes a duration as well as Kong's bare number (seconds
+/// for `sync_rate`, milliseconds for the Redis timeout and cooldown).
+#[cfg(feature = "redis")]
+#[test]
+fn time_valued_keys_take_durations_or_kongs_numbers() {
+    for config in [
+        "{minute: 5, policy: redis, redis_host: h, sync_rate: 2, redis_timeout: 200, redis_breaker_cooldown: 1500}",
+        "{minute: 5, policy: redis, redis_host: h, sync_rate: 2s, redis_timeout: 200ms, redis_breaker_cooldown: 1.5s}",
+        "{minute: 5, policy: redis, redis_host: h, sync_rate: \"0.5\", redis_timeout: \"200\", redis_breaker_cooldown: 1m}",
+    ] {
+        let yaml = format!("_format_version: \"3.0\"\n{}", service("http://127.0.0.1:1", config));
+        if let Err(e) = Gateway::from_yaml(&yaml, "gw.yaml") {
+            panic!("{config}: {e}");
+        }
+    }
 }
 
 #[cfg(feature = "redis")]

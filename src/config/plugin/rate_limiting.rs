@@ -52,8 +52,9 @@ struct RateLimitingConfig {
     error_code: Option<u16>,
     error_message: Option<String>,
     /// Kong's sync interval, in seconds: `-1` (default) or `0` decide on Redis per request; a
-    /// positive value decides locally and syncs the counters every `sync_rate` seconds.
-    sync_rate: Option<f64>,
+    /// positive value decides locally and syncs the counters every `sync_rate` seconds (or a
+    /// duration: `500ms`).
+    sync_rate: Option<SyncRate>,
     #[serde(default)]
     algorithm: Algorithm,
     capacity: Option<u64>,
@@ -63,6 +64,14 @@ struct RateLimitingConfig {
 
 fn yes() -> bool {
     true
+}
+
+/// Kong's `sync_rate`: seconds, with `-1` (and `0`) meaning "every request"; a duration works too.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum SyncRate {
+    Seconds(f64),
+    Duration(String),
 }
 
 #[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -274,15 +283,20 @@ fn redis_store(
     ctx: &PluginContext<'_>,
     c: &RateLimitingConfig,
 ) -> Result<Option<Arc<dyn crate::ratelimit::Store>>, ConfigError> {
-    let sync_every = match c.sync_rate {
+    let invalid_sync_rate = |rate: &dyn std::fmt::Display| {
+        ctx.error("sync_rate", format!("expected -1 (every request), seconds > 0 or a duration, got {rate}"))
+    };
+    let sync_every = match &c.sync_rate {
         None => None,
-        Some(rate) if rate == -1.0 || rate == 0.0 => None,
-        Some(rate) if rate > 0.0 && rate.is_finite() => Some(Duration::from_secs_f64(rate)),
-        Some(rate) => {
-            return Err(
-                ctx.error("sync_rate", format!("expected -1 (every request) or seconds > 0, got {rate}"))
-            );
+        Some(SyncRate::Seconds(rate)) if *rate == -1.0 || *rate == 0.0 => None,
+        Some(SyncRate::Seconds(rate)) => {
+            Some(Duration::try_from_secs_f64(*rate).map_err(|_| invalid_sync_rate(rate))?)
         }
+        Some(SyncRate::Duration(text)) => match crate::config::duration::parse_secs(text) {
+            Ok(every) if every.is_zero() => None,
+            Ok(every) => Some(every),
+            Err(_) => return Err(invalid_sync_rate(text)),
+        },
     };
     if sync_every.is_some() {
         if c.policy == PolicyName::Local {
