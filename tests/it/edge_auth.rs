@@ -289,12 +289,13 @@ async fn inactive_tokens_are_introspected_once_per_negative_ttl() {
         assert_eq!(res.headers["www-authenticate"], "Bearer error=\"invalid_token\"");
     }
     assert_eq!(endpoint.calls(), 1);
-    // Repeated within negative_ttl: answered from the cache, at once.
+    // Repeated within negative_ttl: answered from the cache (the count is the proof; the time
+    // bound leaves room for a busy 2-core machine).
     let started = std::time::Instant::now();
     for _ in 0..20 {
         assert_eq!(send(with_token(&gw, "made-up")).await.status, 401);
     }
-    assert!(started.elapsed() < Duration::from_millis(300), "{:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
     assert_eq!(endpoint.calls(), 1);
     // The query-string form of the same token is the same token.
     assert_eq!(get(&gw.url("/intro?access_token=made-up")).await.status, 401);

@@ -472,12 +472,13 @@ pub(crate) mod on_redis {
         assert_eq!(res.status, 200);
         assert!(res.headers.get("x-ratelimit-limit").is_none());
         assert!(first >= Duration::from_millis(150) && first < Duration::from_millis(900), "{first:?}");
-        // The breaker is open now: the next requests do not wait for Redis at all.
+        // The breaker is open now: the next requests do not wait for Redis (five waits would take
+        // a second; the bound leaves room for a busy machine).
         let started = Instant::now();
         for _ in 0..5 {
             assert_eq!(get(&gw.url("/v1/orders")).await.status, 200);
         }
-        assert!(started.elapsed() < Duration::from_millis(150), "{:?}", started.elapsed());
+        assert!(started.elapsed() < Duration::from_millis(800), "{:?}", started.elapsed());
         redis.signal("-CONT");
     }
 
@@ -585,9 +586,10 @@ pub(crate) mod on_redis {
             let verdict = store::decide(&store, "clock", &policy).await;
             let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
             let redis_now = secs * 1_000_000 + micros;
-            // Decided before TIME was read, on Redis time followed locally: a few ms at most.
+            // Decided before TIME was read, on Redis time followed locally: a few ms on a quiet
+            // machine, a scheduling delay or two on a busy one.
             assert!(
-                redis_now.abs_diff(verdict.now) < 50_000,
+                redis_now.abs_diff(verdict.now) < 250_000,
                 "decided at {} vs TIME {redis_now}",
                 verdict.now
             );
