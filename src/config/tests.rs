@@ -268,6 +268,12 @@ fn unknown_keys_at_every_level() {
     assert_error("_format_version: \"3.0\"\nservicez: []\n", "", "unknown field `servicez`");
     assert_error("_format_version: \"3.0\"\ngateway:\n  lisen: 1\n", "gateway", "unknown field `lisen`");
     assert_error(&service("  retry: 1\n"), "services[0]", "unknown field `retry`");
+    for url in
+        ["http://127.0.0.1:9000/a/../b", "http://127.0.0.1:9000/%2e%2E/b", "http://127.0.0.1:9000/a/.;x/"]
+    {
+        let yaml = service("").replace("http://127.0.0.1:9000", url);
+        assert_error(&yaml, "services[0].url", "`.` or `..` segment");
+    }
     assert_error(
         &service("  plugins:\n  - name: jwt\n    confg: {}\n"),
         "services[0].plugins[0]",

@@ -391,6 +391,13 @@ fn parse_url(at: &str, url: &str) -> Result<Upstream, Invalid> {
             format!("invalid url `{url}`: a service url cannot have a query string"),
         ));
     }
+    // Every request to such a service would be refused (400): say so at load.
+    if crate::sanitize::has_dot_segment(uri.path()) {
+        return Err(Invalid::new(
+            at,
+            format!("invalid url `{url}`: its path holds a `.` or `..` segment, which no request may reach"),
+        ));
+    }
     upstream(at, authority.host(), authority.port_u16().unwrap_or(80), uri.path())
 }
 
