@@ -271,6 +271,7 @@ pub fn seed_script_report(script: &std::path::Path, log: &std::path::Path) -> St
 }
 
 /// A file under `tests/fixtures/`.
+#[cfg(feature = "analyze")]
 pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
