@@ -65,6 +65,7 @@ pub mod client_ip;
 pub mod config;
 pub mod consumer;
 pub mod error;
+pub mod ext;
 #[cfg(feature = "gateway")]
 pub mod gateway;
 pub mod observe;

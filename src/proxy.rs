@@ -66,7 +66,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderValue, Request, Response, Uri, Version};
 use hyper_util::client::legacy::connect::{
     CaptureConnection, Connected, Connection, HttpConnector, capture_connection,
 };
@@ -79,40 +79,13 @@ use tower::util::MapResponse;
 
 use crate::body::Body;
 use crate::error::{BoxError, Rejection};
-use crate::observe::request_id::RequestId;
-use crate::resilience::PreviousHosts;
+/// Moved to the ground floor ([`crate::ext`]); re-exported here for the old path.
+pub use crate::ext::{AttemptTimeout, UpstreamInfo, UpstreamPath};
+use crate::ext::{PreviousHosts, RequestId, RouteMatch, UpstreamFailure};
 use crate::resilience::balance::{HostSet, PickedHost};
-use crate::resilience::classify::{Outcome, UpstreamFailure};
-use crate::router::{RouteMatch, UpstreamPathError, upstream_path};
+use crate::resilience::classify::Outcome;
+use crate::router::{UpstreamPathError, upstream_path};
 use crate::sanitize::{strip_request_hop_by_hop, strip_response_hop_by_hop};
-
-/// What happened upstream, in response extensions for the access log and metrics.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamInfo {
-    /// The upstream host the request went to (`127.0.0.1:9000`): the host set's choice.
-    pub host: Arc<str>,
-    /// The upstream's status, `None` when no response arrived (connect failure, reset, timeout).
-    pub status: Option<StatusCode>,
-    /// From sending the request to receiving the upstream response head.
-    pub latency: Duration,
-    /// Why no response arrived, when `status` is `None` because of the upstream (the proxy's own
-    /// 413 for an oversized request body has neither).
-    pub failure: Option<UpstreamFailure>,
-}
-
-/// The whole upstream path for this request, in request extensions: set by a layer that rewrites
-/// the path (`replace.uri` of [`TransformLayer`](crate::transform::TransformLayer)), used by
-/// [`Proxy`] as is instead of joining its base path with the request path (Kong's
-/// `kong.service.request.set_path`). The query string is still the request URI's. One that
-/// holds a `.` or `..` segment is answered 400, like a joined path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamPath(pub String);
-
-/// A deadline for one upstream attempt, in request extensions (Envoy's `per_try_timeout`): the
-/// proxy answers 504 `upstream_timeout` when the response head has not arrived within it, and
-/// charges the chosen host with an [`Outcome::Timeout`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AttemptTimeout(pub Duration);
 
 /// An upstream URL the proxy cannot use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

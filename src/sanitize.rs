@@ -71,12 +71,8 @@ use tower::{Layer, Service};
 
 use crate::client_ip::{ClientIp, ListenerInfo, PeerAddr, TrustedProxies};
 use crate::error::Rejection;
-
-/// The request path after normalization (dot segments resolved, unreserved escapes decoded),
-/// echoed in response extensions when it differs from the request's, so the access log reports
-/// what was routed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NormalizedPath(pub String);
+/// Moved to the ground floor ([`crate::ext`]); re-exported here for the old path.
+pub use crate::ext::NormalizedPath;
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
 /// `Proxy-Authorization` is the client's credential for the next proxy, never for the upstream.

@@ -30,12 +30,9 @@ use tokio::time::Sleep;
 use tower::{Layer, Service};
 
 use crate::error::Rejection;
-use crate::observe::request_id::RequestId;
-
-/// Marks a response the gateway answered because a timeout expired (in response extensions), so
-/// [`Outcome::of`](crate::resilience::classify::Outcome::of) tells a timeout from a local answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct TimedOut;
+use crate::ext::RequestId;
+/// Moved to the ground floor ([`crate::ext`]); re-exported here for the old path.
+pub use crate::ext::TimedOut;
 
 /// Answers 504 `upstream_timeout` when the inner service takes longer than the timeout.
 #[derive(Debug, Clone, Copy)]

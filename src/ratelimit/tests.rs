@@ -8,8 +8,8 @@ use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 
 use super::*;
 use crate::consumer::Consumer;
+use crate::ext::RequestId;
 use crate::observe::access_log::RateLimitOutcome;
-use crate::observe::request_id::RequestId;
 
 const T0: Micros = 1_700_000_040 * SECOND; // a minute boundary
 

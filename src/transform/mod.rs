@@ -46,7 +46,7 @@
 //! **`replace.uri`** sets the whole upstream path, as Kong's `kong.service.request.set_path`
 //! does: the service's path is not prepended. The layer rewrites the request URI (so a router
 //! behind it sees the new path) and, with the `proxy` feature, records it in
-//! [`UpstreamPath`](crate::proxy::UpstreamPath) so the [`Proxy`](crate::proxy::Proxy) sends it as
+//! [`UpstreamPath`](crate::ext::UpstreamPath) so the [`Proxy`](crate::proxy::Proxy) sends it as
 //! is. The template's own text is trusted (it is configuration; a `.` or `..` segment in it is a
 //! [`TransformError`]); the values it reads from the request are not: each becomes exactly one
 //! path segment, every `/`, `\`, `%`, `;`, `?`, `#`, control byte and other non-path character
@@ -138,7 +138,7 @@ use crate::body::{
     DEFAULT_MAX_JSON_BODY_BYTES, DEFAULT_MAX_JSON_DEPTH, MAX_JSON_DEPTH_LIMIT, json_deeper_than,
 };
 use crate::error::{BoxError, Rejection};
-use crate::observe::request_id::RequestId;
+use crate::ext::RequestId;
 use form::Pairs;
 use rules::{HeaderEnv, HeaderOp, HeaderTemplate, HeaderVal, Ops, Val};
 use template::{Env, Template};
@@ -677,7 +677,7 @@ impl<S> Transform<S> {
             *req.uri_mut() = with_path_and_query(req.uri(), path, query)?;
             #[cfg(feature = "proxy")]
             if let Some(path) = new_path {
-                req.extensions_mut().insert(crate::proxy::UpstreamPath(path));
+                req.extensions_mut().insert(crate::ext::UpstreamPath(path));
             }
         }
         Ok(rendered)

@@ -8,8 +8,8 @@ use http::{Extensions, HeaderMap, HeaderName, HeaderValue};
 
 use crate::client_ip::{ClientIp, PeerAddr};
 use crate::consumer::Consumer;
-use crate::observe::request_id::RequestId;
-use crate::router::RouteMatch;
+use crate::ext::RequestId;
+use crate::ext::RouteMatch;
 
 /// Why a template could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -401,11 +401,11 @@ mod tests {
             .header("x-multi", "b")
             .body(())
             .unwrap();
-        let captures = crate::router::UriCaptures {
+        let captures = crate::ext::UriCaptures {
             named: vec![("id".into(), "42".into())],
             positional: vec!["/v1/users/42".into(), "42".into()],
         };
-        let route = Arc::new(crate::router::RouteInfo {
+        let route = Arc::new(crate::ext::RouteInfo {
             name: Some("users-v1".into()),
             service_name: Some("users".into()),
             preserve_host: false,

@@ -103,9 +103,9 @@
 //! # }
 //! ```
 //!
-//! [`RequestId`]: crate::observe::request_id::RequestId
-//! [`NormalizedPath`]: crate::sanitize::NormalizedPath
-//! [`MatchedRoute`]: crate::router::MatchedRoute
+//! [`RequestId`]: crate::ext::RequestId
+//! [`NormalizedPath`]: crate::ext::NormalizedPath
+//! [`MatchedRoute`]: crate::ext::MatchedRoute
 //! [`ClientIp`]: crate::client_ip::ClientIp
 
 mod body;

@@ -111,10 +111,10 @@
 //! assert!(metrics.render().contains(r#"portcullis_breaker_state{service="orders",state="open"} 1"#));
 //! ```
 //!
-//! [`MatchedRoute`]: crate::router::MatchedRoute
-//! [`UpstreamInfo`]: crate::proxy::UpstreamInfo
+//! [`MatchedRoute`]: crate::ext::MatchedRoute
+//! [`UpstreamInfo`]: crate::ext::UpstreamInfo
 //! [`RateLimitOutcome`]: crate::observe::access_log::RateLimitOutcome
-//! [`AuthFailure`]: crate::auth::AuthFailure
+//! [`AuthFailure`]: crate::ext::AuthFailure
 
 mod histogram;
 mod layer;

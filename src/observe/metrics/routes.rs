@@ -18,7 +18,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use super::histogram::LatencyHistogram;
 use super::{Families, RATE_LIMIT_OUTCOMES, RouteLabels, STATUS_CLASSES};
-use crate::router::RouteInfo;
+use crate::ext::RouteInfo;
 
 /// Slots in the table; a power of two.
 const SLOTS: usize = 512;
