@@ -68,6 +68,7 @@ pub mod error;
 pub mod ext;
 #[cfg(feature = "gateway")]
 pub mod gateway;
+pub mod http_rules;
 pub mod observe;
 #[cfg(feature = "proxy")]
 pub mod proxy;

@@ -82,10 +82,10 @@ use crate::error::{BoxError, Rejection};
 /// Moved to the ground floor ([`crate::ext`]); re-exported here for the old path.
 pub use crate::ext::{AttemptTimeout, UpstreamInfo, UpstreamPath};
 use crate::ext::{PreviousHosts, RequestId, RouteMatch, UpstreamFailure};
+use crate::http_rules::{strip_request_hop_by_hop, strip_response_hop_by_hop};
 use crate::resilience::balance::{HostSet, PickedHost};
 use crate::resilience::classify::Outcome;
 use crate::router::{UpstreamPathError, upstream_path};
-use crate::sanitize::{strip_request_hop_by_hop, strip_response_hop_by_hop};
 
 /// An upstream URL the proxy cannot use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -308,7 +308,7 @@ impl<B> Proxy<B> {
     fn upstream_path_and_query<T>(&self, req: &Request<T>) -> Result<PathAndQuery, Rejection> {
         let mut path = match req.extensions().get::<UpstreamPath>() {
             // Checked here too: a layer of the user's own may have set it.
-            Some(rewritten) if crate::sanitize::has_dot_segment(&rewritten.0) => {
+            Some(rewritten) if crate::http_rules::has_dot_segment(&rewritten.0) => {
                 return Err(Rejection::bad_request(UpstreamPathError::DotSegment.to_string()));
             }
             Some(rewritten) => rewritten.0.clone(),

@@ -970,7 +970,7 @@ pub fn upstream_path(
         joined.push_str(rest);
         joined
     };
-    if crate::sanitize::has_dot_segment(&joined) {
+    if crate::http_rules::has_dot_segment(&joined) {
         return Err(UpstreamPathError::DotSegment);
     }
     Ok(joined)

@@ -401,7 +401,7 @@ impl TransformBuilder {
             let error = |kind| TransformError { location: "replace.uri".into(), kind };
             let template = Template::parse(uri).map_err(|e| error(e.into()))?;
             // Its own text is trusted but must not climb either (values are checked per request).
-            if crate::sanitize::has_dot_segment(&template.sample()) {
+            if crate::http_rules::has_dot_segment(&template.sample()) {
                 return Err(error(TransformErrorKind::DotSegment(uri.clone())));
             }
             shared.uri = Some(template);
@@ -724,7 +724,7 @@ fn upstream_path(template: &Template, env: &Env<'_>) -> Result<Option<String>, R
             path.push(char::from(HEX[usize::from(b & 15)]));
         }
     }
-    if crate::sanitize::has_dot_segment(&path) {
+    if crate::http_rules::has_dot_segment(&path) {
         return Err(dot_segment());
     }
     Ok(Some(path))

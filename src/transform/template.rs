@@ -230,7 +230,7 @@ fn first_value<'a>(alts: &'a [Alt], env: &Env<'a>) -> Option<Value<'a>> {
 fn push_segment(out: &mut String, value: &str) -> Result<(), DotSegmentValue> {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     // Split on `%2F` and `%5C` too: a header value is not decoded, and an upstream may decode twice.
-    if crate::sanitize::has_dot_segment(value) {
+    if crate::http_rules::has_dot_segment(value) {
         return Err(DotSegmentValue);
     }
     for b in value.bytes() {
