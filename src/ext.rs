@@ -157,7 +157,7 @@ pub struct UpstreamInfo {
 
 /// The whole upstream path for this request, in request extensions: set by a layer that rewrites
 /// the path (`replace.uri` of [`TransformLayer`](crate::transform::TransformLayer)), used by
-/// [`Proxy`](crate::proxy::Proxy) as is instead of joining its base path with the request path (Kong's
+/// `proxy::Proxy` as is instead of joining its base path with the request path (Kong's
 /// `kong.service.request.set_path`). The query string is still the request URI's. One that
 /// holds a `.` or `..` segment is answered 400, like a joined path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,7 +165,7 @@ pub struct UpstreamPath(pub String);
 
 /// A deadline for one upstream attempt, in request extensions (Envoy's `per_try_timeout`): the
 /// proxy answers 504 `upstream_timeout` when the response head has not arrived within it, and
-/// charges the chosen host with an [`Outcome::Timeout`](crate::resilience::classify::Outcome::Timeout).
+/// charges the chosen host with an `Outcome::Timeout` (`resilience::classify`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AttemptTimeout(pub Duration);
 
@@ -194,6 +194,6 @@ pub enum UpstreamFailure {
 }
 
 /// Marks a response the gateway answered because a timeout expired (in response extensions), so
-/// [`Outcome::of`](crate::resilience::classify::Outcome::of) tells a timeout from a local answer.
+/// `resilience::classify::Outcome::of` tells a timeout from a local answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TimedOut;

@@ -60,7 +60,7 @@
 //! The modules stand on floors, and imports point down only: a module may use what is on a lower
 //! floor, never what is on a higher one, so there is no import circle and each floor can be read
 //! without the ones above it. A layer uses the ground floor and, only where the design needs it,
-//! another layer (the proxy picks its hosts from [`resilience`]'s balancer); never a reader,
+//! another layer (the proxy picks its hosts from the balancer of `resilience`); never a reader,
 //! `config` or `gateway`. `tests/it/floors.rs` reads this table and fails on a `use crate::…`
 //! that points up, or across the layers without a stated reason.
 //!
