@@ -179,7 +179,7 @@ impl Body {
 
     /// Wraps a client's request body read from a hyper connection, failing with [`BodyTooLarge`]
     /// after `limit` bytes. Its trailers lose the fields the gateway owns
-    /// ([`sanitize_trailers`](crate::sanitize::sanitize_trailers)), as the request's headers do
+    /// ([`sanitize_trailers`](crate::http_rules::sanitize_trailers)), as the request's headers do
     /// in [`SanitizeLayer`](crate::sanitize::SanitizeLayer): done here, where the gateway's
     /// server wraps every request body, so the layer keeps the caller's body type.
     /// (`From<Incoming>`, for an upstream's response body, leaves trailers alone.)
@@ -328,7 +328,7 @@ impl http_body::Body for Body {
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge { limit: *limit }))));
                     }
                 } else if let Some(trailers) = frame.trailers_mut().filter(|_| *from_client) {
-                    crate::sanitize::sanitize_trailers(trailers);
+                    crate::http_rules::sanitize_trailers(trailers);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

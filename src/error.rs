@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderName, HeaderValue, Response, StatusCode};
 
-use crate::observe::request_id::RequestId;
+use crate::ext::RequestId;
 
 /// A response the gateway produces instead of calling the next service.
 ///

@@ -54,6 +54,26 @@
 //!
 //! With `default-features = false`, the request id, access log, sanitizing and routing layers come
 //! with no runtime and no YAML dependency.
+//!
+//! ## Floors
+//!
+//! The modules stand on floors, and imports point down only: a module may use what is on a lower
+//! floor, never what is on a higher one, so there is no import circle and each floor can be read
+//! without the ones above it. A layer uses the ground floor and, only where the design needs it,
+//! another layer (the proxy picks its hosts from the balancer of `resilience`); never a reader,
+//! `config` or `gateway`. `tests/it/floors.rs` reads this table and fails on a `use crate::…`
+//! that points up, or across the layers without a stated reason.
+//!
+//! | floor | modules | what they hold |
+//! |-------|---------|----------------|
+//! | gateway | `gateway` | the server, the admin listener, reload: assembles everything |
+//! | config | `config` | YAML → typed values → route stacks; knows every layer, no layer knows it |
+//! | readers | `observe` | request id, access log, metrics, tracing span: read what the layers recorded, decide nothing |
+//! | layers | `sanitize`, `router`, `auth`, `ratelimit`, `transform`, `resilience`, `proxy`, `timeout` | one concern each, each usable alone on any `tower::Service<http::Request<B>>` |
+//! | ground floor | `ext`, `http_rules`, `error`, `consumer`, `client_ip`, `body` | the shared vocabulary: the extension types ([`ext`]), the HTTP rules every layer applies alike ([`http_rules`]), the error body ([`Rejection`]), the consumer, the client address, the body type ([`Body`]) |
+//!
+//! A new extension type that two modules share goes to [`ext`], not into the module that writes
+//! it first.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, rust_2018_idioms, missing_debug_implementations)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
@@ -65,8 +85,10 @@ pub mod client_ip;
 pub mod config;
 pub mod consumer;
 pub mod error;
+pub mod ext;
 #[cfg(feature = "gateway")]
 pub mod gateway;
+pub mod http_rules;
 pub mod observe;
 #[cfg(feature = "proxy")]
 pub mod proxy;

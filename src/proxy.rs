@@ -65,15 +65,15 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderValue, Request, Response, Uri, Version};
 use hyper_util::client::legacy::connect::{
     CaptureConnection, Connected, Connection, HttpConnector, capture_connection,
 };
@@ -86,97 +86,13 @@ use tower::util::MapResponse;
 
 use crate::body::Body;
 use crate::error::{BoxError, Rejection};
-use crate::observe::access_log::Attempts;
-use crate::observe::request_id::RequestId;
-use crate::resilience::PreviousHosts;
+/// Moved to the ground floor ([`crate::ext`]); re-exported here for the old path.
+pub use crate::ext::{AttemptLog, AttemptTimeout, UpstreamInfo, UpstreamPath};
+use crate::ext::{Attempts, PreviousHosts, RequestId, RouteMatch, UpstreamFailure};
+use crate::http_rules::{strip_request_hop_by_hop, strip_response_hop_by_hop};
 use crate::resilience::balance::{HostSet, PickedHost};
-use crate::resilience::classify::{Outcome, UpstreamFailure};
-use crate::router::{RouteMatch, UpstreamPathError, upstream_path};
-use crate::sanitize::{strip_request_hop_by_hop, strip_response_hop_by_hop};
-
-/// What happened upstream, in response extensions for the access log and metrics.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamInfo {
-    /// The upstream host the request went to (`127.0.0.1:9000`): the host set's choice.
-    pub host: Arc<str>,
-    /// The upstream's status, `None` when no response arrived (connect failure, reset, timeout).
-    pub status: Option<StatusCode>,
-    /// From sending the request to receiving the upstream response head.
-    pub latency: Duration,
-    /// Why no response arrived, when `status` is `None` because of the upstream (the proxy's own
-    /// 413 for an oversized request body has neither).
-    pub failure: Option<UpstreamFailure>,
-}
-
-/// The attempts the proxy sent for one request, shared through request extensions (and so by
-/// every retry of it), for a layer that may drop the proxy's future before it answers — the
-/// route timeout — so that its own answer can still say how many attempts went upstream and where
-/// the last one went. The proxy notes an attempt when it sends it; nothing reads the log on the
-/// request path.
-#[derive(Debug, Clone, Default)]
-pub struct AttemptLog(Arc<Mutex<Sent>>);
-
-#[derive(Debug, Default)]
-struct Sent {
-    count: u32,
-    /// The last attempt's host and when it was sent, and what came of it once it did.
-    last: Option<(Arc<str>, Instant, Option<UpstreamInfo>)>,
-}
-
-impl AttemptLog {
-    /// An empty log, to put in the request extensions before calling the proxy.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    fn sent(&self, host: &Arc<str>, at: Instant) {
-        let mut sent = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        sent.count = sent.count.saturating_add(1);
-        sent.last = Some((host.clone(), at, None));
-    }
-
-    fn answered(&self, info: &UpstreamInfo) {
-        let mut sent = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, _, answer)) = &mut sent.last {
-            *answer = Some(info.clone());
-        }
-    }
-
-    /// How many attempts the proxy sent upstream so far.
-    pub fn attempts(&self) -> u32 {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).count
-    }
-
-    /// The last attempt sent, for an answer given without waiting for it: what the proxy
-    /// recorded if it had finished, else its host, no status, the time since it was sent and
-    /// [`UpstreamFailure::Timeout`] (abandoned now). `None` when nothing was sent.
-    pub fn abandoned(&self) -> Option<UpstreamInfo> {
-        let sent = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        sent.last.as_ref().map(|(host, at, answer)| match answer {
-            Some(info) => info.clone(),
-            None => UpstreamInfo {
-                host: host.clone(),
-                status: None,
-                latency: at.elapsed(),
-                failure: Some(UpstreamFailure::Timeout),
-            },
-        })
-    }
-}
-
-/// The whole upstream path for this request, in request extensions: set by a layer that rewrites
-/// the path (`replace.uri` of [`TransformLayer`](crate::transform::TransformLayer)), used by
-/// [`Proxy`] as is instead of joining its base path with the request path (Kong's
-/// `kong.service.request.set_path`). The query string is still the request URI's. One that
-/// holds a `.` or `..` segment is answered 400, like a joined path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamPath(pub String);
-
-/// A deadline for one upstream attempt, in request extensions (Envoy's `per_try_timeout`): the
-/// proxy answers 504 `upstream_timeout` when the response head has not arrived within it, and
-/// charges the chosen host with an [`Outcome::Timeout`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AttemptTimeout(pub Duration);
+use crate::resilience::classify::Outcome;
+use crate::router::{UpstreamPathError, upstream_path};
 
 /// An upstream URL the proxy cannot use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -399,7 +315,7 @@ impl<B> Proxy<B> {
     fn upstream_path_and_query<T>(&self, req: &Request<T>) -> Result<PathAndQuery, Rejection> {
         let mut path = match req.extensions().get::<UpstreamPath>() {
             // Checked here too: a layer of the user's own may have set it.
-            Some(rewritten) if crate::sanitize::has_dot_segment(&rewritten.0) => {
+            Some(rewritten) if crate::http_rules::has_dot_segment(&rewritten.0) => {
                 return Err(Rejection::bad_request(UpstreamPathError::DotSegment.to_string()));
             }
             Some(rewritten) => rewritten.0.clone(),

@@ -42,14 +42,12 @@ use tokio::time::Sleep;
 use tower::{Layer, Service};
 
 use crate::error::Rejection;
-use crate::observe::access_log::Attempts;
-use crate::observe::request_id::RequestId;
-use crate::proxy::AttemptLog;
+use crate::ext::AttemptLog;
+use crate::ext::Attempts;
+use crate::ext::RequestId;
 
-/// Marks a response the gateway answered because a timeout expired (in response extensions), so
-/// [`Outcome::of`](crate::resilience::classify::Outcome::of) tells a timeout from a local answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct TimedOut;
+/// Moved to the ground floor ([`crate::ext`]); re-exported here for the old path.
+pub use crate::ext::TimedOut;
 
 /// Answers 504 `upstream_timeout` when the inner service takes longer than the timeout.
 #[derive(Debug, Clone, Copy)]

@@ -40,9 +40,9 @@ use http::{HeaderName, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use super::AuthFailure;
 use crate::consumer::Consumer;
 use crate::error::Rejection;
+use crate::ext::AuthFailure;
 
 static X_CONSUMER_GROUPS: HeaderName = HeaderName::from_static("x-consumer-groups");
 

@@ -54,9 +54,9 @@ use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
 use tower::{Layer, Service};
 
-use super::AuthFailure;
 use crate::consumer::Consumer;
 use crate::error::{BoxError, Rejection};
+use crate::ext::AuthFailure;
 
 /// The plugin name in [`AuthFailure`].
 const PLUGIN: &str = "key-auth";

@@ -62,10 +62,10 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::OnceCell;
 use tower::{Layer, Service};
 
-use super::AuthFailure;
 use super::api_key::{form_decode, pairs, remove_pairs, set_query};
 use crate::consumer::Consumer;
 use crate::error::Rejection;
+use crate::ext::AuthFailure;
 
 static X_CREDENTIAL_SUB: HeaderName = HeaderName::from_static("x-credential-sub");
 static X_CREDENTIAL_SCOPE: HeaderName = HeaderName::from_static("x-credential-scope");

@@ -15,18 +15,8 @@ use bytes::Bytes;
 use http::{Request, Response};
 
 use crate::error::Rejection;
-
-/// Which auth plugin refused a request, and why, in the rejection's response extensions (for
-/// metrics and tracing). Both are fixed words, never anything from the request: `plugin` is the
-/// Kong plugin name (`jwt`, `key-auth`, `oauth2-introspection`, `acl`), `reason` the rejection's
-/// `error` code (`unauthorized`, `invalid_token`, `invalid_credentials`, `forbidden`, ...).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct AuthFailure {
-    /// The plugin that refused.
-    pub plugin: &'static str,
-    /// The rejection's `error` code.
-    pub reason: &'static str,
-}
+/// Moved to the ground floor ([`crate::ext`]); re-exported here for the old path.
+pub use crate::ext::AuthFailure;
 
 impl AuthFailure {
     /// Renders `rejection` for `req`, marked as refused by `plugin`.

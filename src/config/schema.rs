@@ -69,7 +69,7 @@ pub struct Gateway {
     #[serde(default, deserialize_with = "trusted_proxies")]
     pub trusted_proxies: TrustedProxies,
     /// Headers dropped from a peer outside `trusted_proxies`. Default
-    /// [`DEFAULT_STRIP_FROM_UNTRUSTED`](crate::sanitize::DEFAULT_STRIP_FROM_UNTRUSTED).
+    /// [`DEFAULT_STRIP_FROM_UNTRUSTED`](crate::http_rules::DEFAULT_STRIP_FROM_UNTRUSTED).
     #[serde(default = "default_strip_from_untrusted", deserialize_with = "header_names")]
     pub strip_from_untrusted: Vec<http::HeaderName>,
     /// Where access-log lines go. Default `stdout`.
@@ -133,7 +133,7 @@ fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8000))
 }
 fn default_strip_from_untrusted() -> Vec<http::HeaderName> {
-    crate::sanitize::DEFAULT_STRIP_FROM_UNTRUSTED.map(http::HeaderName::from_static).to_vec()
+    crate::http_rules::DEFAULT_STRIP_FROM_UNTRUSTED.map(http::HeaderName::from_static).to_vec()
 }
 fn default_max_body_bytes() -> u64 {
     10 * 1024 * 1024

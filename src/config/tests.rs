@@ -687,7 +687,7 @@ services:
 fn strip_from_untrusted_defaults_replaces_and_names_a_bad_entry() {
     let config = Config::from_yaml("_format_version: \"3.0\"\n", "test.yaml").unwrap();
     let names: Vec<&str> = config.gateway.strip_from_untrusted.iter().map(|n| n.as_str()).collect();
-    assert_eq!(names, crate::sanitize::DEFAULT_STRIP_FROM_UNTRUSTED);
+    assert_eq!(names, crate::http_rules::DEFAULT_STRIP_FROM_UNTRUSTED);
     let config = Config::from_yaml(
         "_format_version: \"3.0\"\ngateway:\n  strip_from_untrusted: [X-Tenant, Forwarded]\n",
         "test.yaml",

@@ -392,7 +392,7 @@ fn parse_url(at: &str, url: &str) -> Result<Upstream, Invalid> {
         ));
     }
     // Every request to such a service would be refused (400): say so at load.
-    if crate::sanitize::has_dot_segment(uri.path()) {
+    if crate::http_rules::has_dot_segment(uri.path()) {
         return Err(Invalid::new(
             at,
             format!("invalid url `{url}`: its path holds a `.` or `..` segment, which no request may reach"),

@@ -24,52 +24,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use http::{HeaderName, HeaderValue, Request, Response};
+use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::client_ip::{PeerAddr, TrustedProxies};
-
-/// `x-request-id`.
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// The id of the current request, in request extensions.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct RequestId(HeaderValue);
-
-impl RequestId {
-    /// A fresh random (UUID v4) id.
-    pub fn generate() -> Self {
-        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-        Self(HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid")))
-    }
-
-    /// An id from a static string (tests and examples).
-    pub fn from_static(id: &'static str) -> Self {
-        Self(HeaderValue::from_static(id))
-    }
-
-    /// Accepts `value` as an id if it is well formed: 1 to 128 characters of `A-Z a-z 0-9 - _ . :`.
-    pub fn parse(value: &HeaderValue) -> Option<Self> {
-        let bytes = value.as_bytes();
-        let ok = !bytes.is_empty()
-            && bytes.len() <= 128
-            && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
-        ok.then(|| Self(value.clone()))
-    }
-
-    /// The id as text.
-    pub fn as_str(&self) -> &str {
-        // Only ever built from ASCII (generated or validated by `parse`).
-        self.0.to_str().unwrap_or("")
-    }
-
-    /// The id as a header value.
-    pub fn header_value(&self) -> &HeaderValue {
-        &self.0
-    }
-}
+/// Moved to the ground floor ([`crate::ext`]); re-exported here for the old path.
+pub use crate::ext::{RequestId, X_REQUEST_ID};
 
 /// Assigns every request a [`RequestId`]; see the [module docs](self).
 #[derive(Debug, Clone, Default)]
@@ -123,7 +84,7 @@ where
         let incoming =
             if peer_trusted { req.headers().get(&X_REQUEST_ID).and_then(RequestId::parse) } else { None };
         let id = incoming.unwrap_or_else(RequestId::generate);
-        req.headers_mut().insert(X_REQUEST_ID.clone(), id.0.clone());
+        req.headers_mut().insert(X_REQUEST_ID.clone(), id.header_value().clone());
         req.extensions_mut().insert(id.clone());
         ResponseFuture { inner: self.inner.call(req), id: Some(id) }
     }
@@ -148,7 +109,7 @@ where
         let this = self.project();
         let mut response = std::task::ready!(this.inner.poll(cx))?;
         if let Some(id) = this.id.take() {
-            response.headers_mut().insert(X_REQUEST_ID.clone(), id.0);
+            response.headers_mut().insert(X_REQUEST_ID.clone(), id.into_header_value());
         }
         Poll::Ready(Ok(response))
     }

@@ -49,9 +49,9 @@
 //! # }
 //! ```
 //!
-//! [`RequestId`]: crate::observe::request_id::RequestId
+//! [`RequestId`]: crate::ext::RequestId
 //! [`RequestIdLayer`]: crate::observe::request_id::RequestIdLayer
-//! [`MatchedRoute`]: crate::router::MatchedRoute
+//! [`MatchedRoute`]: crate::ext::MatchedRoute
 //! [`Consumer`]: crate::consumer::Consumer
 
 use std::future::Future;
@@ -64,11 +64,11 @@ use tower::{Layer, Service};
 use tracing::Span;
 use tracing::field::Empty;
 
-use crate::auth::AuthFailure;
 use crate::consumer::Consumer;
-use crate::observe::access_log::RateLimitOutcome;
-use crate::observe::request_id::RequestId;
-use crate::router::MatchedRoute;
+use crate::ext::AuthFailure;
+use crate::ext::MatchedRoute;
+use crate::ext::RateLimitOutcome;
+use crate::ext::RequestId;
 
 /// Wraps each request in a `portcullis.request` span; see the [module docs](self).
 #[derive(Debug, Clone, Copy, Default)]
@@ -212,8 +212,8 @@ pub(crate) fn outcome(status: u16, ext: &Extensions) -> &'static str {
 #[cfg(feature = "proxy")]
 fn upstream_answered(ext: &Extensions) -> bool {
     // A route timeout's 504 may name the last answered attempt; the 504 is still the gateway's.
-    ext.get::<crate::proxy::UpstreamInfo>().is_some_and(|u| u.status.is_some())
-        && ext.get::<crate::timeout::TimedOut>().is_none()
+    ext.get::<crate::ext::UpstreamInfo>().is_some_and(|u| u.status.is_some())
+        && ext.get::<crate::ext::TimedOut>().is_none()
 }
 
 #[cfg(not(feature = "proxy"))]
@@ -235,7 +235,7 @@ mod tests {
     use tracing::{Metadata, Subscriber};
 
     use super::*;
-    use crate::router::RouteInfo;
+    use crate::ext::RouteInfo;
 
     /// A span's name and fields.
     type SpanRecord = (String, HashMap<String, String>);
@@ -335,7 +335,7 @@ mod tests {
         assert_eq!(outcome(404, &ext), "client_error");
         #[cfg(feature = "proxy")]
         {
-            ext.insert(crate::proxy::UpstreamInfo {
+            ext.insert(crate::ext::UpstreamInfo {
                 host: "h".into(),
                 status: Some(StatusCode::INTERNAL_SERVER_ERROR),
                 latency: std::time::Duration::ZERO,

@@ -15,7 +15,7 @@ use tower::Service;
 use super::layer::{Options, Shared};
 use super::service::{Action, decide};
 use super::store::PendingVerdict;
-use crate::observe::access_log::RateLimitOutcome;
+use crate::ext::RateLimitOutcome;
 
 pin_project! {
     /// Response future of [`RateLimit`](super::RateLimit).

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::client_ip::ClientIp;
 use crate::consumer::Consumer;
-use crate::router::RouteMatch;
+use crate::ext::RouteMatch;
 
 type KeyFn = dyn Fn(&http::request::Parts) -> Option<String> + Send + Sync;
 

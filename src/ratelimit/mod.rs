@@ -78,7 +78,7 @@
 //! `hide_client_headers`. A rejection is a 429 (or `error_code`) with `Retry-After` (≥ 1 s) and
 //! the JSON body `{"error": "rate_limit_exceeded", "message": "Request limit of 1000/hour
 //! exceeded. Retry after 47 seconds.", "request_id": ...}`. Rejected requests are not counted.
-//! The layer inserts a [`RateLimitOutcome`](crate::observe::access_log::RateLimitOutcome)
+//! The layer inserts a [`RateLimitOutcome`](crate::ext::RateLimitOutcome)
 //! into the response extensions for the access log and the metrics: `allowed`, `limited`,
 //! `bypassed` (the store failed and `fault_tolerant` admitted the request) or `unavailable` (the
 //! store failed and the request got 503).

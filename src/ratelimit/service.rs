@@ -15,7 +15,7 @@ use super::layer::{Options, Shared};
 use super::policy::{Policy, Verdict};
 use super::store::{Decided, StoreError};
 use crate::error::Rejection;
-use crate::observe::access_log::RateLimitOutcome;
+use crate::ext::RateLimitOutcome;
 
 /// The service made by the rate-limit layers.
 #[derive(Debug, Clone)]

@@ -8,8 +8,8 @@ use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 
 use super::*;
 use crate::consumer::Consumer;
-use crate::observe::access_log::RateLimitOutcome;
-use crate::observe::request_id::RequestId;
+use crate::ext::RateLimitOutcome;
+use crate::ext::RequestId;
 
 const T0: Micros = 1_700_000_040 * SECOND; // a minute boundary
 

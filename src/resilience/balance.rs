@@ -57,9 +57,9 @@ use std::time::{Duration, Instant};
 use http::HeaderValue;
 use http::uri::Authority;
 
-use super::PreviousHosts;
 use super::classify::Outcome;
 use super::outlier::{EjectionCounters, OutlierDetection, OutlierDetector};
+use crate::ext::PreviousHosts;
 
 /// How a [`HostSet`] chooses among its candidate hosts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -172,7 +172,7 @@ pub struct Host {
 }
 
 impl Host {
-    /// `host:port`, as in [`UpstreamInfo::host`](crate::proxy::UpstreamInfo::host) and
+    /// `host:port`, as in [`UpstreamInfo::host`](crate::ext::UpstreamInfo::host) and
     /// [`PreviousHosts`].
     pub fn address(&self) -> &Arc<str> {
         &self.address

@@ -115,7 +115,7 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use crate::error::Rejection;
-use crate::observe::access_log::BreakerOutcome;
+use crate::ext::BreakerOutcome;
 use crate::resilience::classify::Outcome;
 
 /// `X-Portcullis-Overloaded: true` on every 503 this layer answers.

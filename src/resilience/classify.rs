@@ -21,19 +21,9 @@ use std::str::FromStr;
 
 use http::{Response, StatusCode};
 
-use crate::proxy::UpstreamInfo;
-use crate::timeout::TimedOut;
-
-/// Why a request to an upstream produced no response, in [`UpstreamInfo::failure`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum UpstreamFailure {
-    /// No connection could be made (refused, unreachable, connect timeout).
-    ConnectFailure,
-    /// The connection broke after it was made, or the upstream sent an invalid response.
-    Reset,
-    /// The attempt ran out of time (a per-try timeout).
-    Timeout,
-}
+/// Moved to the ground floor ([`crate::ext`]); re-exported here for the old path.
+pub use crate::ext::UpstreamFailure;
+use crate::ext::{TimedOut, UpstreamInfo};
 
 /// What happened to one request (or one attempt of it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

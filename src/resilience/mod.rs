@@ -18,8 +18,6 @@
 //! 4. the proxy with its host set, load balancer ([`balance`]) and outlier detection
 //!    ([`outlier`]).
 
-use std::sync::Arc;
-
 pub mod balance;
 pub mod breaker;
 pub mod budget;
@@ -27,15 +25,5 @@ pub mod classify;
 pub mod outlier;
 pub mod retry;
 
-/// The upstream hosts this request has already been sent to, in request extensions: written by
-/// the retry layer after each attempt (from [`UpstreamInfo::host`](crate::proxy::UpstreamInfo)),
-/// read by host selection to honour Envoy's `previous_hosts` retry predicate.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PreviousHosts(pub Vec<Arc<str>>);
-
-impl PreviousHosts {
-    /// Whether `host` was tried already.
-    pub fn contains(&self, host: &str) -> bool {
-        self.0.iter().any(|h| &**h == host)
-    }
-}
+/// Moved to the ground floor ([`crate::ext`]); re-exported here for the old path.
+pub use crate::ext::PreviousHosts;

@@ -90,16 +90,16 @@ use pin_project_lite::pin_project;
 use tower::util::rng::{HasherRng, Rng};
 use tower::{Layer, Service, ServiceExt};
 
-use super::PreviousHosts;
 use super::budget::{RetryBudget, RetryPermit, RetryRefused};
 use super::classify::{Outcome, RetryOn};
 use crate::body::Body;
 use crate::error::{BoxError, Rejection};
-use crate::observe::access_log::Attempts;
-use crate::observe::request_id::RequestId;
-use crate::proxy::AttemptTimeout;
-use crate::proxy::UpstreamInfo;
-use crate::timeout::TimedOut;
+use crate::ext::AttemptTimeout;
+use crate::ext::Attempts;
+use crate::ext::PreviousHosts;
+use crate::ext::RequestId;
+use crate::ext::TimedOut;
+use crate::ext::UpstreamInfo;
 
 /// How much later than the per-try timeout the layer's own timer fires (see [`Attempt::new`]).
 const ATTEMPT_TIMEOUT_GRACE: Duration = Duration::from_millis(5);
@@ -702,8 +702,8 @@ mod tests {
     use tower::ServiceBuilder;
 
     use super::*;
+    use crate::ext::UpstreamFailure;
     use crate::resilience::budget::RetryBudgetLayer;
-    use crate::resilience::classify::UpstreamFailure;
     use crate::timeout::RouteTimeoutLayer;
 
     /// What one scripted try answers.

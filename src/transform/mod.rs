@@ -46,7 +46,7 @@
 //! **`replace.uri`** sets the whole upstream path, as Kong's `kong.service.request.set_path`
 //! does: the service's path is not prepended. The layer rewrites the request URI (so a router
 //! behind it sees the new path) and, with the `proxy` feature, records it in
-//! [`UpstreamPath`](crate::proxy::UpstreamPath) so the [`Proxy`](crate::proxy::Proxy) sends it as
+//! [`UpstreamPath`](crate::ext::UpstreamPath) so the [`Proxy`](crate::proxy::Proxy) sends it as
 //! is. The template's own text is trusted (it is configuration; a `.` or `..` segment in it is a
 //! [`TransformError`]); the values it reads from the request are not: each becomes exactly one
 //! path segment, every `/`, `\`, `%`, `;`, `?`, `#`, control byte and other non-path character
@@ -138,7 +138,7 @@ use crate::body::{
     DEFAULT_MAX_JSON_BODY_BYTES, DEFAULT_MAX_JSON_DEPTH, MAX_JSON_DEPTH_LIMIT, json_deeper_than,
 };
 use crate::error::{BoxError, Rejection};
-use crate::observe::request_id::RequestId;
+use crate::ext::RequestId;
 use form::Pairs;
 use rules::{HeaderEnv, HeaderOp, HeaderTemplate, HeaderVal, Ops, Val};
 use template::{Env, Template};
@@ -401,7 +401,7 @@ impl TransformBuilder {
             let error = |kind| TransformError { location: "replace.uri".into(), kind };
             let template = Template::parse(uri).map_err(|e| error(e.into()))?;
             // Its own text is trusted but must not climb either (values are checked per request).
-            if crate::sanitize::has_dot_segment(&template.sample()) {
+            if crate::http_rules::has_dot_segment(&template.sample()) {
                 return Err(error(TransformErrorKind::DotSegment(uri.clone())));
             }
             shared.uri = Some(template);
@@ -677,7 +677,7 @@ impl<S> Transform<S> {
             *req.uri_mut() = with_path_and_query(req.uri(), path, query)?;
             #[cfg(feature = "proxy")]
             if let Some(path) = new_path {
-                req.extensions_mut().insert(crate::proxy::UpstreamPath(path));
+                req.extensions_mut().insert(crate::ext::UpstreamPath(path));
             }
         }
         Ok(rendered)
@@ -724,7 +724,7 @@ fn upstream_path(template: &Template, env: &Env<'_>) -> Result<Option<String>, R
             path.push(char::from(HEX[usize::from(b & 15)]));
         }
     }
-    if crate::sanitize::has_dot_segment(&path) {
+    if crate::http_rules::has_dot_segment(&path) {
         return Err(dot_segment());
     }
     Ok(Some(path))

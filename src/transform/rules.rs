@@ -134,10 +134,10 @@ pub(crate) fn settable_header(
 ) -> Result<HeaderName, TransformErrorKind> {
     let header = header_name(name)?;
     let framing = header == http::header::CONTENT_LENGTH || header == http::header::HOST;
-    if crate::sanitize::is_hop_by_hop(&header) || framing {
+    if crate::http_rules::is_hop_by_hop(&header) || framing {
         return Err(TransformErrorKind::Forbidden(name.to_owned(), "hop-by-hop or framing"));
     }
-    if crate::sanitize::is_owned_header(name) {
+    if crate::http_rules::is_owned_header(name) {
         let verified = match header.as_str() {
             "x-consumer-id" => Some(Source::ConsumerId),
             "x-consumer-username" => Some(Source::ConsumerUsername),

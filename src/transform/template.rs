@@ -8,8 +8,8 @@ use http::{Extensions, HeaderMap, HeaderName, HeaderValue};
 
 use crate::client_ip::{ClientIp, PeerAddr};
 use crate::consumer::Consumer;
-use crate::observe::request_id::RequestId;
-use crate::router::RouteMatch;
+use crate::ext::RequestId;
+use crate::ext::RouteMatch;
 
 /// Why a template could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -230,7 +230,7 @@ fn first_value<'a>(alts: &'a [Alt], env: &Env<'a>) -> Option<Value<'a>> {
 fn push_segment(out: &mut String, value: &str) -> Result<(), DotSegmentValue> {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     // Split on `%2F` and `%5C` too: a header value is not decoded, and an upstream may decode twice.
-    if crate::sanitize::has_dot_segment(value) {
+    if crate::http_rules::has_dot_segment(value) {
         return Err(DotSegmentValue);
     }
     for b in value.bytes() {
@@ -401,11 +401,11 @@ mod tests {
             .header("x-multi", "b")
             .body(())
             .unwrap();
-        let captures = crate::router::UriCaptures {
+        let captures = crate::ext::UriCaptures {
             named: vec![("id".into(), "42".into())],
             positional: vec!["/v1/users/42".into(), "42".into()],
         };
-        let route = Arc::new(crate::router::RouteInfo {
+        let route = Arc::new(crate::ext::RouteInfo {
             name: Some("users-v1".into()),
             service_name: Some("users".into()),
             preserve_host: false,

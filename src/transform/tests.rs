@@ -52,7 +52,7 @@ async fn run(layer: TransformLayer, req: Request<Body>, answer: Response<Body>) 
 
 #[cfg(feature = "proxy")]
 fn upstream_path(extensions: &http::Extensions) -> Option<String> {
-    extensions.get::<crate::proxy::UpstreamPath>().map(|p| p.0.clone())
+    extensions.get::<crate::ext::UpstreamPath>().map(|p| p.0.clone())
 }
 
 /// Without the proxy there is no `UpstreamPath`; the rewritten URI is the request's.

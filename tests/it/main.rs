@@ -11,6 +11,7 @@ mod edge_headers;
 mod edge_limits;
 mod edge_paths;
 mod edge_server;
+mod floors;
 mod hosts;
 #[cfg(feature = "jwt")]
 mod jwt;

@@ -66,9 +66,9 @@ use http::{HeaderName, Method, Request, Response};
 use jsonwebtoken::DecodingKey;
 use tower::{Layer, Service};
 
-use crate::auth::AuthFailure;
 use crate::consumer::Consumer;
 use crate::error::Rejection;
+use crate::ext::AuthFailure;
 
 pub use jsonwebtoken::Algorithm;
 pub use jwks::{DEFAULT_JWKS_MAX_AGE, DEFAULT_JWKS_REFRESH_INTERVAL, MIN_JWKS_REFRESH_INTERVAL};

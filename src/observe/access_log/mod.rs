@@ -116,9 +116,9 @@
 //! # }
 //! ```
 //!
-//! [`RequestId`]: crate::observe::request_id::RequestId
-//! [`NormalizedPath`]: crate::sanitize::NormalizedPath
-//! [`MatchedRoute`]: crate::router::MatchedRoute
+//! [`RequestId`]: crate::ext::RequestId
+//! [`NormalizedPath`]: crate::ext::NormalizedPath
+//! [`MatchedRoute`]: crate::ext::MatchedRoute
 //! [`ClientIp`]: crate::client_ip::ClientIp
 
 mod body;
@@ -132,100 +132,8 @@ pub use future::ResponseFuture;
 pub use layer::{AccessLogLayer, AccessLogService};
 pub use sink::LogSink;
 
-/// What the rate limiter decided, in response extensions; logged as `rate_limit` and counted as
-/// the `outcome` label of `portcullis_rate_limit_decisions_total`.
-///
-/// [`RateLimitOutcome::as_str`] is the one list of these words: the rate-limit layers, the access
-/// log, the metrics and the tracing span all use it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RateLimitOutcome {
-    /// `allowed`: within every limit (a leaky bucket's delayed request too).
-    Allowed,
-    /// `limited`: over a limit, answered 429 (or `error_code`) by the gateway.
-    Limited,
-    /// `bypassed`: the store (Redis) failed and `fault_tolerant: true` let the request through
-    /// unlimited.
-    Bypassed,
-    /// `unavailable`: the store failed and `fault_tolerant: false` answered 503
-    /// `rate_limit_unavailable`.
-    Unavailable,
-}
-
-impl RateLimitOutcome {
-    /// Every outcome, in the order of [`RateLimitOutcome::index`].
-    pub const ALL: [Self; 4] = [Self::Allowed, Self::Limited, Self::Bypassed, Self::Unavailable];
-
-    /// The word in the access log and the metrics label.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Allowed => "allowed",
-            Self::Limited => "limited",
-            Self::Bypassed => "bypassed",
-            Self::Unavailable => "unavailable",
-        }
-    }
-
-    /// The position in [`RateLimitOutcome::ALL`].
-    pub const fn index(self) -> usize {
-        self as usize
-    }
-}
-
-impl std::fmt::Display for RateLimitOutcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// How many upstream attempts the request took, in response extensions; logged as `attempts`.
-///
-/// The proxy writes `Attempts(1)` on every response of a request it sent upstream and
-/// `Attempts(0)` on its own answers (no healthy host, a path it refuses); a retry layer
-/// overwrites it with its count, and the route timeout writes the attempts started before it
-/// cut the request off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Attempts(pub u32);
-
-/// The circuit breaker's state when it decided, or why it refused, in response extensions;
-/// logged as `breaker`.
-///
-/// [`BreakerOutcome::as_str`] is the one list of these words; the metrics' `state` label of
-/// `portcullis_circuit_breaker_state` uses the same ones (through
-/// `resilience::breaker::BreakerState::as_str`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum BreakerOutcome {
-    /// `closed`: the circuit was closed and admitted the request.
-    Closed,
-    /// `open`: the circuit was open and turned the request away (503).
-    Open,
-    /// `half_open`: the circuit was half-open; the request went as a probe, or was turned away
-    /// when the probes were taken (503).
-    HalfOpen,
-    /// `overflow`: a threshold (`max_requests`, `max_pending_requests`, ...) was full and the
-    /// request was turned away (503).
-    Overflow,
-}
-
-impl BreakerOutcome {
-    /// Every outcome.
-    pub const ALL: [Self; 4] = [Self::Closed, Self::Open, Self::HalfOpen, Self::Overflow];
-
-    /// The word in the access log (and, for the three states, the metrics label).
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Closed => "closed",
-            Self::Open => "open",
-            Self::HalfOpen => "half_open",
-            Self::Overflow => "overflow",
-        }
-    }
-}
-
-impl std::fmt::Display for BreakerOutcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// Moved to the ground floor ([`crate::ext`]); re-exported here for the old paths.
+pub use crate::ext::{Attempts, BreakerOutcome, RateLimitOutcome};
 
 #[cfg(test)]
 mod tests;

@@ -15,9 +15,9 @@ use http::{Extensions, HeaderMap, Method, Request, StatusCode};
 use super::{Attempts, BreakerOutcome, RateLimitOutcome};
 use crate::client_ip::ClientIp;
 use crate::consumer::Consumer;
+use crate::ext::NormalizedPath;
+use crate::ext::{MatchedRoute, RouteInfo};
 use crate::observe::request_id::{RequestId, X_REQUEST_ID};
-use crate::router::{MatchedRoute, RouteInfo};
-use crate::sanitize::NormalizedPath;
 
 /// Status logged when the client went away before the response head was ready (nginx's
 /// "client closed request").
@@ -148,7 +148,7 @@ impl Record {
             self.client_ip = Some(*ip);
         }
         #[cfg(feature = "proxy")]
-        if let Some(info) = ext.get::<crate::proxy::UpstreamInfo>() {
+        if let Some(info) = ext.get::<crate::ext::UpstreamInfo>() {
             self.upstream = Some(Upstream {
                 host: info.host.clone(),
                 status: info.status.map(|s| s.as_u16()),

@@ -16,9 +16,9 @@ use tower::{ServiceBuilder, ServiceExt, service_fn};
 use super::*;
 use crate::client_ip::ClientIp;
 use crate::consumer::Consumer;
-use crate::observe::request_id::RequestId;
-use crate::router::{MatchedRoute, RouteInfo};
-use crate::sanitize::NormalizedPath;
+use crate::ext::NormalizedPath;
+use crate::ext::RequestId;
+use crate::ext::{MatchedRoute, RouteInfo};
 
 /// SPEC §7, in order.
 const KEYS: [&str; 18] = [
@@ -174,7 +174,7 @@ async fn annotations_from_every_layer_are_logged() {
                 preserve_host: false,
             })));
             #[cfg(feature = "proxy")]
-            ext.insert(crate::proxy::UpstreamInfo {
+            ext.insert(crate::ext::UpstreamInfo {
                 host: "10.0.0.5:8080".into(),
                 status: Some(StatusCode::BAD_GATEWAY),
                 latency: Duration::from_micros(12_410),

@@ -12,9 +12,8 @@ use tower::{Layer, Service};
 
 use super::routes::Observation;
 use super::{Metrics, Shared};
-use crate::auth::AuthFailure;
-use crate::observe::access_log::RateLimitOutcome;
-use crate::router::MatchedRoute;
+use crate::ext::RateLimitOutcome;
+use crate::ext::{AuthFailure, MatchedRoute};
 
 /// Records every request into a [`Metrics`]; see the [module docs](super).
 #[derive(Debug, Clone)]
@@ -110,7 +109,7 @@ where
 impl Shared {
     fn record(&self, status: u16, ext: &Extensions, total: std::time::Duration) {
         #[cfg(feature = "proxy")]
-        let upstream = ext.get::<crate::proxy::UpstreamInfo>().map(|u| u.latency);
+        let upstream = ext.get::<crate::ext::UpstreamInfo>().map(|u| u.latency);
         #[cfg(not(feature = "proxy"))]
         let upstream = None;
         let rate_limit = ext.get::<RateLimitOutcome>().map(|o| o.index());

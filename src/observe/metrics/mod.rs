@@ -111,10 +111,10 @@
 //! assert!(metrics.render().contains(r#"portcullis_breaker_state{service="orders",state="open"} 1"#));
 //! ```
 //!
-//! [`MatchedRoute`]: crate::router::MatchedRoute
-//! [`UpstreamInfo`]: crate::proxy::UpstreamInfo
-//! [`RateLimitOutcome`]: crate::observe::access_log::RateLimitOutcome
-//! [`AuthFailure`]: crate::auth::AuthFailure
+//! [`MatchedRoute`]: crate::ext::MatchedRoute
+//! [`UpstreamInfo`]: crate::ext::UpstreamInfo
+//! [`RateLimitOutcome`]: crate::ext::RateLimitOutcome
+//! [`AuthFailure`]: crate::ext::AuthFailure
 
 mod histogram;
 mod layer;
@@ -140,7 +140,8 @@ pub use layer::{MetricsLayer, MetricsService, ResponseFuture};
 
 use self::histogram::LatencyHistogram;
 use self::routes::RouteCache;
-use crate::observe::access_log::{LogSink, RateLimitOutcome};
+use crate::ext::RateLimitOutcome;
+use crate::observe::access_log::LogSink;
 
 /// `Content-Type` of the OpenMetrics text format ([`Format::OpenMetrics`]).
 pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

@@ -18,8 +18,8 @@ use prometheus_client::metrics::counter::Counter;
 
 use super::histogram::LatencyHistogram;
 use super::{Families, RouteLabels, STATUS_CLASSES};
-use crate::observe::access_log::RateLimitOutcome;
-use crate::router::RouteInfo;
+use crate::ext::RateLimitOutcome;
+use crate::ext::RouteInfo;
 
 /// Slots in the table; a power of two.
 const SLOTS: usize = 512;

@@ -6,9 +6,9 @@ use http::{Request, Response, StatusCode};
 use tower::{Layer, ServiceBuilder, ServiceExt};
 
 use super::*;
-use crate::auth::AuthFailure;
-use crate::observe::access_log::RateLimitOutcome;
-use crate::router::{MatchedRoute, RouteInfo};
+use crate::ext::AuthFailure;
+use crate::ext::RateLimitOutcome;
+use crate::ext::{MatchedRoute, RouteInfo};
 
 fn route(name: &str, service: &str) -> Arc<RouteInfo> {
     Arc::new(RouteInfo { name: Some(name.into()), service_name: Some(service.into()), preserve_host: false })
@@ -76,7 +76,7 @@ async fn upstream_latency_and_overhead_come_from_upstream_info() {
     let metrics = Metrics::new();
     let orders = route("orders", "orders-svc");
     let svc = metrics.layer().layer(annotated(StatusCode::OK, Some(orders), |ext| {
-        ext.insert(crate::proxy::UpstreamInfo {
+        ext.insert(crate::ext::UpstreamInfo {
             host: "10.0.0.5:8080".into(),
             status: Some(StatusCode::OK),
             latency: std::time::Duration::from_millis(7),

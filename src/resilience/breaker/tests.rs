@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 use tower::{Service, ServiceExt};
 
 use super::*;
-use crate::proxy::UpstreamInfo;
+use crate::ext::UpstreamInfo;
 
 /// A scripted upstream, told what to do by the request path: `/status/NNN` answers NNN as the
 /// proxy would (with `UpstreamInfo`), `/local/NNN` answers NNN as a gateway layer would (no
