@@ -89,10 +89,9 @@ use crate::error::{BoxError, Rejection};
 /// Moved to the ground floor ([`crate::ext`]); re-exported here for the old path.
 pub use crate::ext::{AttemptLog, AttemptTimeout, UpstreamInfo, UpstreamPath};
 use crate::ext::{Attempts, PreviousHosts, RequestId, RouteMatch, UpstreamFailure};
-use crate::http_rules::{strip_request_hop_by_hop, strip_response_hop_by_hop};
+use crate::http_rules::{has_dot_segment, strip_request_hop_by_hop, strip_response_hop_by_hop};
 use crate::resilience::balance::{HostSet, PickedHost};
 use crate::resilience::classify::Outcome;
-use crate::router::{UpstreamPathError, upstream_path};
 
 /// An upstream URL the proxy cannot use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -697,6 +696,60 @@ fn failure_response(error: &legacy::Error) -> (Rejection, Option<UpstreamFailure
     }
 }
 
+// === upstream path ===
+
+/// Why [`upstream_path`] refused to build a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpstreamPathError {
+    /// The joined path would hold a segment an upstream reads as `.` or `..` (`%2e` and a `;`
+    /// parameter included), which would take the request out of the service's path.
+    #[error("the upstream path would hold a '.' or '..' segment")]
+    DotSegment,
+}
+
+/// Kong's upstream path: the service's path joined by exactly one `/` to what is left of the
+/// request path after stripping its first `strip_len` bytes ([`RouteMatch::strip_len`]).
+///
+/// With nothing left the service path is used as is; with neither, `/`. A prefix route `/api`
+/// strips from `/apix` too (Kong's string prefix), so `x` becomes a segment of its own; a path
+/// that would then hold a `.` or `..` segment (`/api../secret` → `/base/../secret`, or `%2e`
+/// forms, or `..;`) is an [`UpstreamPathError`]: the upstream would resolve it out of the service's
+/// path. The gateway answers it 400 `bad_request`.
+///
+/// ```
+/// use portcullis::proxy::{UpstreamPathError, upstream_path};
+///
+/// assert_eq!(upstream_path("/base", "/api/users", 4), Ok("/base/users".into())); // route `/api`, strip_path
+/// assert_eq!(upstream_path("/base", "/api/users", 0), Ok("/base/api/users".into())); // strip_path: false
+/// assert_eq!(upstream_path("", "/api/users", 4), Ok("/users".into()));
+/// assert_eq!(upstream_path("/base", "/api", 4), Ok("/base".into()));
+/// assert_eq!(upstream_path("/base", "/apix", 4), Ok("/base/x".into()));
+/// assert_eq!(upstream_path("/base", "/api../secret", 4), Err(UpstreamPathError::DotSegment));
+/// ```
+pub fn upstream_path(
+    service_path: &str,
+    request_path: &str,
+    strip_len: usize,
+) -> Result<String, UpstreamPathError> {
+    let rest = request_path.get(strip_len..).unwrap_or("");
+    let joined = if rest.is_empty() {
+        if service_path.is_empty() { "/".to_owned() } else { service_path.to_owned() }
+    } else {
+        let base = service_path.strip_suffix('/').unwrap_or(service_path);
+        let rest = rest.strip_prefix('/').unwrap_or(rest);
+        let mut joined = String::with_capacity(base.len() + 1 + rest.len());
+        joined.push_str(base);
+        joined.push('/');
+        joined.push_str(rest);
+        joined
+    };
+    if has_dot_segment(&joined) {
+        return Err(UpstreamPathError::DotSegment);
+    }
+    Ok(joined)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -747,5 +800,41 @@ mod tests {
         for bad in ["127.0.0.1:9000", "ftp://x", "http://u:p@x/", "http://x/?q=1", "/path"] {
             assert!(Proxy::builder(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn upstream_path_joins_with_one_slash() {
+        let ok = |base, path, strip| upstream_path(base, path, strip).unwrap();
+        assert_eq!(ok("/base", "/api/users", "/api".len()), "/base/users");
+        assert_eq!(ok("/base", "/api", "/api".len()), "/base");
+        assert_eq!(ok("/base/", "/users", 0), "/base/users");
+        assert_eq!(ok("", "/api/users", "/api".len()), "/users");
+        assert_eq!(ok("/base", "/api/users", 0), "/base/api/users");
+        assert_eq!(ok("/", "/api/users", 0), "/api/users");
+        assert_eq!(ok("", "/api/users", 0), "/api/users");
+        assert_eq!(ok("", "/api", "/api".len()), "/");
+        assert_eq!(ok("/", "/api", "/api".len()), "/");
+        assert_eq!(ok("/base", "/apiv2", "/api".len()), "/base/v2");
+        assert_eq!(ok("/base", "/api/", "/api".len()), "/base/");
+        assert_eq!(ok("/base", "/api../secret", 0), "/base/api../secret");
+        assert_eq!(ok("/base", "/api/.well-known/x", "/api".len()), "/base/.well-known/x");
+    }
+
+    #[test]
+    fn upstream_path_never_holds_a_dot_segment() {
+        let strip = "/api".len();
+        for hostile in
+            ["/api../secret", "/api.%2e/x", "/api%2e%2e/x", "/api.", "/api/./x", "/api/..;/x", "/api..%2Fx"]
+        {
+            assert_eq!(
+                upstream_path("/base", hostile, strip),
+                Err(UpstreamPathError::DotSegment),
+                "{hostile}"
+            );
+            assert_eq!(upstream_path("", hostile, strip), Err(UpstreamPathError::DotSegment), "{hostile}");
+        }
+        // A regex route strips its whole match: `~/v\d` on `/v1../x` leaves `../x`.
+        assert_eq!(upstream_path("/base", "/v1../x", 3), Err(UpstreamPathError::DotSegment));
+        assert_eq!(upstream_path("/base", "/api/a/../b", 0), Err(UpstreamPathError::DotSegment));
     }
 }

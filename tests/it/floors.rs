@@ -33,14 +33,7 @@ const BY_DESIGN: &[(&str, &str, &str)] = &[
 
 /// Upward or layer-to-layer imports that are still there and will go: each names what is left to
 /// do. Remove an entry when its import goes (the test fails on an entry nothing uses).
-const NOT_YET: &[(&str, &str, &str)] = &[
-    (
-        "proxy",
-        "router::upstream_path",
-        "`upstream_path` is the proxy's (issue 14 item 5 moves it out of router.rs)",
-    ),
-    ("proxy", "router::UpstreamPathError", "moves with `upstream_path` (issue 14 item 5)"),
-];
+const NOT_YET: &[(&str, &str, &str)] = &[];
 
 /// The floors from `src/lib.rs`, lowest first: `(floor name, its top-level modules)`.
 fn floors(root: &Path) -> Vec<(String, Vec<String>)> {
