@@ -70,7 +70,7 @@
 //! | config | `config` | YAML → typed values → route stacks; knows every layer, no layer knows it |
 //! | readers | `observe` | request id, access log, metrics, tracing span: read what the layers recorded, decide nothing |
 //! | layers | `sanitize`, `router`, `auth`, `ratelimit`, `transform`, `resilience`, `proxy`, `timeout` | one concern each, each usable alone on any `tower::Service<http::Request<B>>` |
-//! | ground floor | `ext`, `http_rules`, `error`, `consumer`, `client_ip`, `body` | the shared vocabulary: the extension types ([`ext`]), the HTTP rules every layer applies alike ([`http_rules`]), the error body ([`Rejection`]), the consumer, the client address, the body type ([`Body`]) |
+//! | ground floor | `ext`, `http_rules`, `future`, `error`, `consumer`, `client_ip`, `body` | the shared vocabulary: the extension types ([`ext`]), the HTTP rules every layer applies alike ([`http_rules`]), the rejected-or-inner response future ([`future`]), the error body ([`Rejection`]), the consumer, the client address, the body type ([`Body`]) |
 //!
 //! A new extension type that two modules share goes to [`ext`], not into the module that writes
 //! it first.
@@ -86,6 +86,7 @@ pub mod config;
 pub mod consumer;
 pub mod error;
 pub mod ext;
+pub mod future;
 #[cfg(feature = "gateway")]
 pub mod gateway;
 pub mod http_rules;

@@ -73,6 +73,7 @@ use crate::client_ip::{ClientIp, ListenerInfo, PeerAddr, TrustedProxies};
 use crate::error::Rejection;
 /// Moved to the ground floor ([`crate::ext`]); re-exported here for the old path.
 pub use crate::ext::NormalizedPath;
+use crate::future::RejectOrInner;
 /// Moved to the ground floor ([`crate::http_rules`]); re-exported here for the old paths.
 pub use crate::http_rules::{DEFAULT_STRIP_FROM_UNTRUSTED, is_owned_header, sanitize_trailers};
 use crate::http_rules::{
@@ -584,7 +585,7 @@ where
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         match self.check(&mut req) {
             Ok(echo) => {
-                ResponseFuture { kind: Kind::Inner { inner: self.inner.call(req), echo: Some(echo) } }
+                ResponseFuture { inner: RejectOrInner::inner(self.inner.call(req)), echo: Some(echo) }
             }
             Err(rejection) => {
                 let mut response = rejection.into_response_for(&req);
@@ -592,29 +593,20 @@ where
                     let client = self.config.trusted.client_ip(peer.0.ip(), req.headers());
                     response.extensions_mut().insert(ClientIp(client));
                 }
-                ResponseFuture { kind: Kind::Rejected { response: Some(response) } }
+                ResponseFuture { inner: RejectOrInner::rejected(response), echo: None }
             }
         }
     }
 }
 
 pin_project! {
-    /// Response future of [`SanitizeService`].
+    /// Response future of [`SanitizeService`]: the rejection it decided, or the inner service's
+    /// response with the normalized path and client address copied into its extensions.
     pub struct ResponseFuture<F, B> {
         #[pin]
-        kind: Kind<F, B>,
-    }
-}
-
-pin_project! {
-    #[project = KindProj]
-    enum Kind<F, B> {
-        Rejected { response: Option<Response<B>> },
-        Inner {
-            #[pin]
-            inner: F,
-            echo: Option<Echo>,
-        },
+        inner: RejectOrInner<F, B>,
+        // `None` for a rejection: the inner service never saw the request.
+        echo: Option<Echo>,
     }
 }
 
@@ -631,25 +623,18 @@ where
     type Output = Result<Response<B>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Rejected { response } => match response.take() {
-                Some(response) => Poll::Ready(Ok(response)),
-                None => Poll::Pending,
-            },
-            KindProj::Inner { inner, echo } => {
-                let mut response = std::task::ready!(inner.poll(cx))?;
-                if let Some(Echo { path, client }) = echo.take() {
-                    let ext = response.extensions_mut();
-                    if let Some(path) = path {
-                        ext.insert(path);
-                    }
-                    if let Some(client) = client {
-                        ext.insert(client);
-                    }
-                }
-                Poll::Ready(Ok(response))
+        let this = self.project();
+        let mut response = std::task::ready!(this.inner.poll(cx))?;
+        if let Some(Echo { path, client }) = this.echo.take() {
+            let ext = response.extensions_mut();
+            if let Some(path) = path {
+                ext.insert(path);
+            }
+            if let Some(client) = client {
+                ext.insert(client);
             }
         }
+        Poll::Ready(Ok(response))
     }
 }
 

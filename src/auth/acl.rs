@@ -29,20 +29,17 @@
 //! # }
 //! ```
 
-use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{HeaderName, Request, Response, StatusCode};
-use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::consumer::Consumer;
 use crate::error::Rejection;
 use crate::ext::AuthFailure;
+use crate::future::RejectOrInner;
 
 static X_CONSUMER_GROUPS: HeaderName = HeaderName::from_static("x-consumer-groups");
 
@@ -156,51 +153,15 @@ where
         match rejection {
             Some(rejection) => {
                 let response = AuthFailure::respond("acl", rejection, &req);
-                ResponseFuture { kind: Kind::Rejected { response: Some(response) } }
+                ResponseFuture::rejected(response)
             }
-            None => ResponseFuture { kind: Kind::Inner { inner: self.inner.call(req) } },
+            None => ResponseFuture::inner(self.inner.call(req)),
         }
     }
 }
 
-pin_project! {
-    /// Response future of [`Acl`].
-    pub struct ResponseFuture<F, B> {
-        #[pin]
-        kind: Kind<F, B>,
-    }
-}
-
-pin_project! {
-    #[project = Proj]
-    enum Kind<F, B> {
-        Rejected { response: Option<Response<B>> },
-        Inner { #[pin] inner: F },
-    }
-}
-
-impl<F, B> fmt::Debug for ResponseFuture<F, B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-impl<F, B, E> Future for ResponseFuture<F, B>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-{
-    type Output = Result<Response<B>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            Proj::Rejected { response } => match response.take() {
-                Some(response) => Poll::Ready(Ok(response)),
-                None => Poll::Pending,
-            },
-            Proj::Inner { inner } => inner.poll(cx),
-        }
-    }
-}
+/// Response future of [`Acl`]: the 401/403 it decided, or the inner service's future.
+pub type ResponseFuture<F, B> = RejectOrInner<F, B>;
 
 #[cfg(test)]
 mod tests {

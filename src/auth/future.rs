@@ -1,5 +1,6 @@
 //! The response future every auth layer returns: the inner service's answer (with the verified
-//! consumer copied into the response extensions for the access log), a rejection, or a boxed
+//! consumer copied into the response extensions for the access log) or a rejection, both through
+//! the shared [`RejectOrInner`], or a boxed
 //! future for the rare request that must wait (a JWKS refresh, an introspection call, a body read).
 
 use std::fmt;
@@ -11,6 +12,7 @@ use http::Response;
 use pin_project_lite::pin_project;
 
 use crate::consumer::Consumer;
+use crate::future::RejectOrInner;
 
 /// A boxed, sendable future.
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -26,8 +28,8 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<F, B, E> {
-        Inner { #[pin] future: F, consumer: Option<Consumer> },
-        Rejected { response: Option<Response<B>> },
+        // The inner future (`consumer` goes into its response) or a rejection (`consumer: None`).
+        Decided { #[pin] future: RejectOrInner<F, B>, consumer: Option<Consumer> },
         Boxed { future: BoxFuture<Result<Response<B>, E>> },
     }
 }
@@ -41,12 +43,12 @@ impl<F, B, E> fmt::Debug for ResponseFuture<F, B, E> {
 impl<F, B, E> ResponseFuture<F, B, E> {
     /// The inner service's future; `consumer` goes into the response extensions.
     pub(crate) fn inner(future: F, consumer: Option<Consumer>) -> Self {
-        Self { state: State::Inner { future, consumer } }
+        Self { state: State::Decided { future: RejectOrInner::inner(future), consumer } }
     }
 
     /// A rejection decided in `call`.
     pub(crate) fn rejected(response: Response<B>) -> Self {
-        Self { state: State::Rejected { response: Some(response) } }
+        Self { state: State::Decided { future: RejectOrInner::rejected(response), consumer: None } }
     }
 
     /// A request that has to wait before it is decided.
@@ -63,17 +65,13 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            StateProj::Inner { future, consumer } => {
+            StateProj::Decided { future, consumer } => {
                 let mut response = std::task::ready!(future.poll(cx))?;
                 if let Some(consumer) = consumer.take() {
                     response.extensions_mut().insert(consumer);
                 }
                 Poll::Ready(Ok(response))
             }
-            StateProj::Rejected { response } => match response.take() {
-                Some(response) => Poll::Ready(Ok(response)),
-                None => Poll::Pending,
-            },
             StateProj::Boxed { future } => future.as_mut().poll(cx),
         }
     }
