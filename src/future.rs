@@ -13,13 +13,13 @@
 //! use portcullis::future::RejectOrInner;
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! let inner: RejectOrInner<Ready<Result<Response<String>, Infallible>>, String> =
+//! let inner: RejectOrInner<Ready<Result<Response<String>, Infallible>>, Response<String>> =
 //!     RejectOrInner::inner(ready(Ok(Response::new("from upstream".into()))));
 //! assert_eq!(inner.await.unwrap().body(), "from upstream");
 //!
 //! let mut denied = Response::new(String::from("{}"));
 //! *denied.status_mut() = StatusCode::FORBIDDEN;
-//! let rejected: RejectOrInner<Ready<Result<Response<String>, Infallible>>, String> =
+//! let rejected: RejectOrInner<Ready<Result<Response<String>, Infallible>>, Response<String>> =
 //!     RejectOrInner::rejected(denied);
 //! assert_eq!(rejected.await.unwrap().status(), StatusCode::FORBIDDEN);
 //! # }
@@ -30,32 +30,32 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use http::Response;
 use pin_project_lite::pin_project;
 
 pin_project! {
     /// A response decided by the layer, or the inner service's future.
     ///
-    /// `F` is the inner future (`Output = Result<Response<B>, E>`), `B` the response body. The
+    /// `F` is the inner future (`Output = Result<R, E>`), `R` the response type, usually
+    /// `http::Response<B>` (a layer generic over its inner service names it `S::Response`). The
     /// rejected response is answered on the first poll, and a request that took it never reached
     /// the inner service. Polled again after it answered, it stays pending.
-    pub struct RejectOrInner<F, B> {
+    pub struct RejectOrInner<F, R> {
         #[pin]
-        kind: Kind<F, B>,
+        kind: Kind<F, R>,
     }
 }
 
 pin_project! {
     #[project = KindProj]
-    enum Kind<F, B> {
-        Rejected { response: Option<Response<B>> },
+    enum Kind<F, R> {
+        Rejected { response: Option<R> },
         Inner { #[pin] inner: F },
     }
 }
 
-impl<F, B> RejectOrInner<F, B> {
+impl<F, R> RejectOrInner<F, R> {
     /// Answers `response` without calling the inner service.
-    pub fn rejected(response: Response<B>) -> Self {
+    pub fn rejected(response: R) -> Self {
         Self { kind: Kind::Rejected { response: Some(response) } }
     }
 
@@ -70,18 +70,18 @@ impl<F, B> RejectOrInner<F, B> {
     }
 }
 
-impl<F, B> fmt::Debug for RejectOrInner<F, B> {
+impl<F, R> fmt::Debug for RejectOrInner<F, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = if self.is_rejected() { "Rejected" } else { "Inner" };
         f.debug_struct("RejectOrInner").field("kind", &kind).finish_non_exhaustive()
     }
 }
 
-impl<F, B, E> Future for RejectOrInner<F, B>
+impl<F, R, E> Future for RejectOrInner<F, R>
 where
-    F: Future<Output = Result<Response<B>, E>>,
+    F: Future<Output = Result<R, E>>,
 {
-    type Output = Result<Response<B>, E>;
+    type Output = Result<R, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
@@ -101,11 +101,11 @@ mod tests {
     use std::convert::Infallible;
     use std::future::{Ready, ready};
 
-    use http::StatusCode;
+    use http::{Response, StatusCode};
 
     use super::*;
 
-    type Fut = RejectOrInner<Ready<Result<Response<&'static str>, Infallible>>, &'static str>;
+    type Fut = RejectOrInner<Ready<Result<Response<&'static str>, Infallible>>, Response<&'static str>>;
 
     #[tokio::test]
     async fn answers_the_rejection_or_the_inner_response() {

@@ -112,6 +112,7 @@ use tower::util::Oneshot;
 use crate::error::Rejection;
 /// Moved to the ground floor ([`crate::ext`]); re-exported here for the old path.
 pub use crate::ext::{MatchedRoute, RouteInfo, RouteMatch, UriCaptures};
+use crate::future::RejectOrInner;
 
 // === impl Route ===
 
@@ -836,15 +837,20 @@ where
         let found = self
             .find(request.method(), request_host(&request), request.uri().path(), request.headers())
             .map(|(service, route_match)| (service.clone(), route_match));
-        let kind = match found {
+        match found {
             Some((service, route_match)) => {
                 let route = Arc::clone(&route_match.route);
                 request.extensions_mut().insert(route_match);
-                Kind::Route { inner: Oneshot::new(service, request), route: Some(route) }
+                ResponseFuture {
+                    inner: RejectOrInner::inner(Oneshot::new(service, request)),
+                    route: Some(route),
+                }
             }
-            None => Kind::NoRoute { response: Some(Rejection::no_route().into_response_for(&request)) },
-        };
-        ResponseFuture { kind }
+            None => {
+                let response = Rejection::no_route().into_response_for(&request);
+                ResponseFuture { inner: RejectOrInner::rejected(response), route: None }
+            }
+        }
     }
 }
 
@@ -867,22 +873,9 @@ pin_project! {
         S: Service<Request<B>>,
     {
         #[pin]
-        kind: Kind<S, B>,
-    }
-}
-
-pin_project! {
-    #[project = KindProj]
-    enum Kind<S, B>
-    where
-        S: Service<Request<B>>,
-    {
-        NoRoute { response: Option<S::Response> },
-        Route {
-            #[pin]
-            inner: Oneshot<S, Request<B>>,
-            route: Option<Arc<RouteInfo>>,
-        },
+        inner: RejectOrInner<Oneshot<S, Request<B>>, S::Response>,
+        // `None` for the `404`: no route answered it.
+        route: Option<Arc<RouteInfo>>,
     }
 }
 
@@ -891,10 +884,7 @@ where
     S: Service<Request<B>>,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match &self.kind {
-            Kind::NoRoute { .. } => "NoRoute",
-            Kind::Route { .. } => "Route",
-        };
+        let state = if self.inner.is_rejected() { "NoRoute" } else { "Route" };
         f.debug_struct("ResponseFuture").field("kind", &state).finish()
     }
 }
@@ -906,20 +896,12 @@ where
     type Output = Result<Response<ResBody>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::NoRoute { response } => match response.take() {
-                Some(response) => Poll::Ready(Ok(response)),
-                // The `Future` contract: polling a completed future may panic.
-                None => panic!("router ResponseFuture polled after completion"),
-            },
-            KindProj::Route { inner, route } => {
-                let mut response = ready!(inner.poll(cx))?;
-                if let Some(route) = route.take() {
-                    response.extensions_mut().insert(MatchedRoute(route));
-                }
-                Poll::Ready(Ok(response))
-            }
+        let this = self.project();
+        let mut response = ready!(this.inner.poll(cx))?;
+        if let Some(route) = this.route.take() {
+            response.extensions_mut().insert(MatchedRoute(route));
         }
+        Poll::Ready(Ok(response))
     }
 }
 

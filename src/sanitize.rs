@@ -604,7 +604,7 @@ pin_project! {
     /// response with the normalized path and client address copied into its extensions.
     pub struct ResponseFuture<F, B> {
         #[pin]
-        inner: RejectOrInner<F, B>,
+        inner: RejectOrInner<F, Response<B>>,
         // `None` for a rejection: the inner service never saw the request.
         echo: Option<Echo>,
     }

@@ -161,7 +161,7 @@ where
 }
 
 /// Response future of [`Acl`]: the 401/403 it decided, or the inner service's future.
-pub type ResponseFuture<F, B> = RejectOrInner<F, B>;
+pub type ResponseFuture<F, B> = RejectOrInner<F, Response<B>>;
 
 #[cfg(test)]
 mod tests {

@@ -29,7 +29,7 @@ pin_project! {
     #[project = StateProj]
     enum State<F, B, E> {
         // The inner future (`consumer` goes into its response) or a rejection (`consumer: None`).
-        Decided { #[pin] future: RejectOrInner<F, B>, consumer: Option<Consumer> },
+        Decided { #[pin] future: RejectOrInner<F, Response<B>>, consumer: Option<Consumer> },
         Boxed { future: BoxFuture<Result<Response<B>, E>> },
     }
 }
