@@ -316,12 +316,16 @@ impl AttemptLog {
         Self::default()
     }
 
+    /// The proxy sent an attempt to `host` at `at`.
+    #[cfg(feature = "proxy")]
     pub(crate) fn sent(&self, host: &Arc<str>, at: Instant) {
         let mut sent = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         sent.count = sent.count.saturating_add(1);
         sent.last = Some((host.clone(), at, None));
     }
 
+    /// The last attempt came back with `info`.
+    #[cfg(feature = "proxy")]
     pub(crate) fn answered(&self, info: &UpstreamInfo) {
         let mut sent = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((_, _, answer)) = &mut sent.last {
