@@ -31,7 +31,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Request, Response, StatusCode};
 use portcullis::observe::access_log::RateLimitOutcome;
 use portcullis::observe::metrics::{Metrics, MetricsLayer};
-use portcullis::observe::trace::RequestSpanLayer;
+use portcullis::observe::request_span::RequestSpanLayer;
 use portcullis::proxy::UpstreamInfo;
 use portcullis::router::{MatchedRoute, RouteInfo};
 use tower::{Layer, Service};

@@ -14,7 +14,7 @@ use std::fs::File;
 use std::io::{BufReader, Read};
 use std::process::ExitCode;
 
-use portcullis::observe::analyze::{Analyzer, Window};
+use portcullis::analyze::{Analyzer, Window};
 
 fn usage() -> &'static str {
     "usage: analyze_logs [--since RFC3339] [--until RFC3339] [--json] [--html FILE] [FILE|- ...]"

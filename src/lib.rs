@@ -66,6 +66,7 @@
 //!
 //! | floor | modules | what they hold |
 //! |-------|---------|----------------|
+//! | tools | `analyze` | offline tools beside the gateway (the access-log analyzer): they import nothing from the crate |
 //! | gateway | `gateway` | the server, the admin listener, reload: assembles everything |
 //! | config | `config` | YAML → typed values → route stacks; knows every layer, no layer knows it |
 //! | readers | `observe` | request id, access log, metrics, tracing span: read what the layers recorded, decide nothing |
@@ -78,6 +79,8 @@
 #![warn(missing_docs, unreachable_pub, rust_2018_idioms, missing_debug_implementations)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+#[cfg(feature = "analyze")]
+pub mod analyze;
 pub mod auth;
 pub mod body;
 pub mod client_ip;

@@ -16,7 +16,7 @@
 //! The admin listener (`gateway.admin_listen`) serves `GET /healthz`, `GET /metrics` and
 //! `GET /status` ([`admin`]); on a non-loopback address only with `gateway.admin_token`.
 //!
-//! [`RequestSpanLayer`]: crate::observe::trace::RequestSpanLayer
+//! [`RequestSpanLayer`]: crate::observe::request_span::RequestSpanLayer
 //!
 //! ```no_run
 //! use portcullis::gateway::Gateway;
@@ -45,7 +45,7 @@ use crate::config::{AccessLog, Config, ConfigError, Instruments, RouteService};
 use crate::observe::access_log::{AccessLogLayer, AccessLogService, LogSink};
 use crate::observe::metrics::{Metrics, MetricsLayer, MetricsService};
 use crate::observe::request_id::{RequestIdLayer, RequestIdService};
-use crate::observe::trace::{RequestSpan, RequestSpanLayer};
+use crate::observe::request_span::{RequestSpan, RequestSpanLayer};
 use crate::router::Router;
 use crate::sanitize::{SanitizeLayer, SanitizeService};
 

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use http::StatusCode;
 use tower::Layer;
 
-use super::core::Micros;
+use super::decision::Micros;
 use super::leaky_bucket::LeakyBucket;
 use super::limit_by::{DEFAULT_IPV6_PREFIX, LimitBy};
 use super::policy::{Period, Policy};

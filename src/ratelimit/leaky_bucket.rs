@@ -4,7 +4,7 @@
 //! This shapes traffic for a fragile backend: however bursty the clients, the upstream sees
 //! requests spaced `1 / drain_per_second` apart.
 
-use super::core::{Decision, Micros, SECOND};
+use super::decision::{Decision, Micros, SECOND};
 
 /// The state of one queue: when the next slot is free (0 = never seen, an empty queue).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

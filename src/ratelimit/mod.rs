@@ -88,32 +88,26 @@
 //! Each algorithm ([`window`], [`token_bucket`], [`leaky_bucket`]) is a pure function of the
 //! state, the limit and `now`, so tests are exact and every store shares them.
 
-mod core;
+mod decision;
 mod future;
-#[cfg(feature = "redis")]
-mod hybrid;
 mod layer;
 pub mod leaky_bucket;
 mod limit_by;
 mod policy;
-#[cfg(feature = "redis")]
-mod redis;
 mod service;
 mod store;
 pub mod token_bucket;
 pub mod window;
 
-pub use self::core::{Clock, Decision, ManualClock, Micros, SECOND, SystemClock};
+pub use decision::{Clock, Decision, ManualClock, Micros, SECOND, SystemClock};
 pub use future::ResponseFuture;
-#[cfg(feature = "redis")]
-pub use hybrid::{HybridStore, SyncReport};
 pub use layer::{LeakyBucketLayer, RateLimitLayer, RateLimitStats, SlidingWindowLayer, TokenBucketLayer};
 pub use limit_by::{DEFAULT_IPV6_PREFIX, LimitBy, MAX_KEY_BYTES};
 pub use policy::{KeyState, Period, Policy, Verdict};
-#[cfg(feature = "redis")]
-pub use redis::{InvalidRedisUrl, RedisStore};
 pub use service::RateLimit;
 pub use store::{Decided, MemoryStore, PendingVerdict, Store, StoreError};
+#[cfg(feature = "redis")]
+pub use store::{HybridStore, InvalidRedisUrl, RedisStore, SyncReport};
 
 #[cfg(test)]
 mod tests;

@@ -1,7 +1,7 @@
 //! A limit as configured (one algorithm, one or several windows) and the per-key state it keeps:
 //! the part both stores share, so the memory store and the Redis scripts answer alike.
 
-use super::core::{Decision, Micros, SECOND};
+use super::decision::{Decision, Micros, SECOND};
 use super::leaky_bucket::{LeakyBucket, LeakyBucketState};
 use super::token_bucket::{TokenBucket, TokenBucketState};
 use super::window::{WindowLimit, WindowState};

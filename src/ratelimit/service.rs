@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use tower::Service;
 
-use super::core::SECOND;
+use super::decision::SECOND;
 use super::future::ResponseFuture;
 use super::layer::{Options, Shared};
 use super::policy::{Policy, Verdict};

@@ -5,7 +5,7 @@
 //! A bucket of `capacity` tokens refilled at `refill_per_second` admits a burst of `capacity`
 //! requests and then one every `1 / refill_per_second`.
 
-use super::core::{Decision, Micros, SECOND};
+use super::decision::{Decision, Micros, SECOND};
 
 /// The state of one bucket: the theoretical arrival time (0 = never seen, a full bucket).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -6,7 +6,7 @@
 //! (no log of timestamps) and closes the fixed window's boundary exploit, where a client spends
 //! its whole limit just before a boundary and again just after it.
 
-use super::core::{Decision, Micros};
+use super::decision::{Decision, Micros};
 
 /// The state of one window for one key. `Default` is "never seen".
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -134,7 +134,7 @@ impl WindowLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ratelimit::core::SECOND;
+    use crate::ratelimit::decision::SECOND;
 
     const MINUTE: Micros = 60 * SECOND;
 

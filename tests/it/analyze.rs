@@ -3,7 +3,7 @@
 
 #![cfg(feature = "analyze")]
 
-use portcullis::observe::analyze::{Analyzer, Report, Window};
+use portcullis::analyze::{Analyzer, Report, Window};
 
 use crate::support::*;
 

@@ -4,6 +4,7 @@
 //! each `use crate::…` and each `crate::x::…` path:
 //!
 //! - a path to a higher floor fails, unless [`NOT_YET`] names it;
+//! - a module on the "tools" floor (the offline analyzer) imports nothing from the crate;
 //! - a path from one layer to another fails, unless [`BY_DESIGN`] names it with its reason;
 //! - the remaining imports between top-level modules form no circle;
 //! - an entry of [`NOT_YET`] or [`BY_DESIGN`] that no import uses any more fails too, so both
@@ -363,6 +364,13 @@ fn imports_point_down_the_floors() {
             ));
             continue;
         };
+        if floors[from_floor].0 == "tools" {
+            wrong.push(format!(
+                "{}:{}: `crate::{}` — {} is a tool: it imports nothing from the crate",
+                import.file, import.line, import.path, import.from
+            ));
+            continue;
+        }
         let across_layers = from_floor == layers && to_floor == layers;
         if to_floor > from_floor || across_layers {
             let list = if across_layers { [BY_DESIGN, NOT_YET] } else { [NOT_YET, &[]] };

@@ -39,11 +39,11 @@ use std::time::Duration;
 
 use hashbrown::{DefaultHashBuilder, HashMap};
 
-use super::core::{Clock, Micros, SystemClock};
-use super::policy::{KeyState, Policy};
 use super::redis::RedisStore;
-use super::store::{Decided, Store, StoreError};
-use super::window::{WindowLimit, WindowState};
+use super::{Decided, Store, StoreError};
+use crate::ratelimit::decision::{Clock, Micros, SystemClock};
+use crate::ratelimit::policy::{KeyState, Policy};
+use crate::ratelimit::window::{WindowLimit, WindowState};
 
 /// Window counters decided locally and synced to Redis every `sync_every` (Kong's `sync_rate`).
 ///
@@ -134,7 +134,7 @@ impl HybridStore {
         }
     }
 
-    /// Reads the time from `clock` (tests use a [`ManualClock`](super::ManualClock)).
+    /// Reads the time from `clock` (tests use a [`ManualClock`](crate::ratelimit::ManualClock)).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self
@@ -162,7 +162,7 @@ impl HybridStore {
         self.len() == 0
     }
 
-    fn windows(&self) -> Option<&[(super::Period, WindowLimit)]> {
+    fn windows(&self) -> Option<&[(crate::ratelimit::Period, WindowLimit)]> {
         match self.policy.get().map(|p| &**p) {
             Some(Policy::Windows(windows)) => Some(windows),
             _ => None,
@@ -260,7 +260,7 @@ impl HybridStore {
         &self,
         pipe: &mut redis::Pipeline,
         key: &str,
-        windows: &[(super::Period, WindowLimit)],
+        windows: &[(crate::ratelimit::Period, WindowLimit)],
         pending: &[WindowState; 6],
     ) {
         let mut keys = self.redis.window_keys(key);
@@ -352,7 +352,7 @@ impl HybridStore {
     /// A failed sync: what was in flight is pending again, for the next one.
     fn restore(
         &self,
-        windows: &[(super::Period, WindowLimit)],
+        windows: &[(crate::ratelimit::Period, WindowLimit)],
         batch: &[(Box<str>, [WindowState; 6])],
         now: Micros,
     ) {
@@ -376,7 +376,12 @@ impl HybridStore {
     }
 
     /// Decides one request for `key` at `now` from the local counters.
-    fn decide_at(&self, key: &str, policy: &Policy, now: Micros) -> Result<super::Verdict, StoreError> {
+    fn decide_at(
+        &self,
+        key: &str,
+        policy: &Policy,
+        now: Micros,
+    ) -> Result<crate::ratelimit::Verdict, StoreError> {
         let Policy::Windows(windows) = policy else {
             return Err(StoreError::Script("the hybrid store syncs window limits only".into()));
         };

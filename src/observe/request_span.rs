@@ -30,7 +30,7 @@
 //! use bytes::Bytes;
 //! use http::{Request, Response};
 //! use portcullis::observe::request_id::RequestIdLayer;
-//! use portcullis::observe::trace::RequestSpanLayer;
+//! use portcullis::observe::request_span::RequestSpanLayer;
 //! use tower::{ServiceBuilder, ServiceExt};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {

@@ -38,7 +38,7 @@
 //! Lines that are not JSON objects are counted as malformed and skipped, never a crash.
 //!
 //! ```
-//! use portcullis::observe::analyze::Analyzer;
+//! use portcullis::analyze::Analyzer;
 //!
 //! let mut analyzer = Analyzer::default();
 //! for i in 0..12 {

@@ -1,64 +1,17 @@
-//! Where per-key state lives: the [`Store`] trait and the in-memory [`MemoryStore`].
+//! The embedded store: sharded in-memory maps, bounded in keys and bytes.
 
 use std::fmt;
-use std::future::Future;
 use std::hash::BuildHasher;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 
-use super::core::{Clock, Micros, SECOND, SystemClock};
-use super::leaky_bucket::LeakyBucketState;
-use super::policy::{KeyState, Policy, Verdict};
-use super::token_bucket::TokenBucketState;
-use super::window::WindowState;
-
-/// Why a store could not decide.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StoreError {
-    /// The store could not be reached in time (connection refused, timeout, open breaker).
-    #[error("rate-limit store unavailable: {0}")]
-    Unavailable(String),
-    /// The store answered with an error (a script error, a key of the wrong type, a reply of an
-    /// unexpected shape): counted apart, because retrying or failing open will not fix it.
-    #[error("rate-limit store answered with an error: {0}")]
-    Script(String),
-}
-
-/// A boxed decision in flight, for stores that go over the network.
-pub type PendingVerdict = Pin<Box<dyn Future<Output = Result<Verdict, StoreError>> + Send>>;
-
-/// A store's answer: at once (memory) or later (network).
-// Returned by value and consumed at once: boxing `Ready` would cost the allocation it avoids.
-#[allow(clippy::large_enum_variant)]
-pub enum Decided {
-    /// Decided synchronously; the layer answers without an extra allocation.
-    Ready(Result<Verdict, StoreError>),
-    /// Decided later.
-    Pending(PendingVerdict),
-}
-
-impl fmt::Debug for Decided {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Decided::Ready(r) => f.debug_tuple("Ready").field(r).finish(),
-            Decided::Pending(_) => f.write_str("Pending"),
-        }
-    }
-}
-
-/// Keeps per-key state for one rate limiter and decides requests under its [`Policy`].
-pub trait Store: Send + Sync + fmt::Debug + 'static {
-    /// Decides one request for `key`, counting it only when admitted.
-    fn decide(&self, key: &str, policy: &Arc<Policy>) -> Decided;
-
-    /// Whether the store can decide right now, for health reports (`GET /status`): `false`
-    /// while a networked store is known to be unreachable. In-memory stores always can.
-    fn is_available(&self) -> bool {
-        true
-    }
-}
+use super::{Decided, Store};
+use crate::ratelimit::decision::{Clock, Micros, SECOND, SystemClock};
+use crate::ratelimit::leaky_bucket::LeakyBucketState;
+use crate::ratelimit::policy::{KeyState, Policy, Verdict};
+use crate::ratelimit::token_bucket::TokenBucketState;
+use crate::ratelimit::window::WindowState;
 
 /// The embedded store: sharded maps behind their own mutexes (no global lock: two keys in
 /// different shards never contend), bounded in keys, and so in bytes: the layers hand it keys
@@ -343,7 +296,7 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ratelimit::core::ManualClock;
+    use crate::ratelimit::decision::ManualClock;
     use crate::ratelimit::policy::Period;
     use crate::ratelimit::window::WindowLimit;
 
